@@ -1,0 +1,129 @@
+"""The full set of config fields, with defaults shared by every config file.
+
+Every field the code reads is declared here; config files only change values. Validation of
+values and of their consistency lives in `rag_r1_jax/config_validation.py`.
+"""
+
+from ml_collections import config_dict
+
+PLACEHOLDER_INT = config_dict.placeholder(int)
+
+
+def base_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.name = "rag_r1"
+  c.seed = 0
+  # Stages run in order by main.py; a comma-separated subset of sft,rl,eval.
+  c.stages = "sft,rl,eval"
+
+  # Device mesh: axis sizes, -1 for "all remaining devices" (at most one axis).
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.model = config_dict.ConfigDict()
+  # scratch: random init from the fields below; hf: a Hugging Face directory; gguf: a GGUF file.
+  c.model.source = "scratch"
+  c.model.path = ""
+  c.model.architecture = "llama"  # llama | qwen2
+  c.model.vocab_size = 32000
+  c.model.hidden_size = 256
+  c.model.intermediate_size = 688
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 4
+  c.model.head_dim = 64
+  c.model.max_position_embeddings = 2048
+  c.model.rope_theta = 10000.0
+  c.model.rope_scaling = config_dict.ConfigDict()  # {} or HF's rope_scaling dict.
+  c.model.rms_norm_eps = 1e-5
+  c.model.tie_word_embeddings = False
+  c.model.qkv_bias = False
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"
+  c.model.scan_layers = False
+  c.model.remat = "none"  # none | full | dots
+
+  c.tokenizer = config_dict.ConfigDict()
+  c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world
+  c.tokenizer.path = ""
+
+  c.data = config_dict.ConfigDict()
+  c.data.source = "synthetic_world"  # synthetic_world | flashrag
+  c.data.dir = ""  # FlashRAG-layout JSONL files for the benchmark builders.
+  c.data.train_datasets = "hotpotqa"
+  c.data.eval_datasets = "nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
+  c.data.world_seed = 0
+  c.data.world_entities = 240
+
+  c.retrieval = config_dict.ConfigDict()
+  c.retrieval.backend = "faiss"  # faiss | bm25 | server
+  c.retrieval.server_url = ""
+  c.retrieval.corpus_path = ""
+  c.retrieval.index_path = ""
+  c.retrieval.index_type = "flat"  # flat | hnsw | ivfpq
+  c.retrieval.encoder_path = ""
+  c.retrieval.topk = 3
+  c.retrieval.timeout_s = 30.0
+  c.retrieval.max_retries = 3
+
+  c.rollout = config_dict.ConfigDict()
+  c.rollout.mode = "mq"  # mq: up to max_queries_per_call queries per <search>; sq: one.
+  c.rollout.max_turns = 4
+  c.rollout.max_queries_per_call = 3
+  c.rollout.max_query_chars = 512
+  c.rollout.max_turn_tokens = 500
+  c.rollout.max_obs_length = 1000
+  c.rollout.max_total_length = 4096
+
+  c.sampling = config_dict.ConfigDict()
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 0.95
+  c.sampling.top_k = 0
+  c.sampling.greedy = False
+
+  c.sft = config_dict.ConfigDict()
+  c.sft.data_path = ""  # alpaca / LLaMA-Factory JSON; empty: generate with the teacher.
+  c.sft.epochs = 5
+  c.sft.batch_size = 16
+  c.sft.learning_rate = 1e-4
+  c.sft.warmup_ratio = 0.05
+  c.sft.max_length = 1024
+
+  c.rl = config_dict.ConfigDict()
+  c.rl.algorithm = "grpo"  # grpo | ppo
+  c.rl.steps = 500
+  c.rl.batch_size = 512  # questions x group_size trajectories per step
+  c.rl.mini_batch_size = 128
+  c.rl.group_size = 5
+  c.rl.epochs_per_batch = 1
+  c.rl.learning_rate = 1e-6
+  c.rl.critic_learning_rate = 1e-5
+  c.rl.warmup_ratio = 0.285
+  c.rl.schedule = "constant"  # constant | cosine
+  c.rl.kl_coef = 0.001
+  c.rl.kl_estimator = "k3"  # k1 | k3
+  c.rl.clip_eps_low = 0.2
+  c.rl.clip_eps_high = 0.2
+  c.rl.value_clip_eps = 0.2
+  c.rl.entropy_coef = 0.001
+  c.rl.gamma = 1.0
+  c.rl.gae_lambda = 1.0
+  c.rl.advantage = "grpo"  # grpo | dr_grpo
+  c.rl.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean | seq_sum_norm
+  c.rl.reward = "em"  # em | f1 | cover_em
+  c.rl.format_reward = 0.0
+  c.rl.max_grad_norm = 1.0
+  c.rl.microbatches = 1
+  c.rl.max_nonfinite_steps = 5
+
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 3
+
+  c.eval = config_dict.ConfigDict()
+  c.eval.max_questions = 0  # 0: all
+  c.eval.batch_size = 32
+  c.eval.greedy = True
+  return c

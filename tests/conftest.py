@@ -1,0 +1,26 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported) and asset helpers."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+from rag_r1_jax import assets  # noqa: E402
+
+
+def require_asset(name: str) -> str:
+  """The asset's path; fails (not skips) on CI, where the assets are always installed."""
+  try:
+    return assets.asset_path(name)
+  except assets.AssetNotInstalledError as e:
+    if os.environ.get("CI"):
+      raise
+    pytest.skip(str(e))
