@@ -1,0 +1,205 @@
+"""One Flax NNX decoder for the Llama and Qwen2 / Qwen2.5 families.
+
+RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, tied or
+untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
+weights are stacked along a leading `layers` axis and applied with `jax.lax.scan` (fast
+compiles for deep models); otherwise each layer is its own module, applied in a Python loop.
+
+Two entry modes share the attention code:
+  * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
+  * with a `KVCache`: the chunk `tokens[b, :chunk_lengths[b]]` is appended to row b of the cache
+    at that row's own length, and attends to everything before it (prefill and decode alike).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rag_r1_jax.models import kv_cache as kvc
+from rag_r1_jax.models import rope
+from rag_r1_jax.models.config import DecoderConfig
+
+_INIT_STD = 0.02
+_NEG_INF = -1e30
+
+
+def _param(rngs, shape, axes, dtype, stacked, init="normal"):
+  if stacked:
+    shape, axes = (stacked, *shape), ("layers", *axes)
+  if init == "ones":
+    value = jnp.ones(shape, dtype)
+  elif init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (jax.random.normal(rngs.params(), shape, jnp.float32) * _INIT_STD).astype(dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class DecoderLayer(nnx.Module):
+  """The weights of one layer, or of all layers stacked when `stacked` is the layer count."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, stacked: int = 0):
+    d, f, dt = cfg.hidden_size, cfg.intermediate_size, cfg.weight_dtype
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    p = functools.partial(_param, rngs, dtype=dt, stacked=stacked)
+    self.attn_norm = p((d,), ("norm",), init="ones")
+    self.q_proj = p((d, q), ("embed", "q_heads"))
+    self.k_proj = p((d, kv), ("embed", "kv_heads"))
+    self.v_proj = p((d, kv), ("embed", "kv_heads"))
+    if cfg.qkv_bias:
+      self.q_bias = p((q,), ("q_heads",), init="zeros")
+      self.k_bias = p((kv,), ("kv_heads",), init="zeros")
+      self.v_bias = p((kv,), ("kv_heads",), init="zeros")
+    self.o_proj = p((q, d), ("q_heads", "embed"))
+    self.mlp_norm = p((d,), ("norm",), init="ones")
+    self.gate_proj = p((d, f), ("embed", "mlp"))
+    self.up_proj = p((d, f), ("embed", "mlp"))
+    self.down_proj = p((f, d), ("mlp", "embed"))
+
+  def weights(self) -> dict[str, jax.Array]:
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+class Decoder(nnx.Module):
+  """A causal LM: tokens [batch, seq] -> logits [batch, seq, vocab] (float32)."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dt = cfg.weight_dtype
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dt, 0)
+    if cfg.scan_layers:
+      self.layers = DecoderLayer(cfg, rngs=rngs, stacked=cfg.num_layers)
+    else:
+      self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), dt, 0, init="ones")
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dt, 0)
+
+  def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+               attention_mask: jax.Array | None = None, cache: kvc.KVCache | None = None,
+               chunk_lengths: jax.Array | None = None, logits_at: jax.Array | None = None,
+               return_hidden: bool = False):
+    """Runs the decoder.
+
+    Args:
+      tokens: [batch, seq] int32.
+      positions: [batch, seq] int32 rotary positions (no-cache mode; default arange).
+      attention_mask: [batch, seq] padding mask (no-cache mode; default all valid).
+      cache: append `tokens` to this cache (cache mode).
+      chunk_lengths: [batch] int32 valid tokens per row of the chunk (cache mode; default seq).
+      logits_at: [batch] int32; if given, only the logits at these chunk indices: [batch, vocab].
+      return_hidden: also return the final normed hidden states [batch, seq, hidden].
+
+    Returns:
+      (logits, new_cache), plus hidden states if `return_hidden`. new_cache is None without one.
+    """
+    cfg = self.cfg
+    batch, seq = tokens.shape
+    inv_freq = jnp.asarray(rope.inverse_frequencies(cfg))
+    if cache is None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+      if attention_mask is None:
+        attention_mask = jnp.ones((batch, seq), jnp.bool_)
+      causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
+      mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]
+      write_idx = None
+    else:
+      if chunk_lengths is None:
+        chunk_lengths = jnp.full((batch,), seq, jnp.int32)
+      positions = cache.lengths[:, None] + jnp.arange(seq, dtype=jnp.int32)[None, :]
+      mask = kvc.chunk_attention_mask(cache.lengths, chunk_lengths, seq, cache.capacity)
+      write_idx = kvc.chunk_write_indices(cache.lengths, chunk_lengths, seq, cache.capacity)
+
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
+    block = functools.partial(_block, cfg=cfg, inv_freq=inv_freq, positions=positions,
+                              mask=mask, write_idx=write_idx)
+    if cfg.remat == "full":
+      block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
+    elif cfg.remat == "dots":
+      block = jax.checkpoint(block, policy=jax.checkpoint_policies.checkpoint_dots)
+
+    k_cache = cache.k if cache is not None else None
+    v_cache = cache.v if cache is not None else None
+    if cfg.scan_layers:
+      def body(carry, layer_weights):
+        x, k_cache, v_cache, i = carry
+        x, k_cache, v_cache = block(layer_weights, x, k_cache, v_cache, i)
+        return (x, k_cache, v_cache, i + 1), None
+      (x, k_cache, v_cache, _), _ = jax.lax.scan(
+          body, (x, k_cache, v_cache, jnp.int32(0)), self.layers.weights())
+    else:
+      for i, layer in enumerate(self.layers):
+        x, k_cache, v_cache = block(layer.weights(), x, k_cache, v_cache, i)
+
+    new_cache = None
+    if cache is not None:
+      new_lengths = jnp.minimum(cache.lengths + chunk_lengths, cache.capacity)
+      new_cache = kvc.KVCache(k=k_cache, v=v_cache, lengths=new_lengths)
+
+    x = _rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    hidden = x
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    logits = self.logits(x)
+    if return_hidden:
+      return logits, new_cache, hidden
+    return logits, new_cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Projects hidden states [..., hidden] to float32 logits [..., vocab]."""
+    if self.cfg.tie_word_embeddings:
+      head = self.embed[...].T
+    else:
+      head = self.lm_head[...]
+    dt = self.cfg.compute_dtype
+    return jnp.dot(hidden.astype(dt), head.astype(dt),
+                   preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight.astype(x.dtype) * x32.astype(x.dtype)
+
+
+def _linear(x, w, b=None):
+  y = jnp.dot(x, w.astype(x.dtype))
+  return y if b is None else y + b.astype(x.dtype)
+
+
+def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, write_idx):
+  """One decoder layer; writes this chunk's keys/values into layer `layer` of the cache."""
+  batch, seq, _ = x.shape
+  h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+  q = _linear(h, w["q_proj"], w.get("q_bias")).reshape(batch, seq, cfg.num_heads, cfg.head_dim)
+  k = _linear(h, w["k_proj"], w.get("k_bias")).reshape(batch, seq, cfg.num_kv_heads, cfg.head_dim)
+  v = _linear(h, w["v_proj"], w.get("v_bias")).reshape(batch, seq, cfg.num_kv_heads, cfg.head_dim)
+  q = rope.apply_rope(q, positions, inv_freq)
+  k = rope.apply_rope(k, positions, inv_freq)
+  if k_cache is not None:
+    rows = jnp.arange(batch)[:, None]
+    k_cache = k_cache.at[layer, rows, write_idx].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[layer, rows, write_idx].set(v.astype(v_cache.dtype), mode="drop")
+    k, v = k_cache[layer], v_cache[layer]
+  attn = _attention(q, k, v, mask, cfg)
+  x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"])
+  h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+  mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
+  x = x + _linear(mlp, w["down_proj"])
+  return x, k_cache, v_cache
+
+
+def _attention(q, k, v, mask, cfg: DecoderConfig):
+  """Grouped-query attention. q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask [b, t, s]."""
+  batch, seq, _, dim = q.shape
+  q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) / np.sqrt(dim)
+  scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+  return out.reshape(batch, seq, cfg.num_heads, dim)
