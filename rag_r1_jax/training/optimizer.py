@@ -1,0 +1,168 @@
+"""Optimizer: AdamW with warmup, global-norm clipping, float32 state, in-jit gradient accumulation.
+
+Gradient accumulation happens inside the jitted update step (`accumulate_gradients`, a
+`lax.scan` over microbatches), not with optax.MultiSteps: one optimizer update per call keeps
+the step count, the schedule and the non-finite guard aligned with training steps.
+
+Float32 optimizer state: optax's Adam creates its moments with the params' dtype, so
+`make_optimizer` wraps the chain in `with_float32_state`, which hands the inner transform
+float32 params and gradients (its moments are therefore float32) and casts the updates back to
+each param's dtype. Keep params themselves in float32 (model.param_dtype) with bfloat16
+compute (model.dtype): with bfloat16 params an update of lr=1e-6 rounds away to nothing.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "cosine")
+PyTree = Any
+
+
+def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_ratio: float,
+                           schedule: str = "constant") -> optax.Schedule:
+  """lr(step): linear warmup to learning_rate, then constant or cosine decay to 0 at total_steps.
+
+  warmup_steps = int(warmup_ratio * total_steps); update k (0-based) uses
+  learning_rate * (k + 1) / warmup_steps during warmup, so the first update is not wasted.
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r} (rl.schedule) must be one of {SCHEDULES}")
+  if total_steps < 1:
+    raise ValueError(f"total_steps={total_steps} (rl.steps) must be >= 1")
+  if not 0.0 <= warmup_ratio < 1.0:
+    raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+  warmup_steps = int(warmup_ratio * total_steps)
+
+  def lr(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum((step + 1.0) / max(warmup_steps, 1), 1.0)
+    if schedule == "constant":
+      decay = 1.0
+    else:
+      progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+      decay = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+    return learning_rate * jnp.where(step < warmup_steps, warm, decay)
+
+  return lr
+
+
+def with_float32_state(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs `inner` on float32 copies of grads and params; updates come back in each param's dtype."""
+
+  def to_f32(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+
+  def init(params):
+    return inner.init(to_f32(params))
+
+  def update(updates, state, params=None):
+    new_updates, state = inner.update(to_f32(updates), state,
+                                      None if params is None else to_f32(params))
+    reference = updates if params is None else params
+    new_updates = jax.tree.map(lambda u, p: u.astype(p.dtype), new_updates, reference)
+    return new_updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float,
+                   schedule: str = "constant", max_grad_norm: float = 1.0,
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+  """AdamW with a warmup schedule, preceded by global-norm clipping (skipped if max_grad_norm <= 0).
+
+  The state is float32 whatever the params' dtype (see the module docstring).
+  """
+  lr = learning_rate_schedule(learning_rate, total_steps, warmup_ratio, schedule)
+  parts = []
+  if max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(max_grad_norm))
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  return with_float32_state(optax.chain(*parts))
+
+
+def split_microbatches(batch: PyTree, num_microbatches: int) -> PyTree:
+  """Every leaf [batch, ...] reshaped to [num_microbatches, batch // num_microbatches, ...]."""
+
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by rl.microbatches="
+                       f"{num_microbatches}")
+    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]],
+                         params: PyTree, batch: PyTree,
+                         num_microbatches: int) -> tuple[jax.Array, PyTree, PyTree]:
+  """(loss, aux, grads) of loss_fn averaged over microbatches of the leading batch axis.
+
+  loss_fn(params, microbatch) -> (scalar loss, aux pytree of arrays). A `lax.scan` runs the
+  microbatches one after another, so activation memory is that of one microbatch. Loss, aux
+  and grads are plain means over microbatches (with token_mean aggregation this weighs
+  microbatches equally, not tokens); grads are accumulated and returned in float32.
+  With num_microbatches == 1 it is exactly value_and_grad on the whole batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_microbatches == 1:
+    (loss, aux), grads = grad_fn(params, batch)
+    return loss, aux, jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+
+  micro = split_microbatches(batch, num_microbatches)
+
+  def body(acc, mb):
+    (loss, aux), grads = grad_fn(params, mb)
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    return jax.tree.map(jnp.add, acc, (loss.astype(jnp.float32), grads)), aux
+
+  zeros = (jnp.zeros((), jnp.float32),
+           jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+  (loss_sum, grad_sum), aux_stack = jax.lax.scan(body, zeros, micro)
+  scale = 1.0 / num_microbatches
+  grads = jax.tree.map(lambda g: g * scale, grad_sum)
+  aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux_stack)
+  return loss_sum * scale, aux, grads
+
+
+def all_finite(loss: jax.Array, grads: PyTree) -> jax.Array:
+  """Scalar bool: the loss and every gradient entry are finite."""
+  ok = jnp.all(jnp.isfinite(loss))
+  for g in jax.tree.leaves(grads):
+    ok = ok & jnp.all(jnp.isfinite(g))
+  return ok
+
+
+def nonfinite_guard(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree,
+                    params: PyTree, loss: jax.Array) -> tuple[PyTree, PyTree, jax.Array]:
+  """One optimizer step that is skipped when loss or any grad is non-finite: (params, state, finite).
+
+  When not finite, params and opt_state come back unchanged (the step counter too, so the
+  schedule does not advance). Jittable; the host counts consecutive skips (NonfiniteStreak).
+  """
+  finite = all_finite(loss, grads)
+  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+  updates, new_state = tx.update(safe_grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+  return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state),
+          finite)
+
+
+class NonfiniteStreak(NamedTuple):
+  """Host-side count of consecutive skipped steps; `update` raises after `limit` in a row."""
+  limit: int
+  count: int = 0
+
+  def update(self, finite: bool, step: int) -> "NonfiniteStreak":
+    """The next streak; raises FloatingPointError after rl.max_nonfinite_steps skips in a row."""
+    count = 0 if finite else self.count + 1
+    if count and count >= self.limit:
+      raise FloatingPointError(
+          f"step {step}: loss or gradients non-finite for {count} consecutive steps "
+          f"(rl.max_nonfinite_steps={self.limit}); halting. Lower the learning rate or "
+          "restore an earlier checkpoint.")
+    return NonfiniteStreak(self.limit, count)
