@@ -1,0 +1,108 @@
+"""Answer scoring: SQuAD-style normalisation, exact match, token F1, cover-EM, answer extraction.
+
+This module is the single source of scoring for rewards (`rl/rewards.py`) and evaluation
+(`eval/summarize.py`). Every metric takes `prediction: str | None` (None, i.e. no answer,
+scores 0) and `golds`: one gold string or a sequence of them; the score is the max over golds.
+"""
+
+import collections
+import re
+import string
+from typing import Optional, Sequence, Union
+
+Golds = Union[str, Sequence[str]]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+_INFORMATION_BLOCK = re.compile(r"<information>.*?(</information>|$)", re.DOTALL)
+_ANSWER_OPEN = "<answer>"
+_ANSWER_CLOSE = "</answer>"
+
+
+def normalize_answer(text: str) -> str:
+  """Lowercase, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace."""
+  text = text.lower()
+  text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+  text = _ARTICLES.sub(" ", text)
+  return " ".join(text.split())
+
+
+def _as_list(golds: Golds) -> list[str]:
+  """Golds as a list; a bare string is one gold (not a sequence of characters)."""
+  if isinstance(golds, str):
+    return [golds]
+  golds = list(golds)
+  if not all(isinstance(g, str) for g in golds):
+    raise TypeError(f"golden answers must be strings, got {golds!r}")
+  return golds
+
+
+def exact_match(prediction: Optional[str], golds: Golds) -> float:
+  """1.0 if the normalised prediction equals any normalised gold, else 0.0."""
+  if prediction is None:
+    return 0.0
+  pred = normalize_answer(prediction)
+  return float(any(pred == normalize_answer(g) for g in _as_list(golds)))
+
+
+def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+  """SQuAD token F1 of two token lists (two empty lists agree: 1.0)."""
+  if not pred_tokens or not gold_tokens:
+    return float(pred_tokens == gold_tokens)
+  common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+  same = sum(common.values())
+  if same == 0:
+    return 0.0
+  precision = same / len(pred_tokens)
+  recall = same / len(gold_tokens)
+  return 2 * precision * recall / (precision + recall)
+
+
+def f1(prediction: Optional[str], golds: Golds) -> float:
+  """Token-level F1 between normalised prediction and gold, max over golds."""
+  if prediction is None:
+    return 0.0
+  pred_tokens = normalize_answer(prediction).split()
+  return max((_token_f1(pred_tokens, normalize_answer(g).split()) for g in _as_list(golds)),
+             default=0.0)
+
+
+def _contains_span(tokens: list[str], span: list[str]) -> bool:
+  """Whether `span` (non-empty) occurs as a contiguous run inside `tokens`."""
+  n = len(span)
+  return any(tokens[i:i + n] == span for i in range(len(tokens) - n + 1))
+
+
+def cover_exact_match(prediction: Optional[str], golds: Golds) -> float:
+  """1.0 if some normalised gold appears as a whole-token span of the normalised prediction.
+
+  Whole tokens: gold "1990" covers "in 1990" but gold "199" does not. A gold that normalises
+  to nothing (e.g. "The") covers nothing.
+  """
+  if prediction is None:
+    return 0.0
+  pred_tokens = normalize_answer(prediction).split()
+  for gold in _as_list(golds):
+    gold_tokens = normalize_answer(gold).split()
+    if gold_tokens and _contains_span(pred_tokens, gold_tokens):
+      return 1.0
+  return 0.0
+
+
+def extract_last_answer(response_text: str) -> Optional[str]:
+  """Content (stripped) of the last complete <answer>...</answer> in a RESPONSE, else None.
+
+  Pass the model's response only, never the prompt: the paper's prompt carries the example
+  "<answer> Beijing </answer>", which Search-R1's extractor scores when the response has no
+  answer. Text inside <information> blocks (retrieved documents, not the model's words) is
+  ignored, as is an unclosed trailing <answer>. With nested or repeated open tags the content
+  starts after the last <answer> before the last </answer>.
+  """
+  text = _INFORMATION_BLOCK.sub(" ", response_text)
+  end = text.rfind(_ANSWER_CLOSE)
+  if end < 0:
+    return None
+  start = text.rfind(_ANSWER_OPEN, 0, end)
+  if start < 0:
+    return None
+  return text[start + len(_ANSWER_OPEN):end].strip()
