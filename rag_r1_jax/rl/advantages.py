@@ -99,7 +99,7 @@ def kl_penalized_rewards(token_reward: jax.Array, logprobs: jax.Array,
 
 def gae(token_reward: jax.Array, values: jax.Array, loss_mask: jax.Array, gamma: float,
         lam: float) -> tuple[jax.Array, jax.Array]:
-  """Generalised advantage estimation over generated tokens only: (advantages, returns), [batch, seq].
+  """GAE over generated tokens only: (advantages, returns), both [batch, seq] float32.
 
   token_reward, values: [batch, seq] float; loss_mask: [batch, seq].
 

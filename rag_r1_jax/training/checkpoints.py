@@ -138,7 +138,8 @@ class CheckpointManager:
 
     def rebuild(want, got):
       if _is_key(want):
-        return jax.random.wrap_key_data(got, impl=want.dtype._impl)  # pylint: disable=protected-access
+        impl = want.dtype._impl  # pylint: disable=protected-access  # no public dtype->impl
+        return jax.random.wrap_key_data(got, impl=impl)
       return got
 
     state = jax.tree.map(rebuild, abstract, restored[_STATE])

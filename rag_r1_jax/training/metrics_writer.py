@@ -44,7 +44,7 @@ def format_console_line(stage: str, step: int, scalars: Mapping[str, float],
 
 
 class MetricsWriter:
-  """Writes each step's scalars to JSONL, TensorBoard and the console; resumes without duplicates."""
+  """Logs each step's scalars to JSONL, TensorBoard and the console; resumes without duplicates."""
 
   def __init__(self, workdir: str, stage: str, start_step: int = 0,
                total_steps: Optional[int] = None, console_every: int = 1,
@@ -113,6 +113,6 @@ class MetricsWriter:
 
 def progress_bar(stage: str, total: int, initial: int = 0,
                  disable: Optional[bool] = None) -> tqdm.tqdm:
-  """A tqdm bar over steps [initial, total) labelled with the stage; disable=None: off when not a TTY."""
+  """A tqdm bar over steps [initial, total) named after the stage; disable=None: off if no TTY."""
   return tqdm.tqdm(total=total, initial=initial, desc=stage, unit="step", dynamic_ncols=True,
                    disable=disable)

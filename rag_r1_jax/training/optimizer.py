@@ -138,7 +138,7 @@ def all_finite(loss: jax.Array, grads: PyTree) -> jax.Array:
 
 def nonfinite_guard(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree,
                     params: PyTree, loss: jax.Array) -> tuple[PyTree, PyTree, jax.Array]:
-  """One optimizer step that is skipped when loss or any grad is non-finite: (params, state, finite).
+  """One optimizer step, skipped if loss or any grad is non-finite: (params, state, finite).
 
   When not finite, params and opt_state come back unchanged (the step counter too, so the
   schedule does not advance). Jittable; the host counts consecutive skips (NonfiniteStreak).

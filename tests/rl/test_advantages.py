@@ -1,5 +1,7 @@
 """Advantages checked against hand computations written as explicit loops in numpy."""
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +150,20 @@ def test_jittable_with_traced_group_ids():
   # [1, 0]: mean .5, unbiased std sqrt(.5); [1, 1]: no spread.
   a = 0.5 / (np.sqrt(0.5) + 1e-6)
   np.testing.assert_allclose(got[:, 0], [a, -a, 0.0, 0.0], rtol=1e-5)
+
+
+_JIT_GAE = jax.jit(adv_lib.gae)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2 ** 31 - 1), gamma=st.floats(0.5, 1.0),
+                  lam=st.floats(0.0, 1.0))
+def test_gae_matches_hand_loop_on_random_masks(seed, gamma, lam):
+  rng = np.random.default_rng(seed)
+  mask = (rng.random((3, 7)) < 0.6).astype(np.float32)
+  values = rng.normal(size=(3, 7)).astype(np.float32)
+  rewards = np.asarray(adv_lib.token_rewards(jnp.asarray(rng.normal(size=3)), mask))
+  exp_adv, exp_ret = _hand_gae(rewards, values, mask, gamma, lam)
+  adv, ret = _JIT_GAE(rewards, values, mask, gamma, lam)
+  np.testing.assert_allclose(adv, exp_adv, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ret, exp_ret, rtol=1e-4, atol=1e-5)
