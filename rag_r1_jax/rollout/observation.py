@@ -1,0 +1,99 @@
+"""The observation texts the rollout engine appends to a trajectory after each model turn.
+
+Formats follow the reference code:
+  - Search-R1 single-query ('sq'): `Doc 1(Title: "t") text\\nDoc 2(Title: "t") text` (the title
+    keeps the quotes of the corpus's first contents line, as Search-R1's `_passages2string`).
+  - RAG-R1 multi-query ('mq'): `json.dumps({"query": [...], "documents": [...]}, indent=2)`,
+    one string per query made of `Doc 1: "t"\\ntext\\nDoc 2: ...` (RAG-R1's `_passages2string`;
+    non-ASCII characters are kept as they are, not \\u-escaped).
+Each query's document string is cut to `max_obs_length` tokens by the given `truncate`; the
+body is wrapped as Search-R1 does: `"\\n\\n<information>" + body + "</information>\\n\\n"`.
+"""
+
+import json
+from typing import Callable, Literal, Sequence
+
+from rag_r1_jax.retrieval.base import Document
+
+INFORMATION_OPEN, INFORMATION_CLOSE = "<information>", "</information>"
+
+# Search-R1's fixed observation for a turn with neither a search nor an answer.
+INVALID_ACTION_TEXT = (
+    "\nMy previous action is invalid. If I want to search, I should put the query between "
+    "<search> and </search>. If I want to give the final answer, I should put the answer "
+    "between <answer> and </answer>. Let me try again.\n")
+
+# After max_turns searches, a further search gets this instead of documents.
+BUDGET_EXHAUSTED_TEXT = (
+    "\nMy search budget is used up, so I cannot search again. I should give the final "
+    "answer between <answer> and </answer> now.\n")
+
+Truncate = Callable[[str, int], str]
+
+
+def format_docs_sq(docs: Sequence[Document]) -> str:
+  """Search-R1's document lines, `Doc i(Title: "t") text\\n` each."""
+  return "".join(f'Doc {i}(Title: "{d.title}") {d.text}\n' for i, d in enumerate(docs, 1))
+
+
+def format_docs_mq(docs: Sequence[Document]) -> str:
+  """RAG-R1's document string for one query, `Doc i: "t"\\ntext` lines joined by newlines."""
+  return "\n".join(f"Doc {i}: {d.contents}" for i, d in enumerate(docs, 1))
+
+
+def _cut(text: str, truncate: Truncate | None, max_obs_length: int) -> str:
+  return text if truncate is None else truncate(text, max_obs_length)
+
+
+def information_body(queries: Sequence[str], docs_per_query: Sequence[Sequence[Document]],
+                     mode: Literal["mq", "sq"], truncate: Truncate | None,
+                     max_obs_length: int) -> str:
+  """The text between <information> and </information> for one search call."""
+  assert len(queries) == len(docs_per_query), (len(queries), len(docs_per_query))
+  assert mode in ("mq", "sq"), mode
+  if mode == "sq":
+    assert len(queries) == 1, f"sq mode searches one query per call, got {len(queries)}"
+    return _cut(format_docs_sq(docs_per_query[0]).strip(), truncate, max_obs_length)
+  documents = [_cut(format_docs_mq(docs).strip(), truncate, max_obs_length)
+               for docs in docs_per_query]
+  return json.dumps({"query": list(queries), "documents": documents}, indent=2,
+                    ensure_ascii=False)
+
+
+def information_block(queries: Sequence[str], docs_per_query: Sequence[Sequence[Document]],
+                      mode: Literal["mq", "sq"], truncate: Truncate | None,
+                      max_obs_length: int, note: str | None = None) -> str:
+  """The full observation for a search call, ready to append to the model's context.
+
+  `truncate(text, n)` cuts text to at most n tokens (None: no cut). `note` (an
+  `Action.problem` of a search that still ran) opens the body as `Note: ...` on its own line.
+  """
+  body = information_body(queries, docs_per_query, mode, truncate, max_obs_length)
+  if note:
+    body = f"Note: {note}.\n{body}"
+  return f"\n\n{INFORMATION_OPEN}{body}{INFORMATION_CLOSE}\n\n"
+
+
+def problem_observation(problem: str) -> str:
+  """The observation for an unusable search call (`Action.problem` of an 'invalid' action)."""
+  return (f"\nMy previous search is invalid: {problem}. If I want to search, I should put the "
+          "query between <search> and </search>. Let me try again.\n")
+
+
+def invalid_action_observation(problem: str | None = None) -> str:
+  """The observation for an 'invalid' action: its problem if it has one, else Search-R1's text."""
+  return problem_observation(problem) if problem else INVALID_ACTION_TEXT
+
+
+def budget_exhausted_observation() -> str:
+  """The observation for a search attempted after `max_turns` searches."""
+  return BUDGET_EXHAUSTED_TEXT
+
+
+def token_truncate(encode: Callable[[str], list[int]],
+                   decode: Callable[[list[int]], str]) -> Truncate:
+  """A `truncate` from a tokenizer's encode/decode: keeps the first n tokens of the text."""
+  def truncate(text: str, max_tokens: int) -> str:
+    ids = encode(text)
+    return text if len(ids) <= max_tokens else decode(ids[:max_tokens])
+  return truncate

@@ -1,0 +1,99 @@
+"""Tests for the observation texts appended after each model turn."""
+
+import json
+
+import pytest
+
+from rag_r1_jax.retrieval.base import Document
+from rag_r1_jax.rollout import observation
+
+D1 = Document("0", "Abelo Kanti", "Abelo Kanti was born in 1931.", 0.9)
+D2 = Document("1", "Vormsa", "Vormsa is a city.", 0.5)
+D3 = Document("2", "Caf\u00e9 \u00c9lan", "A \"quoted\" caf\u00e9.", 0.1)
+
+
+def _words(text: str, n: int) -> str:
+  """A whitespace 'tokenizer' truncate for tests: the first n words."""
+  return " ".join(text.split(" ")[:n])
+
+
+def test_format_docs_sq_matches_search_r1():
+  assert observation.format_docs_sq([D1, D2]) == (
+      'Doc 1(Title: "Abelo Kanti") Abelo Kanti was born in 1931.\n'
+      'Doc 2(Title: "Vormsa") Vormsa is a city.\n')
+  assert observation.format_docs_sq([]) == ""
+
+
+def test_format_docs_mq_matches_rag_r1():
+  assert observation.format_docs_mq([D1, D2]) == (
+      'Doc 1: "Abelo Kanti"\nAbelo Kanti was born in 1931.\nDoc 2: "Vormsa"\nVormsa is a city.')
+
+
+def test_information_block_sq_exact():
+  text = observation.information_block(["Abelo Kanti"], [[D1, D2]], "sq", None, 1000)
+  assert text == ('\n\n<information>Doc 1(Title: "Abelo Kanti") Abelo Kanti was born in 1931.\n'
+                  'Doc 2(Title: "Vormsa") Vormsa is a city.</information>\n\n')
+
+
+def test_information_block_mq_exact_json():
+  text = observation.information_block(["Abelo Kanti", "Caf\u00e9"], [[D1], [D3, D2]], "mq",
+                                       None, 1000)
+  assert text == (
+      '\n\n<information>{\n'
+      '  "query": [\n'
+      '    "Abelo Kanti",\n'
+      '    "Caf\u00e9"\n'
+      '  ],\n'
+      '  "documents": [\n'
+      '    "Doc 1: \\"Abelo Kanti\\"\\nAbelo Kanti was born in 1931.",\n'
+      '    "Doc 1: \\"Caf\u00e9 \u00c9lan\\"\\nA \\"quoted\\" caf\u00e9.\\nDoc 2: \\"Vormsa\\"\\n'
+      'Vormsa is a city."\n'
+      '  ]\n'
+      '}</information>\n\n')
+  body = text[len("\n\n<information>"):-len("</information>\n\n")]
+  assert json.loads(body) == {
+      "query": ["Abelo Kanti", "Caf\u00e9"],
+      "documents": [observation.format_docs_mq([D1]), observation.format_docs_mq([D3, D2])]}
+
+
+def test_truncation_is_per_query():
+  body = observation.information_body(["a", "b"], [[D1], [D2]], "mq", _words, 3)
+  assert json.loads(body)["documents"] == ['Doc 1: "Abelo', 'Doc 1: "Vormsa"\nVormsa']
+  sq = observation.information_body(["a"], [[D1, D2]], "sq", _words, 2)
+  assert sq == 'Doc 1(Title:'
+
+
+def test_token_truncate_keeps_short_texts_verbatim():
+  encode = lambda s: [ord(c) for c in s]
+  decode = lambda ids: "".join(map(chr, ids))
+  cut = observation.token_truncate(encode, decode)
+  assert cut("hello", 10) == "hello"
+  assert cut("hello", 3) == "hel"
+
+
+def test_note_opens_the_body():
+  text = observation.information_block(["a"], [[D2]], "sq", None, 10,
+                                       note="1 query was cut to 5 characters")
+  assert text == ('\n\n<information>Note: 1 query was cut to 5 characters.\n'
+                  'Doc 1(Title: "Vormsa") Vormsa is a city.</information>\n\n')
+
+
+def test_fixed_observations():
+  assert observation.INVALID_ACTION_TEXT == (
+      "\nMy previous action is invalid. If I want to search, I should put the query between "
+      "<search> and </search>. If I want to give the final answer, I should put the answer "
+      "between <answer> and </answer>. Let me try again.\n")
+  assert observation.invalid_action_observation() == observation.INVALID_ACTION_TEXT
+  assert observation.invalid_action_observation("the search query was empty") == (
+      "\nMy previous search is invalid: the search query was empty. If I want to search, I "
+      "should put the query between <search> and </search>. Let me try again.\n")
+  assert observation.budget_exhausted_observation() == (
+      "\nMy search budget is used up, so I cannot search again. I should give the final "
+      "answer between <answer> and </answer> now.\n")
+
+
+def test_mismatched_inputs_fail_loudly():
+  with pytest.raises(AssertionError):
+    observation.information_block(["a", "b"], [[D1]], "mq", None, 10)
+  with pytest.raises(AssertionError):
+    observation.information_block(["a", "b"], [[D1], [D2]], "sq", None, 10)
