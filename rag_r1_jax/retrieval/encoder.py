@@ -1,0 +1,180 @@
+"""Sentence encoder: tokenizer + jitted Flax BERT with bucketed shapes, data-parallel over a mesh.
+
+Texts are tokenised on the host, sorted by length, and padded to power-of-two sequence
+buckets (at least 16 tokens) and power-of-two batch buckets, so the number of compiled
+shapes is bounded by log2(max_length) x log2(batch_size). The batch is split over the mesh's
+data axes; weights are replicated (a BERT encoder is small).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rag_r1_jax import sharding
+from rag_r1_jax.retrieval import bert
+
+# E5 and BGE (English v1.5) conventions; matched on the model directory name.
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+_MIN_SEQ_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """How a model turns text into a vector: pooling, normalisation, per-side prefixes."""
+  pooling: str = "mean"  # mean | cls
+  normalize: bool = True
+  query_prefix: str = ""  # E5: "query: "; BGE: BGE_QUERY_INSTRUCTION
+  passage_prefix: str = ""  # E5: "passage: "
+  max_length: int = 256  # tokens, including [CLS] and [SEP]
+
+  def __post_init__(self):
+    if self.pooling not in ("mean", "cls"):
+      raise ValueError(f"encoder pooling must be 'mean' or 'cls', got {self.pooling!r}")
+    if self.max_length < 2:
+      raise ValueError(f"encoder max_length must be >= 2, got {self.max_length}")
+
+
+def infer_spec(model_dir: str, **overrides) -> EncoderSpec:
+  """The spec a model directory implies (sentence-transformers files, E5/BGE names) + overrides.
+
+  Overrides with value None are ignored, so config fields left empty keep the inferred value.
+  """
+  fields: dict = {}
+  pooling_cfg = os.path.join(model_dir, "1_Pooling", "config.json")
+  if os.path.isfile(pooling_cfg):
+    with open(pooling_cfg) as f:
+      p = json.load(f)
+    fields["pooling"] = "cls" if p.get("pooling_mode_cls_token") else "mean"
+  modules = os.path.join(model_dir, "modules.json")
+  if os.path.isfile(modules):
+    with open(modules) as f:
+      fields["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.load(f))
+  st_cfg = os.path.join(model_dir, "sentence_bert_config.json")
+  if os.path.isfile(st_cfg):
+    with open(st_cfg) as f:
+      fields["max_length"] = int(json.load(f).get("max_seq_length", 256))
+  name = os.path.basename(os.path.normpath(model_dir)).lower()
+  if "e5" in name:
+    fields.update(query_prefix="query: ", passage_prefix="passage: ", pooling="mean",
+                  normalize=True)
+  elif "bge" in name and "en" in name:
+    fields.update(query_prefix=BGE_QUERY_INSTRUCTION, pooling="cls", normalize=True)
+  fields.update({k: v for k, v in overrides.items() if v is not None})
+  return EncoderSpec(**fields)
+
+
+def seq_bucket(length: int, max_length: int) -> int:
+  """The smallest power of two >= length (at least 16), capped at max_length."""
+  return min(max(_MIN_SEQ_BUCKET, 1 << max(0, length - 1).bit_length()), max_length)
+
+
+def batch_bucket(n: int, batch_size: int, multiple: int) -> int:
+  """The smallest power of two >= n, capped at batch_size, rounded up to `multiple`."""
+  b = min(1 << max(0, n - 1).bit_length(), batch_size)
+  return -(-b // multiple) * multiple
+
+
+def _embed(graphdef, state, input_ids, attention_mask, *, pooling: str, normalize: bool):
+  """Pure: [batch, seq] ids and mask -> [batch, d] embeddings."""
+  model = nnx.merge(graphdef, state)
+  return bert.sentence_embedding(model, input_ids, attention_mask, pooling, normalize)
+
+
+class SentenceEncoder:
+  """Encodes queries and passages with a BERT-family model; `hash` identifies model + spec."""
+
+  def __init__(self, model: bert.BertModel, tokenizer, spec: EncoderSpec, name: str,
+               weights_hash: str, mesh: Mesh | None = None, batch_size: int = 64):
+    self.spec = spec
+    self.tokenizer = tokenizer
+    self.name = name
+    self.dim = model.cfg.hidden_size
+    self.batch_size = batch_size
+    self.mesh = mesh
+    if spec.max_length > model.cfg.max_position_embeddings:
+      raise ValueError(f"encoder max_length {spec.max_length} exceeds the model's "
+                       f"max_position_embeddings {model.cfg.max_position_embeddings}")
+    graphdef, state = nnx.split(model)
+    self._data_ways = 1
+    if mesh is not None:
+      self._data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+      state = jax.device_put(state, sharding.replicated(mesh))
+    self._state = state
+    self._fn = jax.jit(functools.partial(_embed, graphdef, pooling=spec.pooling,
+                                         normalize=spec.normalize))
+    spec_json = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    self.hash = hashlib.sha256((weights_hash + spec_json).encode()).hexdigest()[:16]
+
+  @classmethod
+  def from_pretrained(cls, model_dir: str, spec: EncoderSpec | None = None,
+                      mesh: Mesh | None = None, batch_size: int = 64) -> "SentenceEncoder":
+    """Loads config.json, model.safetensors and the tokenizer from a local directory."""
+    from transformers import AutoTokenizer  # the tokenizer only; no torch import
+    if not os.path.isdir(model_dir):
+      raise FileNotFoundError(f"encoder directory {model_dir} does not exist")
+    spec = spec or infer_spec(model_dir)
+    model = bert.load_bert(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    weights_hash = _file_digest(os.path.join(model_dir, "model.safetensors"))
+    name = os.path.basename(os.path.normpath(model_dir))
+    if name == "model":  # sentence-transformers packages keep weights in .../<name>/model
+      name = os.path.basename(os.path.dirname(os.path.normpath(model_dir)))
+    return cls(model, tokenizer, spec, name, weights_hash, mesh, batch_size)
+
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text, truncated to spec.max_length, with [CLS]/[SEP]."""
+    out = self.tokenizer(list(texts), truncation=True, max_length=self.spec.max_length,
+                         padding=False, return_attention_mask=False,
+                         return_token_type_ids=False)
+    return out["input_ids"]
+
+  def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+    """[n, dim] float32 query embeddings (with the spec's query prefix)."""
+    return self.encode([self.spec.query_prefix + q for q in queries])
+
+  def encode_passages(self, passages: Sequence[str]) -> np.ndarray:
+    """[n, dim] float32 passage embeddings (with the spec's passage prefix)."""
+    return self.encode([self.spec.passage_prefix + p for p in passages])
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """[n, dim] float32 embeddings of texts as given; batches are formed by token length."""
+    if not texts:
+      return np.zeros((0, self.dim), np.float32)
+    ids = self.tokenize(texts)
+    order = np.argsort([len(t) for t in ids], kind="stable")
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for start in range(0, len(order), self.batch_size):
+      rows = order[start:start + self.batch_size]
+      out[rows] = self._encode_batch([ids[r] for r in rows])
+    return out
+
+  def _encode_batch(self, ids: list[list[int]]) -> np.ndarray:
+    """Pads one batch to its (batch, seq) bucket and runs the jitted function."""
+    seq = seq_bucket(max(len(t) for t in ids), self.spec.max_length)
+    batch = batch_bucket(len(ids), self.batch_size, self._data_ways)
+    input_ids = np.zeros((batch, seq), np.int32)  # [batch, seq]
+    mask = np.zeros((batch, seq), np.int32)
+    for i, t in enumerate(ids):
+      input_ids[i, :len(t)] = t
+      mask[i, :len(t)] = 1
+    mask[len(ids):, 0] = 1  # padding rows attend to one token: no NaN from empty softmax
+    if self.mesh is not None:
+      input_ids = sharding.put_on_mesh(input_ids, self.mesh, ("batch", "seq"))
+      mask = sharding.put_on_mesh(mask, self.mesh, ("batch", "seq"))
+    return np.asarray(self._fn(self._state, input_ids, mask))[:len(ids)]
+
+
+def _file_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(1 << 22):
+      digest.update(block)
+  return digest.hexdigest()
