@@ -94,8 +94,8 @@ def base_config() -> config_dict.ConfigDict:
   c.rl = config_dict.ConfigDict()
   c.rl.algorithm = "grpo"  # grpo | ppo
   c.rl.steps = 500
-  c.rl.batch_size = 512  # questions x group_size trajectories per step
-  c.rl.mini_batch_size = 128
+  c.rl.batch_size = 512  # questions per step (each sampled group_size times)
+  c.rl.mini_batch_size = 128  # questions per optimizer update
   c.rl.group_size = 5
   c.rl.epochs_per_batch = 1
   c.rl.learning_rate = 1e-6

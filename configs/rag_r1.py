@@ -40,6 +40,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.retrieval.index_type = "flat"
 
   config.rollout.mode = "sq" if variant == "sq" else "mq"
+  config.rollout.max_total_length = 1024
 
   if variant == "smoke":
     config.model.hidden_size = 64

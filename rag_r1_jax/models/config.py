@@ -37,6 +37,7 @@ class DecoderConfig:
   rms_norm_eps: float = 1e-5
   tie_word_embeddings: bool = False
   qkv_bias: bool = False
+  o_bias: bool = False  # Llama's attention_bias also adds a bias to o_proj; Qwen2 does not.
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = False
@@ -66,6 +67,8 @@ class DecoderConfig:
     rope_type = self.rope_scaling_dict.get("rope_type", self.rope_scaling_dict.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
       problems.append(f"rope_scaling type {rope_type!r} is not supported ({SUPPORTED_ROPE_TYPES})")
+    if self.o_bias and self.architecture != "llama":
+      problems.append("o_bias is only defined for the llama architecture")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -123,6 +126,7 @@ def from_model_config(model_config) -> DecoderConfig:
       rms_norm_eps=float(model_config.rms_norm_eps),
       tie_word_embeddings=bool(model_config.tie_word_embeddings),
       qkv_bias=bool(model_config.qkv_bias),
+      o_bias=bool(model_config.qkv_bias) and model_config.architecture == "llama",
       dtype=str(model_config.dtype),
       param_dtype=str(model_config.param_dtype),
       scan_layers=bool(model_config.scan_layers),
@@ -147,7 +151,8 @@ def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
   head_dim = hf.get("head_dim") or hidden // num_heads
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r}: only silu (SwiGLU)")
-  qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
+  llama_bias = family == "llama" and bool(hf.get("attention_bias", False))
+  qkv_bias = family == "qwen2" or llama_bias
   if hf.get("mlp_bias"):
     raise ValueError("unsupported config: mlp_bias=True")
   rope_theta = hf.get("rope_theta")
@@ -173,6 +178,7 @@ def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
       qkv_bias=qkv_bias,
+      o_bias=llama_bias,
       bos_token_id=hf.get("bos_token_id"),
       eos_token_id=_freeze(hf.get("eos_token_id")),
   )
@@ -215,6 +221,8 @@ def to_hf_dict(cfg: DecoderConfig) -> dict[str, Any]:
   if cfg.rope_scaling:
     hf["rope_scaling"] = _thaw(cfg.rope_scaling)
   if cfg.architecture == "llama":
+    if cfg.qkv_bias != cfg.o_bias:
+      raise ValueError("a llama export needs qkv_bias == o_bias (HF's single attention_bias)")
     hf["attention_bias"] = cfg.qkv_bias
     hf["mlp_bias"] = False
   if cfg.bos_token_id is not None:

@@ -54,6 +54,8 @@ class DecoderLayer(nnx.Module):
       self.k_bias = p((kv,), ("kv_heads",), init="zeros")
       self.v_bias = p((kv,), ("kv_heads",), init="zeros")
     self.o_proj = p((q, d), ("q_heads", "embed"))
+    if cfg.o_bias:
+      self.o_bias = p((d,), ("embed",), init="zeros")
     self.mlp_norm = p((d,), ("norm",), init="ones")
     self.gate_proj = p((d, f), ("embed", "mlp"))
     self.up_proj = p((d, f), ("embed", "mlp"))
@@ -186,7 +188,7 @@ def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, wri
     v_cache = v_cache.at[layer, rows, write_idx].set(v.astype(v_cache.dtype), mode="drop")
     k, v = k_cache[layer], v_cache[layer]
   attn = _attention(q, k, v, mask, cfg)
-  x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"])
+  x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
   x = x + _linear(mlp, w["down_proj"])

@@ -22,6 +22,7 @@ _LAYER_WEIGHTS = {
     "k_bias": ("self_attn.k_proj.bias", False),
     "v_bias": ("self_attn.v_proj.bias", False),
     "o_proj": ("self_attn.o_proj.weight", True),
+    "o_bias": ("self_attn.o_proj.bias", False),
     "mlp_norm": ("post_attention_layernorm.weight", False),
     "gate_proj": ("mlp.gate_proj.weight", True),
     "up_proj": ("mlp.up_proj.weight", True),
@@ -48,7 +49,9 @@ def param_sources(cfg: DecoderConfig) -> Iterator[ParamSource]:
   if not cfg.tie_word_embeddings:
     yield ParamSource(("lm_head",), ("lm_head.weight",), True, False)
   for name, (suffix, transpose) in _LAYER_WEIGHTS.items():
-    if name.endswith("_bias") and not cfg.qkv_bias:
+    if name in ("q_bias", "k_bias", "v_bias") and not cfg.qkv_bias:
+      continue
+    if name == "o_bias" and not cfg.o_bias:
       continue
     names = tuple(f"model.layers.{i}.{suffix}" for i in range(cfg.num_layers))
     if cfg.scan_layers:

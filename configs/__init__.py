@@ -1,0 +1,1 @@
+"""Run configs (ml_collections); see common.py for every field."""

@@ -1,0 +1,106 @@
+"""Start-up validation of a run's ConfigDict: every problem names its field."""
+
+from typing import Any, Callable
+
+STAGES = ("sft", "rl", "eval")
+
+_CHOICES = {
+    "model.source": ("scratch", "hf", "gguf"),
+    "model.architecture": ("llama", "qwen2"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots"),
+    "tokenizer.kind": ("hf", "world"),
+    "data.source": ("synthetic_world", "flashrag"),
+    "retrieval.backend": ("faiss", "bm25", "server"),
+    "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
+    "rollout.mode": ("mq", "sq"),
+    "rl.algorithm": ("grpo", "ppo"),
+    "rl.kl_estimator": ("k1", "k2", "k3"),
+    "rl.advantage": ("grpo", "dr_grpo"),
+    "rl.loss_agg": ("token_mean", "seq_mean_token_mean", "seq_sum_norm"),
+    "rl.reward": ("em", "f1", "cover_em"),
+    "rl.schedule": ("constant", "cosine"),
+}
+_POSITIVE = (
+    "model.hidden_size", "model.intermediate_size", "model.num_layers", "model.num_heads",
+    "model.num_kv_heads", "model.head_dim", "model.max_position_embeddings",
+    "retrieval.topk", "rollout.max_turns", "rollout.max_queries_per_call",
+    "rollout.max_query_chars", "rollout.max_turn_tokens", "rollout.max_obs_length",
+    "rollout.max_total_length", "sft.batch_size", "sft.max_length", "rl.batch_size",
+    "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
+    "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size",
+)
+_NON_NEGATIVE = ("sft.epochs", "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
+                 "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
+                 "sampling.top_k", "rl.format_reward")
+_FRACTIONS = ("sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
+              "rl.gae_lambda")
+
+
+class ConfigError(ValueError):
+  """A config with one or more bad fields."""
+
+
+def _get(config, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{dotted}: missing field (declared in configs/common.py)")
+    node = node[part]
+  return node
+
+
+def validate(config) -> None:
+  """Raises ConfigError listing every bad or inconsistent field."""
+  problems: list[str] = []
+
+  def check(field: str, ok: Callable[[Any], bool], message: str) -> None:
+    value = _get(config, field)
+    try:
+      good = ok(value)
+    except (TypeError, ValueError):
+      good = False
+    if not good:
+      problems.append(f"config.{field}={value!r}: {message}")
+
+  for field, choices in _CHOICES.items():
+    check(field, lambda v, c=choices: v in c, f"must be one of {', '.join(choices)}")
+  for field in _POSITIVE:
+    check(field, lambda v: v > 0, "must be positive")
+  for field in _NON_NEGATIVE:
+    check(field, lambda v: v >= 0, "must be >= 0")
+  for field in _FRACTIONS:
+    check(field, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+  check("rl.clip_eps_high", lambda v: v >= 0, "must be >= 0")
+  check("sampling.temperature", lambda v: v > 0, "must be positive (use sampling.greedy)")
+  check("sampling.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
+  check("stages", lambda v: v and all(s in STAGES for s in _split(v)),
+        f"must be a comma-separated subset of {','.join(STAGES)}")
+  check("model.num_heads", lambda v: v % config.model.num_kv_heads == 0,
+        f"must be a multiple of config.model.num_kv_heads={config.model.num_kv_heads}")
+  check("model.head_dim", lambda v: v % 2 == 0, "must be even (rotary embeddings)")
+  if config.model.source in ("hf", "gguf"):
+    check("model.path", bool, f"is required when config.model.source={config.model.source!r}")
+  if config.retrieval.backend == "server":
+    check("retrieval.server_url", lambda v: str(v).startswith(("http://", "https://")),
+          "must be an http(s) URL when config.retrieval.backend='server'")
+  check("rl.batch_size", lambda v: v % config.rl.mini_batch_size == 0,
+        f"must be a multiple of config.rl.mini_batch_size={config.rl.mini_batch_size}")
+  check("rl.mini_batch_size", lambda v: v % config.rl.microbatches == 0,
+        f"must be a multiple of config.rl.microbatches={config.rl.microbatches}")
+  if config.rl.algorithm == "grpo":
+    check("rl.group_size", lambda v: v >= 2, "GRPO needs at least 2 samples per question")
+  check("rollout.max_total_length",
+        lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
+        f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def stages(config) -> list[str]:
+  return _split(config.stages)
+
+
+def _split(value: str) -> list[str]:
+  return [s.strip() for s in str(value).split(",") if s.strip()]

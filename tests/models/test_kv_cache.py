@@ -1,0 +1,89 @@
+"""Incremental decoding with per-row cache positions equals one full forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rag_r1_jax.models import kv_cache, params
+from rag_r1_jax.models.config import DecoderConfig
+from rag_r1_jax import sharding
+from ml_collections import ConfigDict
+
+CFG = DecoderConfig(vocab_size=61, hidden_size=48, intermediate_size=80, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=12, qkv_bias=True,
+                    architecture="qwen2")
+
+
+def _model(scan: bool):
+  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
+  return params.init_on_mesh(CFG.replace(scan_layers=scan), mesh, seed=3)
+
+
+def _full_logits(model, row_tokens):
+  logits, _ = model(jnp.asarray(row_tokens)[None])
+  return np.asarray(logits[0])
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_prefill_then_token_by_token(scan):
+  model = _model(scan)
+  tokens = np.random.RandomState(0).randint(0, 61, (2, 14))
+  cache = kv_cache.init_cache(model.cfg, 2, 32)
+  prefill, cache = model(jnp.asarray(tokens[:, :6]), cache=cache)
+  steps = [np.asarray(prefill)]
+  for t in range(6, 14):
+    logits, cache = model(jnp.asarray(tokens[:, t:t + 1]), cache=cache)
+    steps.append(np.asarray(logits))
+  incremental = np.concatenate(steps, axis=1)
+  full, _ = model(jnp.asarray(tokens))
+  np.testing.assert_allclose(incremental, np.asarray(full), atol=2e-5, rtol=0)
+  np.testing.assert_array_equal(np.asarray(cache.lengths), [14, 14])
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_chunks_of_different_lengths_per_row(scan):
+  """Row 0 and row 1 grow by different amounts each call, like a paused/resumed rollout."""
+  model = _model(scan)
+  rng = np.random.RandomState(1)
+  rows = [rng.randint(0, 61, 17), rng.randint(0, 61, 15), rng.randint(0, 61, 11)]
+  # chunk lengths per call per row (0 = the row gets nothing this call)
+  schedule = [[5, 8, 3], [4, 0, 6], [1, 1, 1], [7, 6, 0], [0, 0, 1]]
+  cache = kv_cache.init_cache(model.cfg, 3, 24)
+  got = [[] for _ in rows]
+  offsets = [0, 0, 0]
+  for lengths in schedule:
+    width = max(lengths)
+    chunk = np.zeros((3, width), np.int32)
+    for r, n in enumerate(lengths):
+      chunk[r, :n] = rows[r][offsets[r]:offsets[r] + n]
+    logits, cache = model(jnp.asarray(chunk), cache=cache,
+                          chunk_lengths=jnp.asarray(lengths, jnp.int32))
+    for r, n in enumerate(lengths):
+      got[r].append(np.asarray(logits[r, :n]))
+      offsets[r] += n
+  np.testing.assert_array_equal(np.asarray(cache.lengths), offsets)
+  for r, row in enumerate(rows):
+    np.testing.assert_allclose(np.concatenate(got[r]), _full_logits(model, row[:offsets[r]]),
+                               atol=2e-5, rtol=0)
+
+
+def test_logits_at_selects_last_valid_position():
+  model = _model(False)
+  tokens = np.random.RandomState(2).randint(0, 61, (2, 9))
+  cache = kv_cache.init_cache(model.cfg, 2, 16)
+  lengths = jnp.asarray([9, 4], jnp.int32)
+  last, _ = model(jnp.asarray(tokens), cache=cache, chunk_lengths=lengths, logits_at=lengths - 1)
+  assert last.shape == (2, 61)
+  np.testing.assert_allclose(np.asarray(last[1]), _full_logits(model, tokens[1, :4])[-1], atol=2e-5)
+
+
+def test_chunk_past_capacity_is_dropped_not_wrapped():
+  model = _model(False)
+  cache = kv_cache.init_cache(model.cfg, 1, 8)
+  tokens = jnp.asarray(np.arange(12)[None] % 61, jnp.int32)
+  _, cache = model(tokens[:, :6], cache=cache)
+  before = np.asarray(cache.k[:, :, :6])
+  _, cache = model(tokens[:, 6:], cache=cache)  # 6 more tokens, only 2 slots left
+  np.testing.assert_array_equal(np.asarray(cache.lengths), [8])
+  np.testing.assert_array_equal(np.asarray(cache.k[:, :, :6]), before)

@@ -1,0 +1,78 @@
+"""Configs, their validation, and main.py's command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_flags  # noqa: F401  (the CLI path under test)
+
+from configs import rag_r1
+from rag_r1_jax import config_validation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, timeout=120):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("variant", ["mq", "sq", "smoke"])
+def test_variants_validate(variant):
+  config = rag_r1.get_config(variant)
+  config_validation.validate(config)
+  assert config.rollout.mode == ("sq" if variant == "sq" else "mq")
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant 'xl'"):
+    rag_r1.get_config("xl")
+
+
+def test_validation_names_every_bad_field():
+  config = rag_r1.get_config("mq")
+  config.rl.algorithm = "a2c"
+  config.model.num_kv_heads = 3
+  config.sampling.top_p = 1.5
+  with pytest.raises(config_validation.ConfigError) as e:
+    config_validation.validate(config)
+  message = str(e.value)
+  assert "config.rl.algorithm='a2c': must be one of grpo, ppo" in message
+  assert "config.model.num_heads=4: must be a multiple of config.model.num_kv_heads=3" in message
+  assert "config.sampling.top_p=1.5" in message
+
+
+def test_hf_source_needs_path_and_server_needs_url():
+  config = rag_r1.get_config("mq")
+  config.model.source = "hf"
+  config.retrieval.backend = "server"
+  with pytest.raises(config_validation.ConfigError) as e:
+    config_validation.validate(config)
+  assert "config.model.path" in str(e.value) and "config.retrieval.server_url" in str(e.value)
+
+
+def test_main_bad_override_type_names_flag():
+  result = _main("--config=configs/rag_r1.py:smoke", "--config.model.num_layers=two")
+  assert result.returncode != 0
+  assert "--config.model.num_layers" in result.stderr
+
+
+def test_main_unknown_field_names_it():
+  result = _main("--config=configs/rag_r1.py:smoke", "--config.model.num_layerz=2")
+  assert result.returncode != 0
+  assert "num_layerz" in result.stderr
+
+
+def test_main_invalid_value_exits_2_naming_field():
+  result = _main("--config=configs/rag_r1.py:smoke", "--config.rl.algorithm=a2c")
+  assert result.returncode == 2
+  assert "config.rl.algorithm='a2c'" in result.stderr
+
+
+def test_main_prints_config_and_mesh(tmp_path):
+  result = _main("--config=configs/rag_r1.py:smoke", "--config.model.num_layers=3",
+                 "--config.stages=eval", f"--workdir={tmp_path}")
+  assert "num_layers: 3" in result.stdout
+  assert "Mesh(data=1, fsdp=1, tensor=1)" in result.stdout
