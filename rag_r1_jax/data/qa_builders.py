@@ -163,7 +163,9 @@ class DecodedSource(collections.abc.Sequence):
   def __len__(self) -> int:
     return len(self._source)
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, index: int | slice) -> dict | list[dict]:
+    if isinstance(index, slice):
+      return self.__getitems__(range(len(self))[index])
     if not isinstance(index, (int, np.integer)):
       raise TypeError(f"index must be an integer, got {type(index).__name__}")
     if index < 0:
@@ -173,6 +175,8 @@ class DecodedSource(collections.abc.Sequence):
     return {k: _decode(v) for k, v in self._source[int(index)].items()}
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    if not indices:
+      return []
     records = self._source.__getitems__([int(i) for i in indices])
     return [{k: _decode(v) for k, v in r.items()} for r in records]
 

@@ -1,10 +1,13 @@
 """Prompts: the paper's text verbatim, short variants, question clean-up, chat template."""
 
+import os
+
 import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from rag_r1_jax.data import prompts
+from tests.conftest import require_asset
 
 # Copied from RAG_R1_FACTS.md (paper Tables 1-2), kept as whole literals on purpose.
 SQ_EXPECTED = (
@@ -71,3 +74,14 @@ def test_chat_template_one_user_turn_with_generation_prompt():
 def test_tokenizer_without_chat_template_is_a_clear_error():
   with pytest.raises(ValueError, match="has no chat template"):
     prompts.apply_chat_template(_tokenizer(None), "Question: x?\n")
+
+
+def test_real_smollm2_chat_template():
+  path = require_asset("smollm2_gguf")
+  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  prompt = prompts.build_prompt("who wrote hamlet", "short_mq")
+  text = prompts.apply_chat_template(tok, prompt)
+  # SmolLM2's template adds its default system turn when none is given, as Qwen2.5's does.
+  assert text.startswith("<|im_start|>system\n")
+  assert text.endswith("<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n")

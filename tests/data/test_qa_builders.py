@@ -46,6 +46,9 @@ def test_every_qa_dataset_builds_and_reads_back(flashrag_dir, tfds_dir):
   train = qa_builders.load_split("hotpotqa", "train", flashrag_dir, tfds_dir)
   assert [r["id"] for r in train] == [f"train_{i}" for i in range(5)]
   assert train[-1]["golden_answers"] == ["hotpotqa-4"]
+  assert [r["id"] for r in train[1:4:2]] == ["train_1", "train_3"] and train[5:] == []
+  with pytest.raises(IndexError, match="index 5 out of range for 5 records"):
+    train[5]  # noqa: B018
   assert "tensorflow" not in sys.modules
 
 
