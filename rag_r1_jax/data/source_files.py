@@ -82,7 +82,8 @@ def read_qa_jsonl(path: str, split: str) -> list[dict]:
     golds = row.get("golden_answers")
     if (not isinstance(golds, list) or not golds
         or not all(isinstance(g, str) for g in golds)):
-      raise _fail(path, line, f"'golden_answers' must be a non-empty list of strings, got {golds!r}")
+      raise _fail(path, line,
+                  f"'golden_answers' must be a non-empty list of strings, got {golds!r}")
     row_id = row.get("id", f"{split}_{len(rows)}")
     if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
       raise _fail(path, line, f"'id' must be a string or an integer, got {row_id!r}")

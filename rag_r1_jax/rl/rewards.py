@@ -68,7 +68,7 @@ def _block_sequence(response_text: str) -> str | None:
 
 
 def is_well_formed(response_text: str) -> bool:
-  """Whether a response is think -> (search -> information -> think)* -> answer, and nothing else."""
+  """Whether a response is think, (search, information, think)*, answer, and nothing else."""
   sequence = _block_sequence(response_text)
   return sequence is not None and _WELL_FORMED_STEPS.fullmatch(sequence) is not None
 

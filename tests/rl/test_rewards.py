@@ -45,8 +45,8 @@ def test_well_formed(text, ok):
 
 
 def test_compute_rewards_batch_with_and_without_format_term():
-  responses = [GOOD, "<answer> William Shakespeare </answer>", "<think>x</think><answer>no</answer>",
-               "I give up"]
+  responses = [GOOD, "<answer> William Shakespeare </answer>",
+               "<think>x</think><answer>no</answer>", "I give up"]
   golds = [["William Shakespeare"]] * 4
   out = rewards.compute_rewards(responses, golds, "em")
   assert out.dtype == np.float32 and out.shape == (4,)
