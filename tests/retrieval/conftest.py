@@ -47,3 +47,16 @@ def wiki_passage_embeddings(minilm, wiki_subset):
   """[1004, 384] MiniLM embeddings of the subset's documents (title + lead), encoded once."""
   docs = corpus.wiki_documents(wiki_subset)
   return minilm.encode_passages([d.contents for d in docs])
+
+
+@pytest.fixture(scope="session")
+def wiki_queries(wiki_subset):
+  """(descriptions, target rows): each subset article with a description is one query."""
+  rows = [i for i, a in enumerate(wiki_subset) if a.description]
+  return [wiki_subset[i].description for i in rows], rows
+
+
+@pytest.fixture(scope="session")
+def wiki_query_embeddings(minilm, wiki_queries):
+  """[num_queries, 384] MiniLM embeddings of the descriptions."""
+  return minilm.encode_queries(wiki_queries[0])

@@ -1,0 +1,99 @@
+"""Dense retrieval: a sentence encoder, a FAISS index and a document store behind `retrieve`."""
+
+import dataclasses
+import os
+from typing import Sequence
+
+import faiss
+
+from rag_r1_jax.retrieval import embeddings as embeddings_lib
+from rag_r1_jax.retrieval import index as index_lib
+from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.retrieval.docstore import DocStore, JsonlDocStore, ListDocStore
+from rag_r1_jax.retrieval.encoder import SentenceEncoder
+
+
+def docstore_path(index_path: str) -> str:
+  """Where the corpus byte offsets of an index built from a JSONL file are kept."""
+  return index_path + ".docs.npy"
+
+
+class DenseRetriever(Retriever):
+  """Encodes the batch of queries once, searches the index once, reads the hits' documents."""
+
+  def __init__(self, encoder: SentenceEncoder, index: faiss.Index, docs: DocStore):
+    super().__init__()
+    if index.ntotal != len(docs):
+      raise ValueError(f"index has {index.ntotal} vectors but the corpus has {len(docs)} rows")
+    if index.d != encoder.dim:
+      raise ValueError(f"index dimension {index.d} != encoder dimension {encoder.dim}")
+    self.encoder = encoder
+    self.index = index
+    self.docs = docs
+
+  @classmethod
+  def from_documents(cls, encoder: SentenceEncoder, documents: Sequence[Document],
+                     params: index_lib.IndexParams = index_lib.IndexParams(),
+                     progress: bool = False) -> "DenseRetriever":
+    """Encodes a list of Documents in memory and indexes them (small corpora, tests)."""
+    docs = ListDocStore(documents)
+    emb = encoder.encode_passages([d.contents for d in docs.documents])  # [n, dim]
+    index = index_lib.build_index([emb], len(emb), params, progress=progress)
+    return cls(encoder, index, docs)
+
+  @classmethod
+  def load(cls, encoder: SentenceEncoder, index_path: str, corpus_path: str,
+           params: index_lib.IndexParams | None = None) -> "DenseRetriever":
+    """Loads a saved index and its corpus; refuses a mismatched encoder or corpus."""
+    if not os.path.isfile(index_path):
+      raise FileNotFoundError(f"retrieval.index_path {index_path} does not exist; build it "
+                              "with `python -m rag_r1_jax.retrieval build`")
+    docs = JsonlDocStore.load(docstore_path(index_path), corpus_path)
+    index, meta = index_lib.load_index(index_path, encoder.hash, docs.fingerprint)
+    if params is not None:
+      if params.index_type != meta.index_type:
+        raise ValueError(f"retrieval.index_type is {params.index_type!r} but {index_path} is a "
+                         f"{meta.index_type!r} index")
+      index_lib.set_search_params(index, params)
+    return cls(encoder, index, docs)
+
+  def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
+    if not queries:
+      return []
+    q = self.encoder.encode_queries(queries)  # [n, dim]
+    scores, rows = index_lib.search(self.index, q, topk)  # [n, k] each
+    hits = sorted({int(r) for r in rows.ravel() if r >= 0})
+    by_row = dict(zip(hits, self.docs.get(hits)))
+    return [[dataclasses.replace(by_row[int(r)], score=float(s))
+             for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+
+  def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
+    return self._timed(queries, topk, self._search)
+
+
+def build_dense_index(encoder: SentenceEncoder, corpus_path: str, index_path: str,
+                      params: index_lib.IndexParams = index_lib.IndexParams(),
+                      work_dir: str | None = None, chunk_rows: int = 65536,
+                      bad_rows_report: str | None = None, progress: bool = True
+                      ) -> index_lib.IndexMeta:
+  """Corpus JSONL -> offsets + resumable embeddings (in work_dir) -> saved index with metadata.
+
+  `work_dir` keeps the embedding chunks so an interrupted build resumes; by default it is
+  `index_path + '.emb'`.
+  """
+  docs = JsonlDocStore.build(corpus_path, bad_rows_report)
+  if len(docs) == 0:
+    raise ValueError(f"corpus {corpus_path} has no rows")
+  work_dir = work_dir or index_path + ".emb"
+  embeddings_lib.encode_corpus(encoder, docs, work_dir, chunk_rows, progress)
+  index = index_lib.build_index(embeddings_lib.iter_chunks(work_dir), len(docs), params,
+                                progress=progress)
+  meta = index_lib.IndexMeta(encoder_name=encoder.name, encoder_hash=encoder.hash,
+                             dim=encoder.dim, corpus_hash=docs.fingerprint,
+                             index_type=params.index_type, count=len(docs), fp16=params.fp16,
+                             params=dataclasses.asdict(params))
+  index_lib.save_index(index, meta, index_path)
+  docs.save(docstore_path(index_path))
+  docs.close()
+  return meta
+
