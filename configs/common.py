@@ -54,6 +54,8 @@ def base_config() -> config_dict.ConfigDict:
   c.data.dir = ""  # FlashRAG-layout JSONL files for the benchmark builders.
   c.data.train_datasets = "hotpotqa"
   c.data.eval_datasets = "nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
+  c.data.tfds_dir = ""  # where prepared tfds data goes; empty: tfds's default
+  c.data.prompt = ""  # paper_sq | paper_mq | short_sq | short_mq; empty: paper_<rollout.mode>
   c.data.world_seed = 0
   c.data.world_entities = 240
 
@@ -89,6 +91,10 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.batch_size = 16
   c.sft.learning_rate = 1e-4
   c.sft.warmup_ratio = 0.05
+  c.sft.schedule = "cosine"
+  c.sft.weight_decay = 0.0
+  c.sft.max_grad_norm = 1.0
+  c.sft.validation_fraction = 0.1
   c.sft.max_length = 1024
 
   c.rl = config_dict.ConfigDict()
@@ -103,7 +109,7 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.warmup_ratio = 0.285
   c.rl.schedule = "constant"  # constant | cosine
   c.rl.kl_coef = 0.001
-  c.rl.kl_estimator = "k3"  # k1 | k3
+  c.rl.kl_estimator = "k3"  # k1 | k2 | k3
   c.rl.clip_eps_low = 0.2
   c.rl.clip_eps_high = 0.2
   c.rl.value_clip_eps = 0.2
@@ -112,15 +118,19 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.gae_lambda = 1.0
   c.rl.advantage = "grpo"  # grpo | dr_grpo
   c.rl.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean | seq_sum_norm
+  c.rl.loss_norm_length = 0  # seq_sum_norm's constant; 0: the padded length
+  c.rl.whiten_advantages = True  # PPO: normalise advantages over the batch
   c.rl.reward = "em"  # em | f1 | cover_em
   c.rl.format_reward = 0.0
   c.rl.max_grad_norm = 1.0
+  c.rl.weight_decay = 0.01
   c.rl.microbatches = 1
   c.rl.max_nonfinite_steps = 5
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
 
   c.eval = config_dict.ConfigDict()
   c.eval.max_questions = 0  # 0: all

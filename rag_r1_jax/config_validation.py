@@ -21,6 +21,8 @@ _CHOICES = {
     "rl.loss_agg": ("token_mean", "seq_mean_token_mean", "seq_sum_norm"),
     "rl.reward": ("em", "f1", "cover_em"),
     "rl.schedule": ("constant", "cosine"),
+    "sft.schedule": ("constant", "cosine"),
+    "data.prompt": ("", "paper_sq", "paper_mq", "short_sq", "short_mq"),
 }
 _POSITIVE = (
     "model.hidden_size", "model.intermediate_size", "model.num_layers", "model.num_heads",
@@ -34,7 +36,7 @@ _POSITIVE = (
 _NON_NEGATIVE = ("sft.epochs", "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward")
-_FRACTIONS = ("sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
+_FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
               "rl.gae_lambda")
 
 
