@@ -1,0 +1,382 @@
+"""A small fictional world, generated from a seed, that a tiny model can only answer by searching.
+
+People, companies and cities with made-up names carry attributes (birth year, birth city, height,
+employer; founder, founding year, headquarters; population). Each entity has one short passage
+titled with its name; distractor entities with similar names (a shared first name or surname)
+fill the corpus but are never asked about. Questions come in four kinds:
+  single     one lookup                "In which city was X born?"
+  bridge     two sequential lookups    "In which city is the company that X works for headquartered?"
+  comparison two parallel lookups      "Who was born earlier, X or Y?"
+  fanout     three parallel lookups    "Which of X, Y and Z is the tallest?"
+Train and test questions are about disjoint entities (every hop stays inside its split), so
+answers cannot be memorised. Each question carries its gold lookup plan: the queries a perfect
+searcher issues (the entity names), grouped in rounds for 'mq'; in 'sq' each query is a round.
+"""
+
+import dataclasses
+import json
+import os
+import random
+from typing import Iterable, Literal, Sequence
+
+from rag_r1_jax.retrieval.base import Document
+
+KINDS = ("single", "bridge", "comparison", "fanout")
+SPLITS = ("train", "test")
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
+           "st", "tr", "sh")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "r", "l", "s")
+_CITY_KINDS = ("Falls", "Bay", "Hill", "Harbor", "Springs")
+_COMPANY_KINDS = ("Labs", "Works", "Group", "Motors", "Foods")
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+  name: str
+  split: str  # train | test | distractor
+  birth_year: int
+  birth_city: str
+  height_cm: int
+  employer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Company:
+  name: str
+  split: str
+  founded: int
+  founder: str
+  headquarters: str
+
+
+@dataclasses.dataclass(frozen=True)
+class City:
+  name: str
+  split: str
+  population_k: int
+
+
+Entity = Person | Company | City
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+  """One gold search: the query (the entity's name) and the attribute it is for."""
+  entity: str
+  attribute: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  """A world question; `plan` is the gold lookups in 'mq' rounds."""
+  id: str
+  question: str
+  golden_answers: tuple[str, ...]
+  kind: str
+  split: str
+  plan: tuple[tuple[Lookup, ...], ...]
+
+  def lookup_rounds(self, mode: Literal["mq", "sq"]) -> tuple[tuple[Lookup, ...], ...]:
+    """The plan's rounds: as is in 'mq', one lookup per round in 'sq'."""
+    if mode == "mq":
+      return self.plan
+    return tuple((lookup,) for round_ in self.plan for lookup in round_)
+
+  def rounds(self, mode: Literal["mq", "sq"]) -> tuple[tuple[str, ...], ...]:
+    """The gold queries, grouped in search rounds for `mode`."""
+    return tuple(tuple(lk.entity for lk in r) for r in self.lookup_rounds(mode))
+
+  def row(self) -> dict:
+    """The FlashRAG JSONL row: id, question, golden_answers."""
+    return {"id": self.id, "question": self.question, "golden_answers": list(self.golden_answers)}
+
+
+@dataclasses.dataclass
+class World:
+  """Entities, the passage corpus (one Document per entity) and the questions."""
+  seed: int
+  entities: tuple[Entity, ...]
+  passages: tuple[Document, ...]
+  questions: tuple[Question, ...]
+
+  def __post_init__(self):
+    self._by_name = {e.name: e for e in self.entities}
+    self._passage_by_title = {d.title: d for d in self.passages}
+
+  def entity(self, name: str) -> Entity:
+    return self._by_name[name]
+
+  def passage(self, name: str) -> Document:
+    """The passage describing the named entity."""
+    return self._passage_by_title[name]
+
+  def split_questions(self, split: str, kinds: Iterable[str] = KINDS) -> list[Question]:
+    kinds = set(kinds)
+    return [q for q in self.questions if q.split == split and q.kind in kinds]
+
+  def value(self, lookup: Lookup) -> str:
+    """The attribute's value as text ("1931", "172 cm", "Vormsa")."""
+    value = getattr(self.entity(lookup.entity), lookup.attribute)
+    return f"{value} cm" if lookup.attribute == "height_cm" else str(value)
+
+  def fact(self, lookup: Lookup) -> str:
+    """A short sentence stating the looked-up fact, for the teacher's thoughts."""
+    return _FACTS[lookup.attribute].format(e=lookup.entity, v=self.value(lookup))
+
+  def sizes(self) -> dict[str, int]:
+    """Counts of entities per split and type, passages, and questions per split and kind."""
+    out = {"passages": len(self.passages)}
+    for e in self.entities:
+      key = f"{e.split}_{_PLURALS[type(e)]}"
+      out[key] = out.get(key, 0) + 1
+    for q in self.questions:
+      key = f"{q.split}_{q.kind}"
+      out[key] = out.get(key, 0) + 1
+    return out
+
+
+_PLURALS = {Person: "people", Company: "companies", City: "cities"}
+_FACTS = {
+    "birth_year": "{e} was born in {v}", "birth_city": "{e} was born in {v}",
+    "height_cm": "{e} is {v}", "employer": "{e} works for {v}",
+    "founder": "{e} was founded by {v}", "founded": "{e} was founded in {v}",
+    "headquarters": "{e} is based in {v}", "population_k": "{e} has {v} thousand people",
+}
+NEEDS = {
+    "birth_year": "birth year", "birth_city": "birthplace", "height_cm": "height",
+    "employer": "employer", "founder": "founder", "founded": "founding year",
+    "headquarters": "headquarters", "population_k": "population",
+}
+
+
+def passage_text(e: Entity) -> str:
+  """The entity's passage (its title is the name, which the text repeats for retrieval)."""
+  if isinstance(e, Person):
+    return (f"{e.name}: born {e.birth_year} in {e.birth_city}, {e.height_cm} cm tall, "
+            f"works for {e.employer}.")
+  if isinstance(e, Company):
+    return f"{e.name}: a company founded {e.founded} by {e.founder}, based in {e.headquarters}."
+  return f"{e.name}: a city of {e.population_k} thousand people."
+
+
+class _Names:
+  """Two-word names drawn from word pools shared by both splits; each full name is unique.
+
+  A test name only combines words that some train name also uses, so every word a test
+  question mentions is one the model (and its tokenizer) has seen during training.
+  """
+
+  def __init__(self, rng: random.Random, num_entities: int):
+    self.rng = rng
+    self.used_words: set[str] = set()
+    self.taken: set[str] = set()
+    self.seen_in_train: set[str] = set()
+    self.pools = {
+        "person": (self._words(max(8, num_entities // 10)), self._words(max(10, num_entities // 6))),
+        "city": (self._words(max(4, num_entities // 20)), _CITY_KINDS),
+        "company": (self._words(max(6, num_entities // 12)), _COMPANY_KINDS),
+    }
+
+  def _words(self, n: int) -> list[str]:
+    out = []
+    while len(out) < n:
+      parts = [self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(2)]
+      w = ("".join(parts) + self.rng.choice(_CODAS)).capitalize()
+      if w not in self.used_words:
+        self.used_words.add(w)
+        out.append(w)
+    return out
+
+  def pick(self, kind: str, split: str, like: str | None = None) -> str:
+    """A fresh name; test names use train-seen words only; `like` shares a word with it."""
+    first, second = self.pools[kind]
+    candidates = [f"{a} {b}" for a in first for b in second if f"{a} {b}" not in self.taken]
+    if split == "test":
+      candidates = [c for c in candidates if set(c.split(" ")) <= self.seen_in_train]
+    if like is not None:
+      words = set(like.split(" "))
+      candidates = [c for c in candidates if words & set(c.split(" "))] or candidates
+    if not candidates:
+      raise ValueError(f"the synthetic world ran out of {kind} names; lower "
+                       "data.world_entities or the distractor fraction")
+    name = self.rng.choice(candidates)
+    self.taken.add(name)
+    if split == "train":
+      self.seen_in_train.update(name.split(" "))
+    return name
+
+
+def _split_sizes(n: int) -> tuple[int, int, int]:
+  """(cities, companies, people) for a split of n entities."""
+  cities, companies = max(3, round(0.1 * n)), max(2, round(0.2 * n))
+  return cities, companies, n - cities - companies
+
+
+def _make_split(rng: random.Random, names: _Names, split: str, n: int) -> list[Entity]:
+  n_cities, n_companies, n_people = _split_sizes(n)
+  pops = rng.sample(range(20, 1000), n_cities)
+  cities = [City(names.pick("city", split), split, p) for p in pops]
+  people = [Person(names.pick("person", split), split, rng.randint(1900, 1969),
+                   rng.choice(cities).name, rng.randint(150, 199), "")
+            for _ in range(n_people)]
+  companies = []
+  for i in rng.sample(range(n_people), n_companies):
+    founder = people[i]
+    companies.append(Company(names.pick("company", split),
+                             split, founder.birth_year + rng.randint(25, 45), founder.name,
+                             rng.choice(cities).name))
+  employer = {c.founder: c.name for c in companies}
+  people = [dataclasses.replace(p, employer=employer.get(p.name) or rng.choice(companies).name)
+            for p in people]
+  return [*cities, *companies, *people]
+
+
+def _make_distractors(rng: random.Random, names: _Names, n: int,
+                      main: list[Entity]) -> list[Entity]:
+  """Entities sharing a name word with a main one (mostly people), never asked about."""
+  people = [e for e in main if isinstance(e, Person)]
+  cities = [e.name for e in main if isinstance(e, City)]
+  companies = [e.name for e in main if isinstance(e, Company)]
+  out: list[Entity] = []
+  for _ in range(n):
+    roll = rng.random()
+    if roll < 0.7:
+      name = names.pick("person", "distractor", like=rng.choice(people).name)
+      out.append(Person(name, "distractor", rng.randint(1900, 1969), rng.choice(cities),
+                        rng.randint(150, 199), rng.choice(companies)))
+    elif roll < 0.85:
+      founder = rng.choice(people)
+      out.append(Company(names.pick("company", "distractor", like=rng.choice(companies)),
+                         "distractor", founder.birth_year + rng.randint(25, 45),
+                         founder.name, rng.choice(cities)))
+    else:
+      out.append(City(names.pick("city", "distractor", like=rng.choice(cities)), "distractor",
+                      rng.randint(20, 999)))
+  return out
+
+
+def _distinct_group(rng: random.Random, items: list[Entity], size: int, key: str,
+                    tries: int = 50) -> list[Entity] | None:
+  """`size` items with pairwise different values of `key`, or None."""
+  for _ in range(tries):
+    group = rng.sample(items, size)
+    if len({getattr(e, key) for e in group}) == size:
+      return group
+  return None
+
+
+_COMPARE = {  # key -> (entity type, smallest wins?, comparison question, fan-out question)
+    "birth_year": (Person, True, "Who was born earlier, {0} or {1}?",
+                   "Which of {0}, {1} and {2} was born earliest?"),
+    "height_cm": (Person, False, "Who is taller, {0} or {1}?",
+                  "Which of {0}, {1} and {2} is the tallest?"),
+    "population_k": (City, False, "Which city has more inhabitants, {0} or {1}?",
+                     "Which of {0}, {1} and {2} has the most inhabitants?"),
+}
+
+
+def _split_questions(rng: random.Random, split: str, entities: list[Entity]) -> list[Question]:
+  people = [e for e in entities if isinstance(e, Person)]
+  companies = [e for e in entities if isinstance(e, Company)]
+  by_name = {e.name: e for e in entities}
+  out: list[tuple[str, str, tuple[str, ...], tuple[tuple[Lookup, ...], ...]]] = []
+
+  def add(kind, text, answers, *rounds):
+    out.append((kind, text, tuple(answers), tuple(tuple(r) for r in rounds)))
+
+  for p in people:
+    add("single", f"In which city was {p.name} born?", [p.birth_city],
+        [Lookup(p.name, "birth_city")])
+    add("single", f"In which year was {p.name} born?", [str(p.birth_year)],
+        [Lookup(p.name, "birth_year")])
+    add("single", f"How tall is {p.name}?", [f"{p.height_cm} cm", str(p.height_cm)],
+        [Lookup(p.name, "height_cm")])
+    add("single", f"Which company does {p.name} work for?", [p.employer],
+        [Lookup(p.name, "employer")])
+    c = by_name[p.employer]
+    add("bridge", f"In which city is the company that {p.name} works for headquartered?",
+        [c.headquarters], [Lookup(p.name, "employer")], [Lookup(c.name, "headquarters")])
+    if c.founder != p.name:
+      add("bridge", f"Who founded the company that {p.name} works for?", [c.founder],
+          [Lookup(p.name, "employer")], [Lookup(c.name, "founder")])
+  for c in companies:
+    add("single", f"In which city is {c.name} headquartered?", [c.headquarters],
+        [Lookup(c.name, "headquarters")])
+    add("single", f"Who founded {c.name}?", [c.founder], [Lookup(c.name, "founder")])
+    add("bridge", f"In which year was the founder of {c.name} born?",
+        [str(by_name[c.founder].birth_year)], [Lookup(c.name, "founder")],
+        [Lookup(c.founder, "birth_year")])
+    add("bridge", f"In which city was the founder of {c.name} born?",
+        [by_name[c.founder].birth_city], [Lookup(c.name, "founder")],
+        [Lookup(c.founder, "birth_city")])
+  for key, (kind_type, smallest, pair_text, fan_text) in _COMPARE.items():
+    pool = [e for e in entities if isinstance(e, kind_type)]
+    count = len(pool)
+    for kind, size, text in (("comparison", 2, pair_text), ("fanout", 3, fan_text)):
+      for _ in range(count):
+        group = _distinct_group(rng, pool, size, key)
+        if group is None:
+          continue
+        best = (min if smallest else max)(group, key=lambda e: getattr(e, key))
+        add(kind, text.format(*(e.name for e in group)), [best.name],
+            [Lookup(e.name, key) for e in group])
+  seen, questions = set(), []
+  for kind, text, answers, plan in out:
+    if text not in seen:
+      seen.add(text)
+      questions.append(Question(f"{split}-{len(questions):05d}", text, answers, kind, split, plan))
+  return questions
+
+
+def make_world(seed: int, num_entities: int, *, test_fraction: float = 0.25,
+               distractor_fraction: float = 0.5) -> World:
+  """A deterministic world of `num_entities` askable entities (train + test) plus distractors.
+
+  `test_fraction` of the entities form the test split; `distractor_fraction * num_entities`
+  distractor passages are added. Each split has >= 3 cities, >= 2 companies and >= 3 people.
+  """
+  n_test = round(num_entities * test_fraction)
+  n_train = num_entities - n_test
+  if min(n_train, n_test) < 10:
+    raise ValueError(f"data.world_entities={num_entities} with test fraction {test_fraction} "
+                     "gives a split under 10 entities; use at least 40 entities")
+  rng = random.Random(seed)
+  names = _Names(rng, num_entities)
+  main: list[Entity] = []
+  questions: list[Question] = []
+  for split, n in (("train", n_train), ("test", n_test)):
+    entities = _make_split(rng, names, split, n)
+    main += entities
+    questions += _split_questions(rng, split, entities)
+  distractors = _make_distractors(rng, names, round(num_entities * distractor_fraction), main)
+  entities = main + distractors
+  order = list(range(len(entities)))
+  rng.shuffle(order)
+  passages = tuple(Document(str(i), entities[j].name, passage_text(entities[j]))
+                   for i, j in enumerate(order))
+  return World(seed, tuple(entities), passages, tuple(questions))
+
+
+def corpus_rows(world: World) -> list[dict]:
+  """Search-R1 corpus rows: id and contents '"Title"\\ntext'."""
+  return [{"id": d.id, "contents": d.contents} for d in world.passages]
+
+
+def write_jsonl(rows: Iterable[dict], path: str) -> str:
+  """Writes rows as JSON lines (UTF-8), creating the folder; returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  return path
+
+
+def write_corpus_jsonl(world: World, path: str) -> str:
+  return write_jsonl(corpus_rows(world), path)
+
+
+def write_questions_jsonl(world: World, split: str, path: str) -> str:
+  """The split's questions as FlashRAG rows (id, question, golden_answers)."""
+  return write_jsonl((q.row() for q in world.split_questions(split)), path)
