@@ -1,0 +1,112 @@
+"""A programmatic teacher that writes correct search trajectories for synthetic-world questions.
+
+It plays the role of the paper's Qwen2.5-72B teacher: it knows the world's gold lookup plan,
+issues the gold queries ('sq': one per search; 'mq': all queries of a round in one search), and
+inserts the observation text built by `observation.information_block` from the ACTUAL results
+of the given retriever, so the text is exactly what the rollout engine inserts. A trajectory
+whose retrieved documents miss a needed fact is dropped (only correct ones are kept).
+
+Policy segments look like `<think> need birth year </think><search> A, B </search>` and
+`<think> A was born in 1931; B was born in 1925 </think><answer> B </answer>` (thoughts are
+kept to a few words: sequence length is the CPU budget). World questions are never answered
+without a search; `direct_answer` exists for questions a model should answer from memory.
+"""
+
+import dataclasses
+from typing import Literal, Sequence
+
+from rag_r1_jax.data.synthetic_world import NEEDS, Question, World
+from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.rollout import observation
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """A piece of a response: the model's own tokens ('policy') or an inserted observation."""
+  text: str
+  role: Literal["policy", "information"]
+
+
+def trajectory_text(segments: Sequence[Segment]) -> str:
+  """The response text: the segments concatenated."""
+  return "".join(s.text for s in segments)
+
+
+def _search_segment(thought: str, queries: Sequence[str]) -> Segment:
+  return Segment(f"<think> {thought} </think><search> {', '.join(queries)} </search>", "policy")
+
+
+def _answer_segment(thought: str, answer: str) -> Segment:
+  return Segment(f"<think> {thought} </think><answer> {answer} </answer>", "policy")
+
+
+def direct_answer(answer: str, thought: str = "I know this") -> list[Segment]:
+  """A trajectory that answers without searching (never used for world questions)."""
+  return [_answer_segment(thought, answer)]
+
+
+def _need(lookups) -> str:
+  """'need birth year' for a round of lookups (one attribute per round)."""
+  return "need " + NEEDS[lookups[0].attribute]
+
+
+def _grounded(world: World, lookups, docs_per_query: Sequence[Sequence[Document]],
+              info: str) -> bool:
+  """Every lookup's passage was retrieved and its value survived into the observation text."""
+  for lookup, docs in zip(lookups, docs_per_query):
+    gold_id = world.passage(lookup.entity).id
+    if all(d.id != gold_id for d in docs) or world.value(lookup) not in info:
+      return False
+  return True
+
+
+def teacher_trajectories(world: World, questions: Sequence[Question], retriever: Retriever, *,
+                         mode: Literal["mq", "sq"], topk: int,
+                         truncate: observation.Truncate | None = None,
+                         max_obs_length: int = 1000) -> list[list[Segment] | None]:
+  """One trajectory per question (None where retrieval missed a needed fact).
+
+  Retrieval is batched: round r of every question still searching is one `retrieve` call.
+  """
+  plans = [q.lookup_rounds(mode) for q in questions]
+  trajectories: list[list[Segment] | None] = [[] for _ in questions]
+  last_facts: list[list[str]] = [[] for _ in questions]
+  for r in range(max((len(p) for p in plans), default=0)):
+    active = [i for i, p in enumerate(plans) if r < len(p) and trajectories[i] is not None]
+    queries = [lk.entity for i in active for lk in plans[i][r]]
+    results = retriever.retrieve(queries, topk) if queries else []
+    offset = 0
+    for i in active:
+      lookups = plans[i][r]
+      docs = results[offset:offset + len(lookups)]
+      offset += len(lookups)
+      names = [lk.entity for lk in lookups]
+      info = observation.information_block(names, docs, mode, truncate, max_obs_length)
+      if not _grounded(world, lookups, docs, info):
+        trajectories[i] = None
+        continue
+      thought = "; ".join(last_facts[i] + [_need(lookups)])
+      trajectories[i] += [_search_segment(thought, names), Segment(info, "information")]
+      last_facts[i] = [world.fact(lk) for lk in lookups]
+  for i, q in enumerate(questions):
+    if trajectories[i] is not None:
+      trajectories[i].append(_answer_segment("; ".join(last_facts[i]), q.golden_answers[0]))
+  return trajectories
+
+
+def teacher_trajectory(world: World, question: Question, retriever: Retriever, *,
+                       mode: Literal["mq", "sq"], topk: int,
+                       truncate: observation.Truncate | None = None,
+                       max_obs_length: int = 1000) -> list[Segment] | None:
+  """The teacher's trajectory for one question, or None if retrieval missed a needed fact."""
+  return teacher_trajectories(world, [question], retriever, mode=mode, topk=topk,
+                              truncate=truncate, max_obs_length=max_obs_length)[0]
+
+
+def cut_subsamples(segments: Sequence[Segment]) -> list[tuple[list[Segment], Segment]]:
+  """The paper's sub-samples: one (context segments, target policy segment) per policy segment.
+
+  The context is everything before the target (the prompt is added by the caller); the model
+  thus learns both when to search and when to answer. Observations are never targets.
+  """
+  return [(list(segments[:i]), s) for i, s in enumerate(segments) if s.role == "policy"]
