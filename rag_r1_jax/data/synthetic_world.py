@@ -1,11 +1,13 @@
 """A small fictional world, generated from a seed, that a tiny model can only answer by searching.
 
-People, companies and cities with made-up names carry attributes (birth year, birth city, height,
-employer; founder, founding year, headquarters; population). Each entity has one short passage
-titled with its name; distractor entities with similar names (a shared first name or surname)
-fill the corpus but are never asked about. Questions come in four kinds:
+People, companies and cities with made-up two-word names ("Stofa Rodo", "Nava Foods",
+"Diler Hill") carry attributes (birth year, birth city, height, employer; founder, founding
+year, headquarters; population). Each entity has one short passage titled with its name;
+distractor entities sharing a name word with a real one fill the corpus but are never asked
+about. Name words come from pools shared by both splits, and a test name only uses words that
+train names use, so no test-only token exists (see world_tokenizer.py). Questions come in four kinds:
   single     one lookup                "In which city was X born?"
-  bridge     two sequential lookups    "In which city is the company that X works for headquartered?"
+  bridge     two sequential lookups    "Who founded the company that X works for?"
   comparison two parallel lookups      "Who was born earlier, X or Y?"
   fanout     three parallel lookups    "Which of X, Y and Z is the tallest?"
 Train and test questions are about disjoint entities (every hop stays inside its split), so
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 import random
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal
 
 from rag_r1_jax.retrieval.base import Document
 
@@ -174,7 +176,8 @@ class _Names:
     self.taken: set[str] = set()
     self.seen_in_train: set[str] = set()
     self.pools = {
-        "person": (self._words(max(8, num_entities // 10)), self._words(max(10, num_entities // 6))),
+        "person": (self._words(max(8, num_entities // 10)),
+                   self._words(max(10, num_entities // 6))),
         "city": (self._words(max(4, num_entities // 20)), _CITY_KINDS),
         "company": (self._words(max(6, num_entities // 12)), _COMPANY_KINDS),
     }

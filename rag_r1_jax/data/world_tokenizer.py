@@ -76,7 +76,8 @@ def _strip_tags(text: str) -> str:
   return text
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int = 2) -> tokenizers.Tokenizer:
+def train_bpe(texts: Sequence[str], vocab_size: int,
+              min_frequency: int = 2) -> tokenizers.Tokenizer:
   """A byte-level BPE over `texts`, with the special tokens first and the tags added last."""
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.Sequence([
