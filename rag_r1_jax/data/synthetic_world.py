@@ -5,7 +5,7 @@ People, companies and cities with made-up two-word names ("Stofa Rodo", "Nava Fo
 year, headquarters; population). Each entity has one short passage titled with its name;
 distractor entities sharing a name word with a real one fill the corpus but are never asked
 about. Name words come from pools shared by both splits, and a test name only uses words that
-train names use, so no test-only token exists (see world_tokenizer.py). Questions come in four kinds:
+train names use, so no test-only token exists (see world_tokenizer.py). Question kinds:
   single     one lookup                "In which city was X born?"
   bridge     two sequential lookups    "Who founded the company that X works for?"
   comparison two parallel lookups      "Who was born earlier, X or Y?"
