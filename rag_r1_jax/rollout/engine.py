@@ -1,0 +1,228 @@
+"""The host side of the search loop: decode, parse, retrieve for every row at once, resume.
+
+Per turn: the sampler decodes until every row has stopped; each stopped row's new text is
+parsed into an action; the queries of ALL searching rows go to the retriever in ONE batched
+call (identical queries deduplicated); each row's observation (`<information>` block, the
+invalid-action text, or the budget notice) is appended to its cache in one batched prefill;
+decoding resumes. Rows that answered, hit EOS or filled their cache are finished and stay idle.
+
+A row's answer is the `<answer>` of the policy's own final turn, never text from an
+observation (the fixed observations mention `<answer> and </answer>` themselves).
+"""
+
+import dataclasses
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.rollout import observation, search_call
+from rag_r1_jax.rollout.trajectories import Rollout, RowRecord, build_rollout
+from rag_r1_jax.sampling import sampler as sampler_lib
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """The search loop's limits (config.rollout) and the retriever's top-k."""
+  mode: str = "mq"  # mq | sq
+  max_turns: int = 4  # searches per question
+  max_queries_per_call: int = 3
+  max_query_chars: int = 512
+  max_turn_tokens: int = 500
+  max_obs_length: int = 1000
+  topk: int = 3
+
+  @classmethod
+  def from_config(cls, config) -> "RolloutSettings":
+    r = config.rollout
+    return cls(mode=r.mode, max_turns=r.max_turns,
+               max_queries_per_call=r.max_queries_per_call if r.mode == "mq" else 1,
+               max_query_chars=r.max_query_chars, max_turn_tokens=r.max_turn_tokens,
+               max_obs_length=r.max_obs_length, topk=config.retrieval.topk)
+
+
+@dataclasses.dataclass
+class _Row:
+  prompt_length: int
+  turn_start: int
+  searches: int = 0
+  turns: int = 0
+  queries_per_turn: list = dataclasses.field(default_factory=list)
+  finish_reason: str | None = None
+  answer: str | None = None
+
+
+class RolloutEngine:
+  """Runs batched multi-turn search-and-answer rollouts with one model and one retriever."""
+
+  def __init__(self, sampler: sampler_lib.Sampler, tokenizer, retriever: Retriever,
+               settings: RolloutSettings):
+    self.sampler = sampler
+    self.tokenizer = tokenizer
+    self.retriever = retriever
+    self.settings = settings
+    self.retrieval_calls = 0
+    self._encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    self._truncate = observation.token_truncate(
+        self._encode, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+
+  def run(self, prompts: Sequence[str], *, sampling: SamplingParams, seed: int = 0,
+          group_size: int = 1, batch_size: int | None = None) -> Rollout:
+    """Rolls out `group_size` samples of each prompt (chat-templated text).
+
+    Rows are grouped: rows q*group_size .. q*group_size+group_size-1 belong to prompts[q].
+    `batch_size` pads the number of prompts to a fixed count so shapes (and compiled
+    functions) stay the same across calls; padded rows are dropped from the result.
+    """
+    num_prompts = len(prompts)
+    padded_prompts = batch_size or num_prompts
+    if padded_prompts < num_prompts:
+      raise ValueError(f"batch_size {batch_size} < {num_prompts} prompts")
+    prompt_ids = [self._encode(p) for p in prompts]
+    capacity = self.sampler.capacity
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= capacity]
+    if too_long:
+      raise ValueError(f"prompt {too_long[0]} has {len(prompt_ids[too_long[0]])} tokens, "
+                       f"which does not fit the sampler's capacity {capacity} "
+                       "(config.rollout.max_total_length)")
+    settings = sampler_lib.DecodeSettings(sampling, self.settings.max_turn_tokens)
+    start = time.perf_counter()
+    decode_seconds = retrieval_seconds = 0.0
+
+    rng = jax.random.key(seed)
+    state = self.sampler.init(padded_prompts, rng)
+    chunks = prompt_ids + [None] * (padded_prompts - num_prompts)
+    state = self.sampler.append(state, chunks)
+    state = self.sampler.replicate(state, group_size)
+    batch = padded_prompts * group_size
+    rows = [_Row(len(prompt_ids[b // group_size]) if b // group_size < num_prompts else 0, 0)
+            for b in range(batch)]
+    for b, row in enumerate(rows):
+      row.turn_start = row.prompt_length
+      if b // group_size >= num_prompts:
+        row.finish_reason = "padding"
+
+    while True:
+      t0 = time.perf_counter()
+      state = self.sampler.decode(state, settings)
+      host = self.sampler.fetch(state)
+      decode_seconds += time.perf_counter() - t0
+      observations, pending = self._act(rows, host)
+      if pending:
+        t0 = time.perf_counter()
+        self._retrieve_into(observations, pending)
+        retrieval_seconds += time.perf_counter() - t0
+      chunks = self._observation_chunks(rows, host, observations)
+      if not any(chunks):
+        break
+      t0 = time.perf_counter()
+      state = self.sampler.append(state, chunks)
+      decode_seconds += time.perf_counter() - t0
+
+    host = self.sampler.fetch(state)
+    total = time.perf_counter() - start
+    keep = [b for b in range(batch) if rows[b].finish_reason != "padding"]
+    records = []
+    for b in keep:
+      row = rows[b]
+      length = int(host["lengths"][b])
+      response_ids = host["tokens"][b, row.prompt_length:length].tolist()
+      response = self.tokenizer.decode(response_ids, skip_special_tokens=False)
+      n = len(keep)
+      records.append(RowRecord(
+          prompt_index=b // group_size, response_text=response,
+          answer=row.answer,
+          turns=row.searches, queries_per_turn=list(row.queries_per_turn),
+          finish_reason=row.finish_reason or "unfinished",
+          generated_tokens=int(host["generated"][b, :length].sum()),
+          prompt_tokens=row.prompt_length, total_tokens=length,
+          decode_seconds=decode_seconds / n, retrieval_seconds=retrieval_seconds / n,
+          total_seconds=total / n))
+    return build_rollout(host, keep, records, group_size)
+
+  # ---- one turn ------------------------------------------------------------------------------
+
+  def _act(self, rows: list[_Row], host) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
+    """Decides every stopped row's next step; returns observations and searches to run."""
+    observations: dict[int, str] = {}
+    pending: dict[int, tuple[str, ...]] = {}
+    for b, row in enumerate(rows):
+      if row.finish_reason is not None:
+        continue
+      length = int(host["lengths"][b])
+      turn_ids = host["tokens"][b, row.turn_start:length].tolist()
+      text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
+      step = next_step(text, int(host["status"][b]), row.searches, row.turns, self.settings)
+      row.turns += 1
+      if step.finish_reason:
+        row.finish_reason, row.answer = step.finish_reason, step.answer
+        continue
+      if step.queries:
+        row.searches += 1
+        row.queries_per_turn.append(len(step.queries))
+        pending[b] = step.queries
+      if step.observation is not None:
+        observations[b] = step.observation
+    return observations, pending
+
+  def _retrieve_into(self, observations: dict[int, str], pending: dict[int, tuple[str, ...]]):
+    """One batched retriever call for the queries of every searching row."""
+    unique = list(dict.fromkeys(q for queries in pending.values() for q in queries))
+    results = self.retriever.retrieve(unique, self.settings.topk)
+    self.retrieval_calls += 1
+    by_query: dict[str, list[Document]] = dict(zip(unique, results))
+    for b, queries in pending.items():
+      docs = [by_query[q] for q in queries]
+      observations[b] = observation.information_block(
+          queries, docs, self.settings.mode, self._truncate, self.settings.max_obs_length,
+          note=observations.get(b))  # a problem note of a search that still ran
+
+  def _observation_chunks(self, rows: list[_Row], host, observations: dict[int, str]):
+    """Token chunks to append; a row whose observation no longer fits ends with 'length'."""
+    chunks: list[list[int] | None] = [None] * len(rows)
+    capacity = self.sampler.capacity
+    for b, text in observations.items():
+      ids = self._encode(text)
+      length = int(host["lengths"][b])
+      if length + len(ids) >= capacity:  # no room for the observation plus one more token
+        rows[b].finish_reason = "length"
+        continue
+      chunks[b] = ids
+      rows[b].turn_start = length + len(ids)
+    return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """What to do with a row after a turn: finish it, search (queries), or observe a text.
+
+  For a search, `observation` (if set) is a note on the call's problem, put inside the block.
+  """
+  finish_reason: str | None = None
+  queries: tuple[str, ...] = ()
+  observation: str | None = None
+  answer: str | None = None
+
+
+def next_step(turn_text: str, status: int, searches: int, turns: int,
+              settings: RolloutSettings) -> Step:
+  """The row's next step after a turn that ended with `status`; defined for any text."""
+  if status == sampler_lib.LENGTH:
+    return Step(finish_reason="length")
+  action = search_call.parse_action(turn_text, mode=settings.mode,
+                                    max_queries_per_call=settings.max_queries_per_call,
+                                    max_query_chars=settings.max_query_chars)
+  if action.kind == "answer":
+    return Step(finish_reason="answer", answer=action.answer)
+  if status == sampler_lib.EOS:
+    return Step(finish_reason="eos")
+  if turns >= settings.max_turns + 1:
+    return Step(finish_reason="max_turns")  # every allowed turn used without an answer
+  if action.kind == "search" and searches >= settings.max_turns:
+    return Step(observation=observation.budget_exhausted_observation())
+  if action.kind == "search":
+    return Step(queries=action.queries, observation=action.problem)
+  return Step(observation=observation.invalid_action_observation(action.problem))

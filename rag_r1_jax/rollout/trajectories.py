@@ -1,0 +1,63 @@
+"""Rollout results: padded trajectory tensors ready for training, plus per-row records."""
+
+import dataclasses
+
+import numpy as np
+
+from rag_r1_jax.sampling.sampler import bucket
+
+
+@dataclasses.dataclass
+class RowRecord:
+  """What happened in one trajectory (seconds are the batch's time divided by its rows)."""
+  prompt_index: int
+  response_text: str
+  answer: str | None
+  turns: int  # searches made
+  queries_per_turn: list[int]
+  finish_reason: str  # answer | eos | length | max_turns
+  generated_tokens: int
+  prompt_tokens: int
+  total_tokens: int
+  decode_seconds: float
+  retrieval_seconds: float
+  total_seconds: float
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Rollout:
+  """Right-padded tensors over `width` positions (a bucket), one row per trajectory."""
+  tokens: np.ndarray  # [batch, width] int32
+  positions: np.ndarray  # [batch, width] int32
+  attention_mask: np.ndarray  # [batch, width] bool: real tokens
+  loss_mask: np.ndarray  # [batch, width] float32: 1 only on tokens the policy generated
+  sampler_logprobs: np.ndarray  # [batch, width] float32: log p(token) when sampled, else 0
+  group_ids: np.ndarray  # [batch] int32: rows of one prompt share an id
+  records: list[RowRecord]
+
+  def tensors(self) -> dict[str, np.ndarray]:
+    return {"tokens": self.tokens, "positions": self.positions,
+            "attention_mask": self.attention_mask, "loss_mask": self.loss_mask,
+            "sampler_logprobs": self.sampler_logprobs, "group_ids": self.group_ids}
+
+
+def build_rollout(host: dict[str, np.ndarray], keep: list[int], records: list[RowRecord],
+                  group_size: int) -> Rollout:
+  """Cuts the sampler's per-row buffers down to the kept rows and a bucketed width."""
+  lengths = host["lengths"][keep]
+  capacity = host["tokens"].shape[1]
+  width = min(capacity, bucket(int(lengths.max()) if len(keep) else 1))
+  cols = np.arange(width)[None, :]
+  valid = cols < lengths[:, None]
+  generated = host["generated"][keep, :width] & valid
+  return Rollout(
+      tokens=np.where(valid, host["tokens"][keep, :width], 0).astype(np.int32),
+      positions=np.broadcast_to(cols, valid.shape).astype(np.int32),
+      attention_mask=valid,
+      loss_mask=generated.astype(np.float32),
+      sampler_logprobs=np.where(generated, host["logprobs"][keep, :width], 0).astype(np.float32),
+      group_ids=(np.asarray(keep) // group_size).astype(np.int32),
+      records=records)

@@ -1,0 +1,263 @@
+"""A pure-functional, jitted sampler that can pause rows, append text to them, and resume.
+
+Every row keeps its own length: token j of a row lives at cache index j. `append` writes a
+chunk per row (a prompt, an observation; rows may get nothing) at each row's own length in
+one batched prefill; `decode` is one `jax.lax.while_loop` that samples until no row is
+running. A row stops on an EOS / chat-end token, on a stop string (`</search>`, `</answer>`),
+on its per-turn token budget, or when its cache is full; the others keep decoding. Nothing
+before a row's length is ever recomputed.
+
+Shapes are static: the batch and cache capacity are fixed per Sampler, and chunk widths are
+padded to power-of-two buckets, so the number of compilations is small and bounded.
+"""
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rag_r1_jax import sharding
+from rag_r1_jax.models import kv_cache as kvc
+from rag_r1_jax.models.decoder import Decoder
+from rag_r1_jax.sampling import sampling_fns, stop_strings
+
+# Row status codes.
+RUNNING, STOPPED, TURN_LIMIT, EOS, LENGTH, IDLE = range(6)
+STATUS_NAMES = ("running", "stop_string", "turn_limit", "eos", "length", "idle")
+MIN_BUCKET = 16
+
+
+@flax.struct.dataclass
+class SamplerState:
+  cache: kvc.KVCache  # k, v [layers, batch, capacity, kv_heads, head_dim]; lengths [batch]
+  tokens: jax.Array  # [batch, capacity] int32: every token of the row, at its cache index
+  logprobs: jax.Array  # [batch, capacity] float32: policy log-prob of generated tokens, else 0
+  generated: jax.Array  # [batch, capacity] bool: True where the policy sampled the token
+  next_logits: jax.Array  # [batch, vocab] float32: logits for the token after the row's end
+  status: jax.Array  # [batch] int32: RUNNING, STOPPED, ...
+  stop_index: jax.Array  # [batch] int32: which stop string ended the turn, -1 if none
+  stop_states: jax.Array  # [batch, num_stop_strings] int32: automaton states
+  turn_tokens: jax.Array  # [batch] int32: tokens generated since the row last resumed
+  rng: jax.Array  # PRNG key
+
+  @property
+  def lengths(self) -> jax.Array:
+    return self.cache.lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """Static settings of the decode loop (hashable)."""
+  sampling: sampling_fns.SamplingParams
+  max_turn_tokens: int
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+  """The power of two >= n (at least `minimum`): chunk widths come in few shapes."""
+  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+class Sampler:
+  """Owns the jitted prefill / decode / replicate functions for one model and capacity."""
+
+  def __init__(self, model: Decoder, tokenizer, *, capacity: int,
+               stop_strings_: Sequence[str] = ("</search>", "</answer>"),
+               eos_token_ids: Sequence[int] = (), mesh: Mesh | None = None):
+    self.cfg = model.cfg
+    self.capacity = int(capacity)
+    self.graphdef, self.params = nnx.split(model)
+    self.mesh = mesh
+    self.stop_strings = tuple(stop_strings_)
+    vocab = self.cfg.vocab_size
+    tables = stop_strings.build_stop_tables(self.stop_strings,
+                                            stop_strings.token_strings(tokenizer, vocab))
+    self._next_state = jnp.asarray(tables.next_state)
+    self._matched = jnp.asarray(tables.matched)
+    eos = sorted({int(i) for i in eos_token_ids if i is not None and 0 <= int(i) < vocab})
+    self._eos = jnp.asarray(eos or [-1], jnp.int32)
+    self.prefill_tokens = 0  # host-side count of tokens sent through `append` (for tests)
+    self._append = jax.jit(self._append_impl, donate_argnums=(1,))
+    self._decode = jax.jit(self._decode_impl, static_argnums=(2,), donate_argnums=(1,))
+    self._replicate = jax.jit(self._replicate_impl, static_argnums=(2,))
+
+  def update_params(self, model_or_params) -> None:
+    """Points the sampler at new weights (after an optimizer step); no recompilation."""
+    if isinstance(model_or_params, nnx.Module):
+      model_or_params = nnx.state(model_or_params)
+    self.params = model_or_params
+
+  # ---- host-side API -------------------------------------------------------------------------
+
+  def init(self, batch_size: int, rng: jax.Array) -> SamplerState:
+    """An empty state: every row IDLE at length 0."""
+    cache = kvc.init_cache(self.cfg, batch_size, self.capacity)
+    state = SamplerState(
+        cache=cache,
+        tokens=jnp.zeros((batch_size, self.capacity), jnp.int32),
+        logprobs=jnp.zeros((batch_size, self.capacity), jnp.float32),
+        generated=jnp.zeros((batch_size, self.capacity), jnp.bool_),
+        next_logits=jnp.zeros((batch_size, self.cfg.vocab_size), jnp.float32),
+        status=jnp.full((batch_size,), IDLE, jnp.int32),
+        stop_index=jnp.full((batch_size,), -1, jnp.int32),
+        stop_states=jnp.zeros((batch_size, len(self.stop_strings)), jnp.int32),
+        turn_tokens=jnp.zeros((batch_size,), jnp.int32),
+        rng=rng)
+    return self._place(state)
+
+  def append(self, state: SamplerState, chunks: Sequence[Sequence[int] | None]) -> SamplerState:
+    """Appends chunks[b] to row b (None or empty: untouched) and marks those rows RUNNING."""
+    batch = state.status.shape[0]
+    assert len(chunks) == batch, (len(chunks), batch)
+    lengths = np.array([len(c) if c is not None else 0 for c in chunks], np.int32)
+    width = bucket(int(lengths.max()) if batch else 1)
+    padded = np.zeros((batch, width), np.int32)
+    for b, chunk in enumerate(chunks):
+      if chunk is not None and len(chunk):
+        padded[b, :len(chunk)] = np.asarray(chunk, np.int32)
+    self.prefill_tokens += int(lengths.sum())
+    with self._mesh_context():
+      return self._append(self.params, state, jnp.asarray(padded), jnp.asarray(lengths))
+
+  def decode(self, state: SamplerState, settings: DecodeSettings) -> SamplerState:
+    """Samples until every row has stopped (one jitted while_loop)."""
+    with self._mesh_context():
+      return self._decode(self.params, state, settings)
+
+  def replicate(self, state: SamplerState, n: int) -> SamplerState:
+    """Repeats each row n times (row b -> rows b*n .. b*n+n-1): GRPO groups share a prefill."""
+    if n == 1:
+      return state
+    with self._mesh_context():
+      return self._replicate(state, state.rng, n)
+
+  def fetch(self, state: SamplerState) -> dict[str, np.ndarray]:
+    """The small per-row arrays the host needs (never the cache)."""
+    keys = ("tokens", "logprobs", "generated", "status", "stop_index")
+    out = jax.device_get({k: getattr(state, k) for k in keys} | {"lengths": state.lengths})
+    return {k: np.asarray(v) for k, v in out.items()}
+
+  # ---- jitted implementations ----------------------------------------------------------------
+
+  def _model(self, params) -> Decoder:
+    return nnx.merge(self.graphdef, params)
+
+  def _append_impl(self, params, state: SamplerState, chunk, chunk_lengths) -> SamplerState:
+    """chunk [batch, width] int32, chunk_lengths [batch] int32."""
+    batch, width = chunk.shape
+    start = state.lengths
+    idx = kvc.chunk_write_indices(start, chunk_lengths, width, self.capacity)
+    rows = jnp.arange(batch)[:, None]
+    tokens = state.tokens.at[rows, idx].set(chunk, mode="drop")
+    logprobs = state.logprobs.at[rows, idx].set(0.0, mode="drop")
+    generated = state.generated.at[rows, idx].set(False, mode="drop")
+    last = jnp.maximum(chunk_lengths - 1, 0)
+    logits, cache = self._model(params)(chunk, cache=state.cache, chunk_lengths=chunk_lengths,
+                                        logits_at=last)
+    got = chunk_lengths > 0
+    state = state.replace(
+        cache=cache, tokens=tokens, logprobs=logprobs, generated=generated,
+        next_logits=jnp.where(got[:, None], logits, state.next_logits),
+        status=jnp.where(got, RUNNING, state.status),
+        stop_index=jnp.where(got, -1, state.stop_index),
+        stop_states=jnp.where(got[:, None], 0, state.stop_states),
+        turn_tokens=jnp.where(got, 0, state.turn_tokens))
+    return self._constrain(state)
+
+  def _decode_impl(self, params, state: SamplerState, settings: DecodeSettings) -> SamplerState:
+    model = self._model(params)
+    batch = state.status.shape[0]
+    rows = jnp.arange(batch)
+    # A row with a full cache cannot take another token.
+    state = state.replace(status=jnp.where(
+        (state.status == RUNNING) & (state.lengths >= self.capacity), LENGTH, state.status))
+
+    def cond(carry):
+      state, steps = carry
+      return jnp.any(state.status == RUNNING) & (steps < settings.max_turn_tokens)
+
+    def body(carry):
+      state, steps = carry
+      rng, key = jax.random.split(state.rng)
+      running = state.status == RUNNING
+      token = sampling_fns.sample(state.next_logits, key, settings.sampling)
+      logprob = sampling_fns.token_logprob(state.next_logits, token)
+      idx = jnp.where(running, state.lengths, self.capacity)
+      logits, cache = model(token[:, None], cache=state.cache,
+                            chunk_lengths=running.astype(jnp.int32),
+                            logits_at=jnp.zeros((batch,), jnp.int32))
+      stop_states, matched = stop_strings.advance(state.stop_states, token, self._next_state,
+                                                  self._matched)
+      hit_stop = running & jnp.any(matched, axis=-1)
+      is_eos = running & jnp.any(token[:, None] == self._eos[None, :], axis=-1)
+      turn_tokens = state.turn_tokens + running.astype(jnp.int32)
+      status = state.status
+      status = jnp.where(hit_stop, STOPPED, status)
+      status = jnp.where(is_eos & ~hit_stop, EOS, status)
+      still = running & (status == RUNNING)
+      status = jnp.where(still & (turn_tokens >= settings.max_turn_tokens), TURN_LIMIT, status)
+      still = running & (status == RUNNING)
+      status = jnp.where(still & (cache.lengths >= self.capacity), LENGTH, status)
+      state = state.replace(
+          cache=cache,
+          tokens=state.tokens.at[rows, idx].set(token, mode="drop"),
+          logprobs=state.logprobs.at[rows, idx].set(logprob, mode="drop"),
+          generated=state.generated.at[rows, idx].set(True, mode="drop"),
+          next_logits=jnp.where(running[:, None], logits, state.next_logits),
+          status=status,
+          stop_index=jnp.where(hit_stop, jnp.argmax(matched, axis=-1), state.stop_index),
+          stop_states=jnp.where(running[:, None], stop_states, state.stop_states),
+          turn_tokens=turn_tokens,
+          rng=rng)
+      return self._constrain(state), steps + 1
+
+    state, _ = jax.lax.while_loop(cond, body, (state, jnp.int32(0)))
+    # The loop also ends at the step limit; rows still running have hit their turn budget.
+    return state.replace(status=jnp.where(state.status == RUNNING, TURN_LIMIT, state.status))
+
+  def _replicate_impl(self, state: SamplerState, rng, n: int) -> SamplerState:
+    rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
+    cache = kvc.KVCache(k=rep(state.cache.k, 1), v=rep(state.cache.v, 1),
+                        lengths=rep(state.cache.lengths))
+    fields = {f: rep(getattr(state, f)) for f in (
+        "tokens", "logprobs", "generated", "next_logits", "status", "stop_index", "stop_states",
+        "turn_tokens")}
+    return self._constrain(SamplerState(cache=cache, rng=rng, **fields))
+
+  # ---- sharding ------------------------------------------------------------------------------
+
+  def _mesh_context(self):
+    import contextlib
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  def _shardings(self, batch: int):
+    mesh = self.mesh
+    by_row = lambda *shape: sharding.named_sharding(mesh, ("batch",) + (None,) * len(shape),
+                                                    (batch,) + shape)
+    return SamplerState(
+        cache=kvc.cache_shardings(mesh, self.cfg, batch, self.capacity),
+        tokens=by_row(self.capacity), logprobs=by_row(self.capacity),
+        generated=by_row(self.capacity), next_logits=by_row(self.cfg.vocab_size),
+        status=by_row(), stop_index=by_row(), stop_states=by_row(len(self.stop_strings)),
+        turn_tokens=by_row(), rng=sharding.replicated(mesh))
+
+  def _constrain(self, state: SamplerState) -> SamplerState:
+    if self.mesh is None:
+      return state
+    return jax.lax.with_sharding_constraint(state, self._shardings(state.status.shape[0]))
+
+  def _place(self, state: SamplerState) -> SamplerState:
+    if self.mesh is None:
+      return state
+    return jax.device_put(state, self._shardings(state.status.shape[0]))
+
+
+def compile_count(sampler: Sampler) -> dict[str, int]:
+  """How many executables each jitted function holds (bounded by the bucket count)."""
+  return {name: getattr(sampler, name)._cache_size()
+          for name in ("_append", "_decode", "_replicate")}

@@ -1,0 +1,193 @@
+"""The rollout engine on a scripted decoder: pause/resume exactness, cache reuse, batching."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rag_r1_jax.retrieval.base import Document, ExactRetriever
+from rag_r1_jax.rollout import engine as engine_lib, observation
+from rag_r1_jax.sampling import sampler as sampler_lib
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+from tests.sampling.toy import EOS, bigram_model, toy_tokenizer
+
+# Q: searches "alpha,beta" every turn; A: answers at once; B: babbles until the turn budget.
+SUCCESSOR = {"Q:": "<search>", "<search>": "alpha", "alpha": ",", ",": "beta",
+             "beta": "</search>", "A:": "<answer>", "<answer>": "paris", "paris": "</answer>",
+             "B:": "b", "b": "b"}
+DOCS = [Document("d1", "Alpha", "alpha is a letter"), Document("d2", "Beta", "beta follows alpha"),
+        Document("d3", "Paris", "paris is a city")]
+GREEDY = SamplingParams(greedy=True)
+
+
+class CountingRetriever(ExactRetriever):
+  def __init__(self, docs):
+    super().__init__(docs)
+    self.batches = []
+
+  def retrieve(self, queries, topk):
+    self.batches.append(list(queries))
+    return super().retrieve(queries, topk)
+
+
+@pytest.fixture(scope="module")
+def toy():
+  tokenizer = toy_tokenizer()
+  model = bigram_model(tokenizer, SUCCESSOR, default="<search>")
+  return tokenizer, model
+
+
+def _engine(toy, mode="mq", capacity=768, max_turns=2, max_turn_tokens=12):
+  tokenizer, model = toy
+  sampler = sampler_lib.Sampler(model, tokenizer, capacity=capacity,
+                                eos_token_ids=[tokenizer.convert_tokens_to_ids(EOS)])
+  settings = engine_lib.RolloutSettings(mode=mode, max_turns=max_turns,
+                                        max_queries_per_call=3 if mode == "mq" else 1,
+                                        max_turn_tokens=max_turn_tokens, max_obs_length=40,
+                                        topk=2)
+  return engine_lib.RolloutEngine(sampler, tokenizer, CountingRetriever(DOCS), settings)
+
+
+PROMPTS = ["hello Q:", "a much longer prompt A:", "x B:", "why Q:"]
+
+
+def test_rows_follow_the_script(toy):
+  eng = _engine(toy)
+  out = eng.run(PROMPTS, sampling=GREEDY)
+  reasons = [r.finish_reason for r in out.records]
+  assert reasons == ["max_turns", "answer", "max_turns", "max_turns"]
+  assert [r.answer for r in out.records] == [None, "paris", None, None]
+  assert out.records[0].turns == 2 and out.records[0].queries_per_turn == [2, 2]
+  assert out.records[1].turns == 0
+  assert out.records[0].response_text.startswith("<search>alpha,beta</search>\n\n<information>")
+  assert "My search budget is used up" in out.records[0].response_text
+  assert out.records[2].response_text.startswith("b" * 12 + observation.INVALID_ACTION_TEXT)
+
+
+def test_tokens_and_logprobs_equal_teacher_forced_forward(toy):
+  _, model = toy
+  out = _engine(toy).run(PROMPTS, sampling=GREEDY)
+  for b, record in enumerate(out.records):
+    n = record.total_tokens
+    tokens = out.tokens[b, :n]
+    logits, _ = model(jnp.asarray(tokens)[None])
+    logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
+    generated = np.nonzero(out.loss_mask[b, :n])[0]
+    assert len(generated) == record.generated_tokens > 0
+    assert generated.min() == record.prompt_tokens
+    # Each generated token is the argmax of the full forward at the previous position ...
+    np.testing.assert_array_equal(tokens[generated], logp[generated - 1].argmax(-1))
+    # ... and its stored log-prob is the full forward's.
+    np.testing.assert_allclose(out.sampler_logprobs[b, generated],
+                               logp[generated - 1, tokens[generated]], atol=1e-4)
+
+
+def test_cache_is_reused_no_token_prefilled_twice(toy):
+  tokenizer, _ = toy
+  eng = _engine(toy)
+  out = eng.run(PROMPTS, sampling=GREEDY)
+  prompt_tokens = sum(len(tokenizer.encode(p, add_special_tokens=False)) for p in PROMPTS)
+  observed = int(sum((out.attention_mask[b] & (out.loss_mask[b] == 0)).sum()
+                     for b in range(len(PROMPTS))))
+  # Everything that was not generated was prefilled exactly once: prompts + observations.
+  assert eng.sampler.prefill_tokens == observed
+  assert observed > prompt_tokens + 300  # several observations were appended
+
+
+def test_one_retrieval_call_per_turn_for_the_whole_batch(toy):
+  eng = _engine(toy)
+  eng.run(PROMPTS * 3, sampling=GREEDY)
+  # Searches happen in 2 turns (B rows search only after their invalid turn: turn 2 and 3).
+  batches = eng.retriever.batches
+  assert eng.retrieval_calls == len(batches) == 3
+  assert all(b == ["alpha", "beta"] for b in batches)  # identical queries deduplicated
+
+
+def test_loss_mask_zero_on_prompt_information_and_padding(toy):
+  tokenizer, _ = toy
+  out = _engine(toy).run(PROMPTS, sampling=GREEDY)
+  for b, record in enumerate(out.records):
+    n = record.total_tokens
+    mask = out.loss_mask[b]
+    assert not mask[:record.prompt_tokens].any() and not mask[n:].any()
+    assert not out.attention_mask[b, n:].any()
+    # The text under mask 0 after the prompt is exactly the observations the engine inserted.
+    observed = tokenizer.decode(out.tokens[b, record.prompt_tokens:n][mask[record.prompt_tokens:n] == 0])
+    generated = tokenizer.decode(out.tokens[b, :n][mask[:n] == 1])
+    assert "<information>" not in generated and "alpha is a letter" not in generated
+    if record.turns:
+      assert observed.count("<information>") == record.turns
+      assert "alpha is a letter" in observed
+
+
+def test_single_query_mode_keeps_comma_query_whole(toy):
+  eng = _engine(toy, mode="sq")
+  out = eng.run(["Q:"], sampling=GREEDY)
+  assert eng.retriever.batches[0] == ["alpha,beta"]
+  assert out.records[0].queries_per_turn == [1, 1]
+  assert 'Doc 1(Title: "' in out.records[0].response_text
+
+
+def test_full_cache_ends_row_with_length_others_unaffected(toy):
+  eng = _engine(toy, capacity=96)
+  out = eng.run(["Q:", "A:"], sampling=GREEDY)
+  assert [r.finish_reason for r in out.records] == ["length", "answer"]
+  reference = _engine(toy).run(["A:"], sampling=GREEDY)
+  assert out.records[1].response_text == reference.records[0].response_text
+
+
+def test_same_seed_same_trajectories_and_groups_share_prefill(toy):
+  eng = _engine(toy)
+  sampling = SamplingParams(temperature=8.0, top_p=0.95)  # the scripted model is very peaked
+  a = eng.run(PROMPTS[:2], sampling=sampling, seed=3, group_size=3)
+  b = eng.run(PROMPTS[:2], sampling=sampling, seed=3, group_size=3)
+  c = eng.run(PROMPTS[:2], sampling=sampling, seed=4, group_size=3)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+  np.testing.assert_array_equal(a.group_ids, [0, 0, 0, 1, 1, 1])
+  assert len({tuple(t) for t in a.tokens[:3]}) > 1  # samples of one prompt differ
+
+
+def test_compilations_stay_bounded_across_batches(toy):
+  eng = _engine(toy)
+  for prompts in (["Q:", "A:"], ["a longer Q:", "A:"], ["B:", "x A:"], ["yy Q:", "zz B:"]):
+    eng.run(prompts, sampling=GREEDY, batch_size=4)
+  counts = sampler_lib.compile_count(eng.sampler)
+  assert counts["_decode"] == 1
+  # prompts share the 16-token bucket; observations fall in at most 3 buckets.
+  assert counts["_append"] <= 4, counts
+
+
+@settings(max_examples=10_000, deadline=None, derandomize=True)
+@given(text=st.one_of(
+    st.text(max_size=200),
+    st.lists(st.sampled_from(["<search>", "</search>", "<answer>", "</answer>", ",", "\n", "q",
+                              '"', "[", "]", "{", "}", " ", "é", "\\"]), max_size=60).map("".join)),
+       status=st.sampled_from([sampler_lib.STOPPED, sampler_lib.TURN_LIMIT, sampler_lib.EOS,
+                               sampler_lib.LENGTH]),
+       searches=st.integers(0, 3), turns=st.integers(0, 5))
+def test_any_model_output_gets_a_defined_next_step(text, status, searches, turns):
+  step = engine_lib.next_step(text, status, searches, turns, engine_lib.RolloutSettings(max_turns=3))
+  kinds = [bool(step.finish_reason), bool(step.queries), step.observation is not None and not step.queries]
+  assert sum(kinds) == 1, step
+  if step.queries:
+    assert 1 <= len(step.queries) <= 3 and all(q.strip() for q in step.queries)
+  if step.observation is not None and not step.queries:
+    assert step.observation.strip()
+
+
+def test_adversarial_outputs_next_step():
+  settings_ = engine_lib.RolloutSettings(max_turns=3, max_query_chars=100)
+  huge = "<search>" + "x" * 100_000 + "</search>"
+  step = engine_lib.next_step(huge, sampler_lib.STOPPED, 0, 0, settings_)
+  assert step.queries == ("x" * 100,) and "cut" in step.observation
+  fifty = "<search>" + ",".join(f"q{i}" for i in range(50)) + "</search>"
+  step = engine_lib.next_step(fifty, sampler_lib.STOPPED, 0, 0, settings_)
+  assert step.queries == ("q0", "q1", "q2")
+  step = engine_lib.next_step("<search> , , </search>", sampler_lib.STOPPED, 0, 0, settings_)
+  assert "empty" in step.observation and not step.queries
+  step = engine_lib.next_step("<search>q</search>", sampler_lib.STOPPED, 3, 3, settings_)
+  assert step.observation == observation.budget_exhausted_observation()
+  step = engine_lib.next_step("nothing", sampler_lib.EOS, 0, 0, settings_)
+  assert step.finish_reason == "eos"
