@@ -34,11 +34,7 @@ def main(argv):
   mesh = sharding.make_mesh(config.mesh)
   print(f"rag_r1_jax: {sharding.describe(mesh)}; jax {jax.__version__}; workdir {workdir}",
         flush=True)
-  try:
-    pipeline.run(config, mesh, workdir)
-  except pipeline.StageNotAvailableError as e:
-    print(f"rag_r1_jax: {e}", file=sys.stderr)
-    sys.exit(3)
+  pipeline.run(config, mesh, workdir)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,39 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
 
   config.tokenizer.kind = "world"
 
+  mode = "sq" if variant == "sq" else "mq"
   config.data.source = "synthetic_world"
+  config.data.world_entities = 240
+  config.data.prompt = f"short_{mode}"  # the paper's instructions, compressed for a tiny model
+
+  # The world's passages in an in-process FAISS index over MiniLM embeddings.
   config.retrieval.backend = "faiss"
   config.retrieval.index_type = "flat"
+  config.retrieval.encoder_path = "asset:minilm_dir"
+  config.retrieval.topk = 2
 
-  config.rollout.mode = "sq" if variant == "sq" else "mq"
-  config.rollout.max_total_length = 1024
+  config.rollout.mode = mode
+  config.rollout.max_turns = 4
+  config.rollout.max_turn_tokens = 64
+  config.rollout.max_obs_length = 160
+  config.rollout.max_total_length = 512
+
+  config.sft.epochs = 4
+  config.sft.batch_size = 16
+  config.sft.learning_rate = 2e-3
+  config.sft.max_length = 512
+
+  config.rl.steps = 40
+  config.rl.batch_size = 16
+  config.rl.mini_batch_size = 16
+  config.rl.group_size = 4
+  config.rl.learning_rate = 2e-5
+  config.rl.warmup_ratio = 0.05
+  config.rl.kl_coef = 0.001
+  config.rl.entropy_coef = 0.0
+  config.checkpoint.every_steps = 10
+
+  config.eval.batch_size = 32
 
   if variant == "smoke":
     config.model.hidden_size = 64
@@ -48,7 +75,12 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
     config.model.num_layers = 2
     config.model.num_heads = 2
     config.model.num_kv_heads = 1
+    config.data.world_entities = 60
     config.sft.epochs = 1
     config.rl.steps = 2
-    config.eval.max_questions = 16
+    config.rl.batch_size = 4
+    config.rl.mini_batch_size = 4
+    config.checkpoint.every_steps = 1
+    config.eval.max_questions = 8
+    config.eval.batch_size = 8
   return config

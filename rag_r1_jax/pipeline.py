@@ -1,28 +1,23 @@
-"""The stages `main.py` runs, in order: sft -> rl -> eval."""
-
-import os
-from typing import Callable
+"""The stages `main.py` runs, in order: sft -> rl -> eval, sharing one Workspace."""
 
 from jax.sharding import Mesh
 
 from rag_r1_jax import config_validation
 
 
-class StageNotAvailableError(RuntimeError):
-  """A configured stage that this version cannot run."""
+# stage name -> module under rag_r1_jax.runs with `run(config, mesh, workdir, workspace)`.
+STAGE_MODULES = {"sft": "sft_stage", "rl": "rl_stage", "eval": "eval_stage"}
 
 
-# stage name -> function(config, mesh, workdir); filled in as stages land.
-STAGES: dict[str, Callable] = {}
+def _stage_fn(stage: str):
+  import importlib
+  return importlib.import_module(f"rag_r1_jax.runs.{STAGE_MODULES[stage]}").run
 
 
 def run(config, mesh: Mesh, workdir: str) -> None:
+  from rag_r1_jax.runs.workspace import Workspace
+
   requested = config_validation.stages(config)
-  missing = [s for s in requested if s not in STAGES]
-  if missing:
-    raise StageNotAvailableError(
-        f"stage(s) {', '.join(missing)} are not implemented in this version yet; "
-        f"available: {', '.join(STAGES) or 'none'} (set --config.stages)")
-  os.makedirs(workdir, exist_ok=True)
+  workspace = Workspace(config, mesh, workdir)
   for stage in requested:
-    STAGES[stage](config, mesh, workdir)
+    _stage_fn(stage)(config, mesh, workdir, workspace=workspace)

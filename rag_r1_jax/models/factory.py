@@ -26,9 +26,11 @@ def build_model(model_config, mesh: Mesh, seed: int = 0,
                 vocab_size: int | None = None) -> tuple[Decoder, config_lib.DecoderConfig]:
   """A Decoder on `mesh`: random (source=scratch) or loaded (source=hf|gguf)."""
   if model_config.source == "scratch":
-    cfg = config_lib.from_model_config(model_config)
     if vocab_size:
-      cfg = cfg.replace(vocab_size=vocab_size)
+      model_config = model_config.copy_and_resolve_references()
+      with model_config.unlocked():
+        model_config.vocab_size = vocab_size
+    cfg = config_lib.from_model_config(model_config)
     return params.init_on_mesh(cfg, mesh, seed), cfg
   if model_config.source in ("hf", "gguf"):
     runtime = {k: model_config[k] for k in _RUNTIME_FIELDS}

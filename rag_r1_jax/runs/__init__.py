@@ -1,0 +1,1 @@
+"""Run stages (sft, rl, eval) and the workspace they share."""

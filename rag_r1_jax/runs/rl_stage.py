@@ -1,0 +1,115 @@
+"""Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
+
+Each step: draw `rl.batch_size` questions, roll out `rl.group_size` samples of each, reward
+the policy's final answers, run the update, log, and checkpoint every `checkpoint.every_steps`
+(state, PRNG keys, data-iterator position). A restarted run resumes from the latest complete
+checkpoint and replays exactly. The final policy is exported as a HF directory (rl/model).
+"""
+
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from rag_r1_jax.data.iterator import BatchIterator
+from rag_r1_jax.eval import answer_metrics
+from rag_r1_jax.rl import rewards as rewards_lib
+from rag_r1_jax.rollout.trajectories import Rollout
+from rag_r1_jax.runs.workspace import Workspace
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+from rag_r1_jax.training import checkpoints, optimizer, rl_update, train_state
+from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
+
+_METRICS = {"em": answer_metrics.exact_match, "f1": answer_metrics.f1,
+            "cover_em": answer_metrics.cover_exact_match}
+
+
+def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: str,
+                       format_weight: float) -> np.ndarray:
+  """[rows] float32: the metric of each row's own final answer (+ optional format term)."""
+  metric = _METRICS[name]
+  out = []
+  for record in rollout.records:
+    value = metric(record.answer, golds[record.prompt_index])
+    if format_weight:
+      value += format_weight * rewards_lib.format_reward(record.response_text)
+    out.append(value)
+  return np.asarray(out, np.float32)
+
+
+def rollout_metrics(rollout: Rollout, rewards: np.ndarray, golds) -> dict[str, float]:
+  records = rollout.records
+  em = [answer_metrics.exact_match(r.answer, golds[r.prompt_index]) for r in records]
+  searches = [r.turns for r in records]
+  queries = [q for r in records for q in r.queries_per_turn]
+  return {
+      "reward": float(rewards.mean()),
+      "em": float(np.mean(em)),
+      "answer_rate": float(np.mean([r.answer is not None for r in records])),
+      "searches_per_question": float(np.mean(searches)),
+      "queries_per_search": float(np.mean(queries)) if queries else 0.0,
+      "response_tokens": float(np.mean([r.total_tokens - r.prompt_tokens for r in records])),
+      "generated_tokens": float(np.mean([r.generated_tokens for r in records])),
+  }
+
+
+def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
+  """Runs (or resumes) the RL stage; returns the exported model directory."""
+  ws = workspace or Workspace(config, mesh, workdir)
+  rl = config.rl
+  final_dir = ws.stage_model_dir("rl")
+  if os.path.isfile(os.path.join(final_dir, "config.json")):
+    print(f"rl: finished earlier, policy at {final_dir}", flush=True)
+    return final_dir
+  model = ws.load_stage_model("sft")
+  if model is None:
+    print("rl: no SFT policy found; starting from the configured model", flush=True)
+    model = ws.initial_model()
+  state = train_state.create_rl_state(model, config)
+  rows = ws.train_rows()
+  iterator = BatchIterator(rows, rl.batch_size, seed=config.seed)
+  manager = checkpoints.CheckpointManager(os.path.join(workdir, "rl", "checkpoints"),
+                                          keep=config.checkpoint.keep,
+                                          async_save=config.checkpoint.async_save)
+  start = manager.latest_step() or 0
+  if start:
+    state, meta = manager.restore(train_state.abstract(state), start)
+    iterator.set_state(meta["data"])
+    print(f"rl: resumed from step {start}", flush=True)
+  engine = ws.engine(state.model())
+  sampling = SamplingParams.from_config(config.sampling)
+  writer = MetricsWriter(workdir, "rl", start_step=start, total_steps=rl.steps)
+  streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps)
+  bar = progress_bar("rl", rl.steps, initial=start)
+  for step in range(start, rl.steps):
+    batch_rows = next(iterator)
+    golds = [r["golden_answers"] for r in batch_rows]
+    t0 = time.perf_counter()
+    engine.sampler.update_params(state.params)
+    rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
+                         seed=config.seed * 100_003 + step, group_size=rl.group_size,
+                         batch_size=rl.batch_size)
+    rollout_seconds = time.perf_counter() - t0
+    rewards = trajectory_rewards(rollout, golds, rl.reward, rl.format_reward)
+    batch = dict(rollout.tensors(), rewards=rewards)
+    t0 = time.perf_counter()
+    state, update_metrics = rl_update.rl_update(state, batch, config)
+    update_seconds = time.perf_counter() - t0
+    streak = streak.update(update_metrics.get("skipped", 0) == 0, step + 1)
+    metrics = rollout_metrics(rollout, rewards, golds)
+    metrics.update(update_metrics)
+    retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
+    metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
+                   update_seconds=update_seconds,
+                   tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
+    writer.write(step + 1, metrics)
+    bar.update(1)
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", searches=f"{metrics['searches_per_question']:.2f}")
+    if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
+      manager.save(step + 1, state, {"step": step + 1, "data": iterator.get_state(),
+                                     "config": config.to_dict(), "metrics": metrics})
+  bar.close()
+  manager.wait_until_finished()
+  writer.close()
+  return ws.export_stage_model("rl", state.model())

@@ -1,0 +1,159 @@
+"""What every stage of a run shares: data, tokenizer, retriever, prompts, engine, models.
+
+Built lazily from the config, once per process. Paths in the config may name a packaged asset
+as `asset:NAME` (see rag_r1_jax/assets.py), so configs hold no machine-specific paths.
+"""
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+from jax.sharding import Mesh
+
+from rag_r1_jax import assets
+from rag_r1_jax.data import prompts, synthetic_world, world_tokenizer
+from rag_r1_jax.models import factory, hf_checkpoint
+from rag_r1_jax.models.decoder import Decoder
+from rag_r1_jax.retrieval import factory as retrieval_factory
+from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.rollout.engine import RolloutEngine, RolloutSettings
+from rag_r1_jax.sampling.sampler import Sampler
+
+
+def resolve_path(path: str) -> str:
+  """`asset:NAME` -> the packaged asset's path; anything else unchanged (with ~ expanded)."""
+  if path.startswith("asset:"):
+    return assets.asset_path(path[len("asset:"):])
+  return os.path.expanduser(path)
+
+
+class Workspace:
+  """Lazily built, shared pieces of one run under `workdir`."""
+
+  def __init__(self, config, mesh: Mesh, workdir: str):
+    self.config = config
+    self.mesh = mesh
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+
+  # ---- data --------------------------------------------------------------------------------
+
+  @functools.cached_property
+  def world(self) -> synthetic_world.World:
+    if self.config.data.source != "synthetic_world":
+      raise ValueError("config.data.source is not 'synthetic_world'")
+    return synthetic_world.make_world(self.config.data.world_seed, self.config.data.world_entities)
+
+  @property
+  def prompt_variant(self) -> str:
+    return self.config.data.prompt or f"paper_{self.config.rollout.mode}"
+
+  def train_rows(self) -> list[dict]:
+    """RL training questions: rows with id, question, golden_answers."""
+    if self.config.data.source == "synthetic_world":
+      return [q.row() for q in self.world.split_questions("train")]
+    from rag_r1_jax.data import qa_builders
+    rows = []
+    for name in _split_names(self.config.data.train_datasets):
+      source = qa_builders.load_split(name, "train", self.config.data.dir,
+                                      tfds_dir=self.config.data.tfds_dir or None)
+      rows.extend(dict(r) for r in source)
+    return rows
+
+  def eval_datasets(self) -> dict[str, list[dict]]:
+    from rag_r1_jax.eval import harness
+    return harness.load_eval_datasets(self.config)
+
+  def documents(self) -> Sequence[Document] | None:
+    """In-memory documents to index (the synthetic world), else None (corpus files)."""
+    if self.config.data.source == "synthetic_world":
+      return list(self.world.passages)
+    return None
+
+  # ---- tokenizer, retrieval, models -----------------------------------------------------------
+
+  @functools.cached_property
+  def tokenizer(self):
+    kind = self.config.tokenizer.kind
+    if kind == "world":
+      out = os.path.join(self.workdir, "tokenizer")
+      if os.path.isfile(os.path.join(out, "tokenizer.json")):
+        return factory.load_tokenizer(out)
+      return world_tokenizer.build_world_tokenizer(
+          self.world, out, extra_texts=list(prompts.TEMPLATES.values()))
+    path = self.config.tokenizer.path or self._checkpoint_dir()
+    return factory.load_tokenizer(resolve_path(path))
+
+  @functools.cached_property
+  def retriever(self) -> Retriever:
+    cfg = self.config.retrieval.copy_and_resolve_references()
+    with cfg.unlocked():
+      for field in ("encoder_path", "corpus_path", "index_path"):
+        cfg[field] = resolve_path(cfg[field]) if cfg[field] else ""
+    return retrieval_factory.build_retriever(cfg, documents=self.documents(), mesh=None)
+
+  def _checkpoint_dir(self) -> str:
+    model_config = self.config.model.copy_and_resolve_references()
+    with model_config.unlocked():
+      model_config.path = resolve_path(model_config.path)
+    return factory.checkpoint_dir(model_config)
+
+  def initial_model(self) -> Decoder:
+    """The configured starting policy (random for source=scratch, else the checkpoint)."""
+    model_config = self.config.model.copy_and_resolve_references()
+    with model_config.unlocked():
+      model_config.path = resolve_path(model_config.path) if model_config.path else ""
+    vocab = len(self.tokenizer) if not self.config.model.vocab_size else None
+    model, _ = factory.build_model(model_config, self.mesh, self.config.seed, vocab_size=vocab)
+    return model
+
+  def stage_model_dir(self, stage: str) -> str:
+    """Where a stage exports its final policy as a Hugging Face directory."""
+    return os.path.join(self.workdir, stage, "model")
+
+  def load_stage_model(self, stage: str) -> Decoder | None:
+    """The policy a finished stage exported, or None if it has not finished."""
+    path = self.stage_model_dir(stage)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      return None
+    runtime = {k: self.config.model[k] for k in ("dtype", "param_dtype", "scan_layers", "remat")}
+    model, _ = hf_checkpoint.load_hf(path, self.mesh, **runtime)
+    return model
+
+  def export_stage_model(self, stage: str, model: Decoder) -> str:
+    path = self.stage_model_dir(stage)
+    tmp = path + ".partial"
+    hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer)
+    if os.path.isdir(path):
+      import shutil
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+  # ---- rollouts ------------------------------------------------------------------------------
+
+  def eos_token_ids(self, model: Decoder) -> list[int]:
+    ids = {self.tokenizer.eos_token_id}
+    eos = model.cfg.eos_token_id
+    ids.update(eos if isinstance(eos, tuple) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+  def engine(self, model: Decoder) -> RolloutEngine:
+    sampler = Sampler(model, self.tokenizer, capacity=self.config.rollout.max_total_length,
+                      eos_token_ids=self.eos_token_ids(model), mesh=self.mesh)
+    return RolloutEngine(sampler, self.tokenizer, self.retriever,
+                         RolloutSettings.from_config(self.config))
+
+  def prompt_texts(self, rows: Sequence[dict]) -> list[str]:
+    variant = self.prompt_variant
+    return [prompts.apply_chat_template(self.tokenizer, prompts.build_prompt(r["question"], variant))
+            for r in rows]
+
+
+def _split_names(value: str) -> list[str]:
+  return [s.strip() for s in str(value).split(",") if s.strip()]
+
+
+def device_summary() -> str:
+  return f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
