@@ -1,4 +1,4 @@
-"""Passage-encoding throughput: our Flax MiniLM encoder vs the PyTorch model, same passages, same run.
+"""Passage-encoding throughput: our Flax MiniLM encoder vs PyTorch, same passages, same run.
 
 Both sides see the same passages (Wikipedia lead extracts, with titles) in the same
 length-sorted batches; torch pads each batch to its longest member, we pad to power-of-two

@@ -1,8 +1,10 @@
 """Command line: build an index, serve it, query it, make corpora.
 
-  python -m rag_r1_jax.retrieval build --corpus C.jsonl --encoder DIR --index OUT.faiss [--index_type flat]
+  python -m rag_r1_jax.retrieval build --corpus C.jsonl --encoder DIR --index OUT.faiss \
+      [--index_type flat|hnsw|ivfpq] [--fp16]
   python -m rag_r1_jax.retrieval build --backend bm25 --corpus C.jsonl --index OUT_DIR
-  python -m rag_r1_jax.retrieval serve --corpus C.jsonl --encoder DIR --index OUT.faiss [--port 8000]
+  python -m rag_r1_jax.retrieval serve --corpus C.jsonl --encoder DIR --index OUT.faiss \
+      [--port 8000]
   python -m rag_r1_jax.retrieval query --url http://127.0.0.1:8000 "who wrote hamlet" [--topk 3]
   python -m rag_r1_jax.retrieval query --corpus C.jsonl --encoder DIR --index OUT.faiss "question"
   python -m rag_r1_jax.retrieval wiki-corpus --out wiki.jsonl [--words 100]

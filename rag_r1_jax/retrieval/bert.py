@@ -181,7 +181,8 @@ def load_hf_weights(model: BertModel, weights: Mapping[str, np.ndarray]) -> None
     set_linear(layer.mlp_in, f"{p}.intermediate.dense")
     set_linear(layer.mlp_out, f"{p}.output.dense")
     set_norm(layer.mlp_norm, f"{p}.output.LayerNorm")
-  unexpected = [k for k in w if k not in used and not k.startswith(("pooler.", "embeddings.position_ids"))]
+  ignored = ("pooler.", "embeddings.position_ids")
+  unexpected = [k for k in w if k not in used and not k.startswith(ignored)]
   if unexpected:
     raise ValueError(f"encoder weights have tensors this BERT does not use: {unexpected[:5]}")
 

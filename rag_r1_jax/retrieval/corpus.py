@@ -39,7 +39,8 @@ class CorpusError(ValueError):
     tail = f"\n  ... and {more} more" if more > 0 else ""
     super().__init__(f"{len(bad_rows)} bad corpus row(s) (need a JSON object with a non-empty "
                      f"'id' and 'contents'):\n  {listed}{tail}\nFix them, or pass "
-                     "bad_rows_report=<file> (--bad_rows_report) to skip them with a written report.")
+                     "bad_rows_report=<file> (--bad_rows_report) to skip them with a written "
+                     "report.")
 
 
 def parse_row(line: bytes | str, path: str, line_no: int) -> Document | BadRow:

@@ -49,7 +49,8 @@ class DenseRetriever(Retriever):
       raise FileNotFoundError(f"retrieval.index_path {index_path} does not exist; build it "
                               "with `python -m rag_r1_jax.retrieval build`")
     docs = JsonlDocStore.load(docstore_path(index_path), corpus_path)
-    index, meta = index_lib.load_index(index_path, encoder.hash, docs.fingerprint)
+    index, meta = index_lib.load_index(index_path, encoder.hash, docs.fingerprint,
+                                       dataclasses.asdict(encoder.spec))
     if params is not None:
       if params.index_type != meta.index_type:
         raise ValueError(f"retrieval.index_type is {params.index_type!r} but {index_path} is a "
@@ -91,7 +92,8 @@ def build_dense_index(encoder: SentenceEncoder, corpus_path: str, index_path: st
   meta = index_lib.IndexMeta(encoder_name=encoder.name, encoder_hash=encoder.hash,
                              dim=encoder.dim, corpus_hash=docs.fingerprint,
                              index_type=params.index_type, count=len(docs), fp16=params.fp16,
-                             params=dataclasses.asdict(params))
+                             params=dataclasses.asdict(params),
+                             encoder_spec=dataclasses.asdict(encoder.spec))
   index_lib.save_index(index, meta, index_path)
   docs.save(docstore_path(index_path))
   docs.close()

@@ -58,6 +58,7 @@ class IndexMeta:
   count: int
   fp16: bool = False
   params: dict = dataclasses.field(default_factory=dict)
+  encoder_spec: dict = dataclasses.field(default_factory=dict)  # pooling, prefixes, max_length
 
 
 def tune_faiss() -> None:
@@ -171,17 +172,24 @@ def read_meta(path: str) -> IndexMeta:
     return IndexMeta(**json.load(f))
 
 
-def load_index(path: str, encoder_hash: str | None = None,
-               corpus_hash: str | None = None) -> tuple[faiss.Index, IndexMeta]:
-  """Reads an index and its metadata; refuses it when the encoder or corpus hash differs."""
+def load_index(path: str, encoder_hash: str | None = None, corpus_hash: str | None = None,
+               encoder_spec: dict | None = None) -> tuple[faiss.Index, IndexMeta]:
+  """Reads an index and its metadata; refuses it when the encoder or corpus hash differs.
+
+  `encoder_spec` (the caller's EncoderSpec as a dict) only makes the refusal say which
+  settings differ when the weights are the same but pooling/prefixes/max_length are not.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"index file {path} does not exist")
   meta = read_meta(path)
   if encoder_hash is not None and encoder_hash != meta.encoder_hash:
+    diff = {k: (meta.encoder_spec.get(k), v) for k, v in (encoder_spec or {}).items()
+            if meta.encoder_spec and meta.encoder_spec.get(k) != v}
+    detail = f"; encoder settings differ (index, now): {diff}" if diff else ""
     raise IndexMismatchError(
         f"index {path} was built with encoder {meta.encoder_name!r} (hash {meta.encoder_hash}), "
-        f"but the configured encoder has hash {encoder_hash}; rebuild the index or point "
-        "retrieval.encoder_path at the encoder it was built with")
+        f"but the configured encoder has hash {encoder_hash}{detail}; rebuild the index or "
+        "point retrieval.encoder_path at the encoder it was built with")
   if corpus_hash is not None and corpus_hash != meta.corpus_hash:
     raise IndexMismatchError(
         f"index {path} was built from corpus {meta.corpus_hash[:16]}, but the configured "

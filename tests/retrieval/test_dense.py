@@ -9,16 +9,17 @@ from rag_r1_jax.retrieval.base import Document
 from rag_r1_jax.retrieval.dense import DenseRetriever, build_dense_index
 
 
-def _tiny(minilm, seed=1) -> encoder.SentenceEncoder:
+def _tiny(minilm, seed=1, max_length=32) -> encoder.SentenceEncoder:
   cfg = bert.BertConfig(vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2,
                         intermediate_size=32, max_position_embeddings=64)
   return encoder.SentenceEncoder(bert.BertModel(cfg, nnx.Rngs(seed)), minilm.tokenizer,
-                                 encoder.EncoderSpec(max_length=32), f"tiny{seed}",
+                                 encoder.EncoderSpec(max_length=max_length), f"tiny{seed}",
                                  str(seed) * 64, batch_size=8)
 
 
 def _docs(n=40):
-  return [Document(str(100 + i), f"Topic {i}", f"passage {i} about subject {i % 7}") for i in range(n)]
+  return [Document(str(100 + i), f"Topic {i}", f"passage {i} about subject {i % 7}")
+          for i in range(n)]
 
 
 def test_build_load_and_retrieve_matches_in_memory(tmp_path, minilm):
@@ -54,6 +55,9 @@ def test_load_refuses_other_encoder_or_corpus(tmp_path, minilm):
   build_dense_index(enc, path, index_path, progress=False)
   with pytest.raises(index_lib.IndexMismatchError, match="built with encoder 'tiny1'"):
     DenseRetriever.load(_tiny(minilm, seed=2), index_path, path)
+  with pytest.raises(index_lib.IndexMismatchError, match=r"settings differ \(index, now\): "
+                     r"\{'max_length': \(32, 48\)\}"):
+    DenseRetriever.load(_tiny(minilm, max_length=48), index_path, path)
   with pytest.raises(ValueError, match="index_type is 'hnsw'"):
     DenseRetriever.load(enc, index_path, path, index_lib.IndexParams(index_type="hnsw"))
   raw = open(path, "rb").read()

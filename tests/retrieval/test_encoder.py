@@ -1,4 +1,4 @@
-"""Encoder tests: parity with transformers (tiny random BERT, real MiniLM), buckets, specs, resume."""
+"""Encoder tests: parity with transformers (tiny BERT, real MiniLM), buckets, specs, resume."""
 
 import json
 import os
@@ -136,7 +136,8 @@ def test_encode_corpus_resumes_from_saved_chunks(tmp_path, minilm, monkeypatch):
   os.remove(os.path.join(out, "chunk_000001.npy"))  # as if killed while writing chunk 1
   calls = []
   original = enc.encode_passages
-  monkeypatch.setattr(enc, "encode_passages", lambda texts: calls.append(len(texts)) or original(texts))
+  monkeypatch.setattr(enc, "encode_passages",
+                      lambda texts: calls.append(len(texts)) or original(texts))
   embeddings.encode_corpus(enc, docs, out, chunk_rows=4, progress=False)
   assert calls == [4]  # only the missing chunk was encoded again
   np.testing.assert_allclose(np.concatenate(list(embeddings.iter_chunks(out))), full, atol=0)

@@ -32,7 +32,8 @@ def test_factory_backends_and_field_errors(tmp_path, minilm_dir):
   remote = factory.build_retriever(_cfg(backend="server", server_url="http://127.0.0.1:9/",
                                         timeout_s=1.5, max_retries=5))
   assert isinstance(remote, RemoteRetriever)
-  assert (remote.url, remote.timeout_s, remote.max_retries) == ("http://127.0.0.1:9/retrieve", 1.5, 5)
+  assert (remote.url, remote.timeout_s, remote.max_retries) == (
+      "http://127.0.0.1:9/retrieve", 1.5, 5)
   with pytest.raises(ValueError, match="retrieval.server_url is empty"):
     factory.build_retriever(_cfg(backend="server"))
   with pytest.raises(ValueError, match="retrieval.backend must be one of"):
