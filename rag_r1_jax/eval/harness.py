@@ -1,0 +1,192 @@
+"""The evaluation harness: benchmark questions -> rollouts -> scored records, tables and plots.
+
+Every question of every dataset becomes a prompt (the configured variant, through the chat
+template); the questions of all datasets run through the rollout engine in fixed-size batches
+(the last one padded by the engine, so compiled shapes are reused); each trajectory is merged
+with its question row into a record, and `summarize.write_run` scores and writes the run
+(trajectories.jsonl, summary.json, results.md, plots/). The EM table is printed under the
+line "== EM by dataset ==", followed by the path of results.md.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tqdm
+
+from rag_r1_jax.data import prompts
+from rag_r1_jax.eval import summarize
+from rag_r1_jax.rollout.engine import RolloutEngine
+from rag_r1_jax.rollout.trajectories import RowRecord
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+
+EM_BANNER = "== EM by dataset =="
+GREEDY = SamplingParams(greedy=True)
+# The synthetic world's question kinds, each evaluated as its own "dataset".
+WORLD_KINDS = ("single", "bridge", "comparison", "fanout")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalQuestion:
+  """One question to evaluate: its dataset, its FlashRAG row fields and its chat prompt."""
+  dataset: str
+  id: str
+  question: str
+  golden_answers: list[str]
+  prompt: str
+
+
+def _question_from_row(dataset: str, index: int, row: Mapping[str, Any], tokenizer,
+                       prompt_variant: str) -> EvalQuestion:
+  """Checks a FlashRAG row and builds its chat prompt; a bad row names dataset and index."""
+  where = f"dataset {dataset!r} row {index}"
+  for field in ("question", "golden_answers"):
+    if field not in row:
+      raise ValueError(f"{where} has no {field!r} field (rows need id, question, "
+                       "golden_answers)")
+  golds = row["golden_answers"]
+  golds = [golds] if isinstance(golds, str) else list(golds)
+  if not golds or not all(isinstance(g, str) for g in golds):
+    raise ValueError(f"{where}: golden_answers must be a non-empty list of strings, "
+                     f"got {row['golden_answers']!r}")
+  question = str(row["question"])
+  try:
+    text = prompts.build_prompt(question, prompt_variant)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+  return EvalQuestion(dataset, str(row.get("id", index)), question, golds,
+                      prompts.apply_chat_template(tokenizer, text))
+
+
+def build_questions(datasets: Mapping[str, Sequence[Mapping[str, Any]]], tokenizer,
+                    prompt_variant: str, max_questions: int = 0) -> list[EvalQuestion]:
+  """The first `max_questions` rows (0: all) of every dataset, in dataset then row order."""
+  if max_questions < 0:
+    raise ValueError(f"max_questions must be >= 0 (config.eval.max_questions), "
+                     f"got {max_questions}")
+  out = []
+  for name, rows in datasets.items():
+    count = len(rows) if max_questions == 0 else min(len(rows), max_questions)
+    out.extend(_question_from_row(name, i, rows[i], tokenizer, prompt_variant)
+               for i in range(count))
+  return out
+
+
+def _check_prompt_lengths(engine: RolloutEngine, questions: Sequence[EvalQuestion]) -> None:
+  """Fails before any rollout if a prompt cannot fit the sampler's cache."""
+  capacity = engine.sampler.capacity
+  for q in questions:
+    n = len(engine.tokenizer.encode(q.prompt, add_special_tokens=False))
+    if n >= capacity:
+      raise ValueError(f"{q.dataset} question {q.id!r}: its prompt has {n} tokens, which does "
+                       f"not fit the sampler's capacity {capacity} "
+                       "(config.rollout.max_total_length)")
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+  """A per-batch rollout seed derived from (seed, batch_index), independent across batches."""
+  return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def to_record(question: EvalQuestion, row: RowRecord) -> dict:
+  """The record `summarize` expects: the question's fields plus the trajectory's."""
+  return {
+      "dataset": question.dataset, "id": question.id, "question": question.question,
+      "golden_answers": list(question.golden_answers),
+      "response_text": row.response_text, "answer": row.answer,
+      "turns": row.turns, "queries_per_turn": list(row.queries_per_turn),
+      "finish_reason": row.finish_reason, "generated_tokens": row.generated_tokens,
+      "prompt_tokens": row.prompt_tokens, "total_tokens": row.total_tokens,
+      "decode_seconds": row.decode_seconds, "retrieval_seconds": row.retrieval_seconds,
+      "total_seconds": row.total_seconds,
+  }
+
+
+def rollout_records(engine: RolloutEngine, questions: Sequence[EvalQuestion], *,
+                    batch_size: int, sampling: SamplingParams, seed: int = 0,
+                    progress: bool = True) -> list[dict]:
+  """Rolls out every question once, `batch_size` prompts per engine call; records in order."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1 (config.eval.batch_size), got {batch_size}")
+  records: list[dict] = []
+  with tqdm.tqdm(total=len(questions), desc="eval", unit="q", disable=not progress) as bar:
+    for k, start in enumerate(range(0, len(questions), batch_size)):
+      chunk = questions[start:start + batch_size]
+      rollout = engine.run([q.prompt for q in chunk], sampling=sampling,
+                           seed=batch_seed(seed, k), group_size=1, batch_size=batch_size)
+      assert len(rollout.records) == len(chunk), (len(rollout.records), len(chunk))
+      for row in rollout.records:
+        records.append(to_record(chunk[row.prompt_index], row))
+      bar.update(len(chunk))
+  return records
+
+
+def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[Mapping]], *,
+             prompt_variant: str, out_dir: str, run_name: str, batch_size: int,
+             sampling: SamplingParams | None = None, max_questions: int = 0, seed: int = 0,
+             progress: bool = True) -> dict:
+  """Evaluates the engine's policy on `datasets` and writes the run under out_dir.
+
+  datasets: name -> rows with id, question, golden_answers (FlashRAG layout). Sampling is
+  greedy unless given. `max_questions` keeps the first N rows of each dataset (0: all).
+  Datasets without rows are skipped (listed under 'skipped_datasets' in the returned
+  summary, which is otherwise the summary.json written under out_dir).
+  """
+  sampling = sampling or GREEDY
+  questions = build_questions(datasets, tokenizer, prompt_variant, max_questions)
+  skipped = [name for name in datasets if not any(q.dataset == name for q in questions)]
+  if not questions:
+    raise ValueError(f"no questions to evaluate: every dataset is empty ({list(datasets)})")
+  for name in skipped:
+    print(f"eval: dataset {name!r} has no questions; skipped", flush=True)
+  _check_prompt_lengths(engine, questions)
+  records = rollout_records(engine, questions, batch_size=batch_size, sampling=sampling,
+                            seed=seed, progress=progress)
+  table = summarize.write_run(records, out_dir, run_name)
+  results_path = os.path.join(out_dir, summarize.TABLE_FILE)
+  print(f"{EM_BANNER}\n{table}\n(written to {results_path})", flush=True)
+  with open(os.path.join(out_dir, summarize.SUMMARY_FILE), encoding="utf-8") as f:
+    summary = json.load(f)
+  summary["skipped_datasets"] = skipped
+  return summary
+
+
+def _comma_list(text: str) -> list[str]:
+  """'a, b,,c' -> ['a', 'b', 'c']."""
+  return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def load_eval_datasets(config) -> dict[str, list[dict]]:
+  """The evaluation questions named by config.data: name -> rows (id, question, golden_answers).
+
+  'flashrag': each of data.eval_datasets, its test split (dev where a dataset has no test
+  file, as FlashRAG's HotpotQA, 2Wiki and MuSiQue). 'synthetic_world': the world's test
+  questions, one dataset per question kind (single, bridge, comparison, fanout).
+  """
+  source = config.data.source
+  if source == "synthetic_world":
+    from rag_r1_jax.data import synthetic_world
+    world = synthetic_world.make_world(config.data.world_seed, config.data.world_entities)
+    return {kind: [q.row() for q in world.split_questions("test", kinds=(kind,))]
+            for kind in WORLD_KINDS}
+  if source != "flashrag":
+    raise ValueError(f"config.data.source={source!r}; valid: 'flashrag', 'synthetic_world'")
+  from rag_r1_jax.data import qa_builders
+  names = _comma_list(config.data.eval_datasets)
+  if not names:
+    raise ValueError("config.data.eval_datasets names no dataset")
+  out = {}
+  for name in names:
+    found = qa_builders.find_source_files(name, config.data.dir)
+    split = next((s for s in ("test", "dev") if s in found), None)
+    if split is None:
+      raise FileNotFoundError(f"{name}: neither test.jsonl nor dev.jsonl under "
+                              f"{os.path.join(config.data.dir, name)} (config data.dir)")
+    if split == "dev":
+      print(f"eval: {name} has no test split; evaluating its dev split", flush=True)
+    source_rows = qa_builders.load_split(name, split, config.data.dir,
+                                         tfds_dir=config.data.tfds_dir or None)
+    out[name] = [dict(r) for r in source_rows]
+  return out
