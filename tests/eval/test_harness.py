@@ -134,8 +134,10 @@ def test_table_plots_and_printed_em(toy, greedy_run, tmp_path, capsys):
   # What is printed: the banner, then the table, then where it was written.
   tokenizer, engine = toy
   harness.evaluate(engine, tokenizer, DATASETS, prompt_variant="short_mq", out_dir=str(tmp_path),
-                   run_name="toy", batch_size=2, max_questions=1, progress=False)
-  printed = capsys.readouterr().out
+                   run_name="toy", batch_size=2, max_questions=1, progress=True)
+  captured = capsys.readouterr()
+  assert "eval: 100%" in captured.err and "2/2" in captured.err  # the tqdm bar
+  printed = captured.out
   after = printed.split(harness.EM_BANNER + "\n", 1)[1]
   assert after.startswith("| toy | NQ | HotpotQA | avg |")
   assert os.path.join(str(tmp_path), "results.md") in after
