@@ -1,0 +1,184 @@
+"""The RL update of one rollout batch: score it once, then epochs x shuffled minibatches.
+
+Host-side orchestration around the jitted steps of update.py. The rollout batch is a dict of
+right-padded arrays (numpy or JAX):
+  tokens, positions [B, T] int32; attention_mask [B, T] (1 on real tokens);
+  loss_mask [B, T] float32 (1 only on tokens the policy generated);
+  sampler_logprobs [B, T] float32 (0 off the mask); rewards [B] float32; group_ids [B] int32.
+B must be a multiple of rl.mini_batch_size x rl.group_size (the minibatch rows). Old
+log-probs (and reference log-probs, critic values) are recomputed by forward passes in
+chunks of minibatch rows before any update; advantages are computed over the whole batch.
+Every minibatch has the same static shape, so the step compiles once per sequence length.
+
+The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
+optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
+"""
+
+import functools
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rag_r1_jax import sharding
+from rag_r1_jax.rl import advantages as adv_lib
+from rag_r1_jax.rl import losses
+from rag_r1_jax.training import update
+from rag_r1_jax.training.train_state import TrainState
+from rag_r1_jax.training.update import RLHparams
+
+TOKEN_FIELDS = ("tokens", "positions", "attention_mask", "loss_mask", "sampler_logprobs")
+ROW_FIELDS = ("rewards", "group_ids")
+_DTYPES = {"tokens": np.int32, "positions": np.int32, "attention_mask": np.int32,
+           "loss_mask": np.float32, "sampler_logprobs": np.float32, "rewards": np.float32,
+           "group_ids": np.int32}
+# How per-update metrics combine into one row: the rest are means over applied updates.
+_SUMMED = ("skipped", "critic_skipped")
+_LAST = ("learning_rate", "critic_learning_rate")
+_MAXED = ("ratio_max",)
+
+
+def put_rows(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host arrays [rows, ...] placed on the mesh, split over the batch axes ("data", "fsdp")."""
+  out = {}
+  for name, x in arrays.items():
+    axes = ("batch",) + (None,) * (x.ndim - 1)
+    out[name] = jax.device_put(x, sharding.named_sharding(mesh, axes, x.shape))
+  return out
+
+
+def _mesh(state: TrainState) -> Mesh:
+  return jax.tree.leaves(state.params)[0].sharding.mesh
+
+
+def _host_batch(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+  """The rollout batch as host arrays of the expected dtypes, checked for shape."""
+  missing = [k for k in TOKEN_FIELDS + ROW_FIELDS if k not in batch]
+  assert not missing, f"rollout batch lacks {missing}"
+  out = {k: np.asarray(batch[k], _DTYPES[k]) for k in TOKEN_FIELDS + ROW_FIELDS}
+  size, length = out["tokens"].shape
+  for k in TOKEN_FIELDS:
+    assert out[k].shape == (size, length), (k, out[k].shape, (size, length))
+  for k in ROW_FIELDS:
+    assert out[k].shape == (size,), (k, out[k].shape)
+  if size % rows:
+    raise ValueError(f"rollout batch of {size} rows is not a multiple of the minibatch "
+                     f"(rl.mini_batch_size x rl.group_size = {rows} rows)")
+  return out
+
+
+def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
+               mesh: Mesh) -> dict[str, np.ndarray]:
+  """update.score over the batch in chunks of minibatch rows, gathered on the host."""
+  model_fields = ("tokens", "positions", "attention_mask", "loss_mask")
+  chunks = []
+  for start in range(0, host["tokens"].shape[0], hp.mini_batch_rows):
+    part = {k: host[k][start:start + hp.mini_batch_rows] for k in model_fields}
+    chunks.append(jax.device_get(update.score(state, put_rows(part, mesh), hp)))
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  return losses.aggregate(x, mask, "token_mean")
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+  """1 - Var(returns - values) / Var(returns) over masked tokens (1: perfect, <= 0: useless)."""
+  var = lambda x: _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)  # noqa: E731
+  return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
+
+
+@functools.partial(jax.jit, static_argnames="hp")
+def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]:
+  """Group-normalised token advantages [B, T] and the sampler-mismatch metric."""
+  mask = b["loss_mask"]
+  adv = adv_lib.grpo_advantages(b["rewards"], mask, group_ids=b["group_ids"], mode=hp.advantage)
+  metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
+                                                      b["sampler_logprobs"]), mask)}
+  if "ref_logprobs" in b:
+    metrics["kl_ref"] = _masked_mean(
+        losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
+  return {"advantages": adv}, metrics
+
+
+@functools.partial(jax.jit, static_argnames="hp")
+def ppo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]:
+  """GAE advantages (whitened) and returns [B, T], the reward carrying the KL penalty."""
+  mask = b["loss_mask"]
+  token_reward = adv_lib.token_rewards(b["rewards"], mask)
+  metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
+                                                      b["sampler_logprobs"]), mask)}
+  if hp.kl_coef > 0:
+    token_reward = adv_lib.kl_penalized_rewards(token_reward, b["old_logprobs"],
+                                                b["ref_logprobs"], mask, hp.kl_coef,
+                                                hp.kl_estimator)
+    metrics["kl_ref"] = _masked_mean(
+        losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
+  adv, returns = adv_lib.gae(token_reward, b["values"], mask, hp.gamma, hp.gae_lambda)
+  if hp.whiten_advantages:
+    adv = adv_lib.whiten(adv, mask)
+  metrics["explained_variance"] = explained_variance(b["values"], returns, mask)
+  metrics["return_mean"] = _masked_mean(returns, mask)
+  return {"advantages": adv, "returns": returns, "old_values": b["values"]}, metrics
+
+
+@jax.jit
+def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  new, sub = jax.random.split(key)
+  return new, sub
+
+
+def combine_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
+  """One row from per-update metrics: skips summed, lr last, others averaged over applied updates."""
+  applied = [m for m in per_update if m["skipped"] == 0] or per_update
+  out = {}
+  for key in per_update[0]:
+    if key in _SUMMED:
+      out[key] = float(sum(m[key] for m in per_update))
+    elif key in _LAST:
+      out[key] = float(per_update[-1][key])
+    elif key in _MAXED:
+      out[key] = float(max(m[key] for m in applied))
+    else:
+      out[key] = float(np.mean([m[key] for m in applied]))
+  out["updates"] = float(len(per_update))
+  return out
+
+
+def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
+              hp: Optional[RLHparams] = None) -> tuple[TrainState, dict[str, float]]:
+  """All updates of one rollout batch: (new state, metrics as Python floats).
+
+  config: the run's ConfigDict (its rl section); or pass hp. The state is donated: use only
+  the returned one. Minibatch order comes from state.rng, so a restored state replays it.
+  """
+  hp = hp or RLHparams.from_config(config)
+  if hp.algorithm == "ppo" and state.critic is None:
+    raise ValueError("rl.algorithm='ppo' needs a TrainState with a critic (create_rl_state)")
+  if hp.kl_coef > 0 and state.ref_params is None:
+    raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
+  mesh = _mesh(state)
+  host = _host_batch(batch, hp.mini_batch_rows)
+  host.update(_score_all(state, host, hp, mesh))
+  prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
+  fields, prep_metrics = prepare(put_rows(host, mesh), hp)
+  host.update(jax.device_get(fields))
+  step_fn = update.ppo_update if hp.algorithm == "ppo" else update.grpo_update
+  names = ["tokens", "positions", "attention_mask", "loss_mask", "old_logprobs",
+           *fields] + (["ref_logprobs"] if hp.algorithm == "grpo" and hp.kl_coef > 0 else [])
+  size = host["tokens"].shape[0]
+  per_update = []
+  for _ in range(hp.epochs):
+    rng, key = _split_key(state.rng)
+    state = state.replace(rng=rng)
+    order = np.asarray(jax.random.permutation(key, size))
+    for start in range(0, size, hp.mini_batch_rows):
+      rows = order[start:start + hp.mini_batch_rows]
+      mb = put_rows({k: host[k][rows] for k in names}, mesh)
+      state, metrics = step_fn(state, mb, hp)
+      per_update.append(metrics)
+  out = combine_metrics(jax.device_get(per_update))
+  out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})
+  return state, out

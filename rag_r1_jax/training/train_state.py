@@ -1,0 +1,200 @@
+"""TrainState: everything an update step reads and writes, as one donatable, checkpointable pytree.
+
+The NNX graphdefs and optax transforms are static (pytree aux data); the arrays are the policy
+parameters, their float32 optimizer state, the update counter, a typed PRNG key, and
+optionally the frozen reference parameters (KL to the SFT model) and a critic (PPO).
+Every array lives on the mesh: parameters by their logical axes (`params.state_shardings`),
+optimizer moments like their parameters, scalars replicated. `shardings(state)` reads them
+back for checkpoint restore targets.
+
+The reference and critic start as COPIES of the policy's arrays (own buffers), so donating
+the state to an update never deletes a buffer that another field still uses.
+"""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rag_r1_jax.models import params as params_lib
+from rag_r1_jax.models.config import DecoderConfig
+from rag_r1_jax.models.decoder import Decoder
+from rag_r1_jax.training import logprobs as logprobs_lib
+from rag_r1_jax.training import optimizer as opt_lib
+
+PyTree = Any
+
+
+class Critic(nnx.Module):
+  """PPO's critic: its own Decoder plus a value head Linear(hidden -> 1)."""
+
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    self.decoder = Decoder(cfg, rngs=rngs)
+    kernel = jax.random.normal(rngs.params(), (cfg.hidden_size, 1), jnp.float32) * 0.02
+    self.value_kernel = nnx.Param(kernel.astype(cfg.weight_dtype), logical_axes=("embed", None))
+    self.value_bias = nnx.Param(jnp.zeros((1,), cfg.weight_dtype), logical_axes=(None,))
+
+  def __call__(self, batch) -> jax.Array:
+    """Values [batch, seq] float32: values[b, t] estimates the return of the state before token t."""
+    _, _, hidden = self.decoder(batch["tokens"], positions=batch["positions"],
+                                attention_mask=batch["attention_mask"], return_hidden=True)
+    out = jnp.dot(hidden.astype(jnp.float32), self.value_kernel[...].astype(jnp.float32))
+    values = out[..., 0] + self.value_bias[...].astype(jnp.float32)[0]
+    return logprobs_lib.shift_values(values)
+
+
+@struct.dataclass
+class CriticState:
+  """The critic's parameters and optimizer state (its own learning rate)."""
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  params: nnx.State
+  opt_state: PyTree
+
+
+@struct.dataclass
+class TrainState:
+  """Policy parameters + optimizer state, update count, PRNG key; optional reference and critic."""
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  params: nnx.State
+  opt_state: PyTree
+  step: jax.Array  # [] int32: optimizer updates applied (skipped non-finite steps excluded)
+  rng: jax.Array  # [] typed PRNG key (minibatch shuffling)
+  ref_params: Optional[nnx.State] = None
+  critic: Optional[CriticState] = None
+
+  def model(self) -> Decoder:
+    """The policy as a Decoder (shares this state's arrays)."""
+    return nnx.merge(self.graphdef, self.params)
+
+  def reference(self) -> Decoder:
+    """The frozen reference policy as a Decoder."""
+    assert self.ref_params is not None, "this TrainState has no reference parameters"
+    return nnx.merge(self.graphdef, self.ref_params)
+
+
+def _mesh_of(tree: PyTree) -> Mesh:
+  leaf = jax.tree.leaves(tree)[0]
+  assert isinstance(leaf.sharding, NamedSharding), "parameters must be placed on a mesh"
+  return leaf.sharding.mesh
+
+
+def _copy(tree: PyTree) -> PyTree:
+  """Fresh buffers with the same values and shardings."""
+  shardings = jax.tree.map(lambda x: x.sharding, tree)
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
+
+
+def init_opt_state(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
+  """tx.init(params) on the mesh: subtrees shaped like params sharded like them, others replicated."""
+  param_def = jax.tree.structure(params)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  replicated = NamedSharding(_mesh_of(params), PartitionSpec())
+
+  def like_params(x):
+    try:
+      return jax.tree.structure(x) == param_def
+    except TypeError:
+      return False
+
+  abstract = jax.eval_shape(tx.init, params)
+  out = jax.tree.map(lambda x: param_shardings if like_params(x) else replicated, abstract,
+                     is_leaf=like_params)
+  return jax.jit(tx.init, out_shardings=out)(params)
+
+
+def _replicated_key(seed: int, mesh: Mesh) -> jax.Array:
+  return jax.device_put(jax.random.key(seed), NamedSharding(mesh, PartitionSpec()))
+
+
+def critic_from_policy(policy: Decoder, seed: int) -> Critic:
+  """A Critic whose decoder starts as a copy of `policy` and whose value head is random."""
+  cfg = policy.cfg
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Critic(cfg, rngs=nnx.Rngs(seed))))
+  mesh = _mesh_of(nnx.state(policy))
+  shardings = params_lib.state_shardings(nnx.merge(graphdef, abstract), mesh)
+
+  @jax.jit
+  def build(policy_state):
+    critic = Critic(cfg, rngs=nnx.Rngs(seed))  # its random decoder weights are dead code
+    nnx.update(critic.decoder, jax.tree.map(jnp.copy, policy_state))
+    return jax.lax.with_sharding_constraint(nnx.state(critic), shardings)
+
+  return nnx.merge(graphdef, build(nnx.state(policy)))
+
+
+def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
+                 reference: bool = False, critic: Optional[Critic] = None,
+                 critic_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
+  """A TrainState over a copy of `model`'s parameters (the model itself stays usable)."""
+  graphdef, state = nnx.split(model)
+  params = _copy(state)
+  mesh = _mesh_of(params)
+  critic_state = None
+  if critic is not None:
+    assert critic_tx is not None, "a critic needs its own optimizer"
+    c_graphdef, c_params = nnx.split(critic)
+    critic_state = CriticState(graphdef=c_graphdef, tx=critic_tx, params=c_params,
+                               opt_state=init_opt_state(critic_tx, c_params))
+  step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
+  return TrainState(graphdef=graphdef, tx=tx, params=params,
+                    opt_state=init_opt_state(tx, params), step=step,
+                    rng=_replicated_key(seed, mesh),
+                    ref_params=_copy(state) if reference else None, critic=critic_state)
+
+
+def rl_updates_per_step(rl_config) -> int:
+  """Optimizer updates per RL step: epochs_per_batch x (batch_size / mini_batch_size)."""
+  if rl_config.batch_size % rl_config.mini_batch_size:
+    raise ValueError(f"rl.mini_batch_size={rl_config.mini_batch_size} must divide "
+                     f"rl.batch_size={rl_config.batch_size}")
+  return rl_config.epochs_per_batch * (rl_config.batch_size // rl_config.mini_batch_size)
+
+
+def create_rl_state(model: Decoder, config) -> TrainState:
+  """The RL state from config.rl: AdamW policy, reference when kl_coef > 0, critic for PPO.
+
+  The schedules count optimizer updates: rl.steps x rl_updates_per_step(config.rl).
+  """
+  rl = config.rl
+  if rl.algorithm not in ("grpo", "ppo"):
+    raise ValueError(f"rl.algorithm={rl.algorithm!r} must be grpo or ppo")
+  total = rl.steps * rl_updates_per_step(rl)
+  tx = opt_lib.make_optimizer(rl.learning_rate, total, rl.warmup_ratio, rl.schedule,
+                              rl.max_grad_norm, rl.weight_decay)
+  critic = critic_tx = None
+  if rl.algorithm == "ppo":
+    critic = critic_from_policy(model, config.seed + 1)
+    critic_tx = opt_lib.make_optimizer(rl.critic_learning_rate, total, rl.warmup_ratio,
+                                       rl.schedule, rl.max_grad_norm, rl.weight_decay)
+  return create_state(model, tx, seed=config.seed, reference=rl.kl_coef > 0, critic=critic,
+                      critic_tx=critic_tx)
+
+
+def create_sft_state(model: Decoder, config, total_steps: int) -> TrainState:
+  """The SFT state from config.sft (no reference, no critic); total_steps sizes the schedule."""
+  sft = config.sft
+  tx = opt_lib.make_optimizer(sft.learning_rate, total_steps, sft.warmup_ratio, sft.schedule,
+                              sft.max_grad_norm, sft.weight_decay)
+  return create_state(model, tx, seed=config.seed)
+
+
+def shardings(state: TrainState) -> TrainState:
+  """The state's NamedShardings, same structure (a restore target with jax.eval_shape)."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def abstract(state: TrainState) -> TrainState:
+  """ShapeDtypeStructs with shardings: the target for CheckpointManager.restore."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+def num_params(state: TrainState) -> int:
+  """Number of policy parameters."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))

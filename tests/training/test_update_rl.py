@@ -1,0 +1,141 @@
+"""GRPO / PPO updates: sharded == single device, hand-checked loss, non-finite skip, bf16."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rag_r1_jax.rl import advantages as adv_lib
+from rag_r1_jax.rl import losses
+from rag_r1_jax.training import optimizer as opt_lib
+from rag_r1_jax.training import rl_update, train_state, update
+from tests.training import test_update_common as h
+
+ROWS, SEQ = 16, 24
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def _run(mesh, algorithm, batch, **rl):
+  config = h.rl_config(algorithm=algorithm, **rl)
+  state = train_state.create_rl_state(h.model(mesh, seed=3), config)
+  before = train_state.shardings(state)
+  state, metrics = rl_update.rl_update(state, batch, config)
+  same = jax.tree.map(lambda a, b: a == b, before, train_state.shardings(state))
+  assert all(jax.tree.leaves(same)), "the update changed the state's shardings"
+  return state, metrics
+
+
+_SHARDED_KW = dict(batch_size=4, mini_batch_size=4, kl_coef=0.05, entropy_coef=0.01)
+
+
+@functools.lru_cache(maxsize=None)
+def _single_device(algorithm):
+  batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=4)
+  state, metrics = _run(h.mesh(), algorithm, batch, **_SHARDED_KW)
+  return _params(state), metrics
+
+
+@pytest.mark.parametrize("algorithm,shape", [("grpo", (8, 1, 1)), ("grpo", (2, 2, 2)),
+                                             ("ppo", (2, 2, 2))])
+def test_sharded_update_equals_single_device(algorithm, shape):
+  batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=4)
+  single, m1 = _single_device(algorithm)
+  sharded, m8 = _run(h.mesh(*shape), algorithm, batch, **_SHARDED_KW)
+  p8 = jax.tree.leaves(sharded.params)
+  assert any(len(x.sharding.device_set) == 8 for x in p8)
+  # Parameters are split only over fsdp / tensor; data parallelism replicates them.
+  assert any(not x.sharding.is_fully_replicated for x in p8) == (shape != (8, 1, 1))
+  diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(single, _params(sharded))])
+  # AdamW's first step is lr * g / (|g| + eps) = +-lr = 1e-3 unless |g| is ~eps, where the
+  # reduction order of a sharded sum shows: every parameter within 10% of one step, and
+  # almost all of them equal to float32 rounding.
+  assert diffs.max() < 1e-4
+  assert np.mean(diffs > 1e-6) < 1e-3
+  for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+    assert m8[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6), key
+  assert m8["skipped"] == 0 and int(sharded.step) == 1
+
+
+def test_first_grpo_loss_equals_direct_loss():
+  batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=5)
+  mesh = h.mesh()
+  model = h.model(mesh, seed=3)
+  logits, _ = model(jnp.asarray(batch["tokens"]), positions=jnp.asarray(batch["positions"]),
+                    attention_mask=jnp.asarray(batch["attention_mask"]))
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  direct = jnp.take_along_axis(logp[:, :-1], jnp.asarray(batch["tokens"])[:, 1:, None], -1)[..., 0]
+  direct = jnp.pad(direct, ((0, 0), (1, 0)))
+  mask = jnp.asarray(batch["loss_mask"])
+  adv = adv_lib.grpo_advantages(jnp.asarray(batch["rewards"]), mask,
+                                group_ids=jnp.asarray(batch["group_ids"]))
+  expected, parts = losses.grpo_loss(direct, direct, direct, adv, mask, clip_low=0.2,
+                                     clip_high=0.2, kl_coef=0.0)
+  # old == new at the first step: ratio 1, so the loss is -mean(advantage) over the mask.
+  assert float(expected) == pytest.approx(-float((adv * mask).sum() / mask.sum()), abs=1e-6)
+  config = h.rl_config(kl_coef=0.0, entropy_coef=0.0)
+  state = train_state.create_rl_state(model, config)
+  assert state.ref_params is None
+  state, metrics = rl_update.rl_update(state, batch, config)
+  assert metrics["updates"] == 1 and metrics["skipped"] == 0
+  assert metrics["loss"] == pytest.approx(float(expected), abs=1e-6)
+  assert metrics["pg_loss"] == pytest.approx(float(parts["pg_loss"]), abs=1e-6)
+  assert metrics["kl"] == 0.0 and metrics["clip_fraction"] == 0.0
+  assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+  mismatch = float((jnp.abs(direct - batch["sampler_logprobs"]) * mask).sum() / mask.sum())
+  assert metrics["logprob_mismatch"] == pytest.approx(mismatch, rel=1e-5)
+  assert metrics["learning_rate"] == pytest.approx(1e-3)
+  assert metrics["entropy"] == pytest.approx(np.log(h.TINY.vocab_size), abs=0.05)
+
+
+def test_nonfinite_step_is_skipped_then_training_proceeds():
+  config = h.rl_config(kl_coef=0.01)
+  state = train_state.create_rl_state(h.model(h.mesh(2, 2, 1), seed=3), config)
+  before = _params(state)
+  opt_before = [np.asarray(x) for x in jax.tree.leaves(state.opt_state)]
+  bad = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
+  bad["rewards"][2] = np.nan  # poisons group 0's advantages, hence the loss
+  state, metrics = rl_update.rl_update(state, bad, config)
+  assert metrics["skipped"] == 1 and int(state.step) == 0
+  assert np.isnan(metrics["loss"])
+  for a, b in zip(before, _params(state)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(opt_before, jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  streak = opt_lib.NonfiniteStreak(limit=2).update(metrics["skipped"] == 0, step=0)
+  assert streak.count == 1
+  good = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
+  state, metrics = rl_update.rl_update(state, good, config)
+  assert metrics["skipped"] == 0 and int(state.step) == 1 and np.isfinite(metrics["loss"])
+  assert streak.update(metrics["skipped"] == 0, step=1).count == 0
+  changed = [not np.array_equal(a, b) for a, b in zip(before, _params(state))]
+  assert sum(changed) > len(changed) // 2
+
+
+def test_bfloat16_microbatched_updates_keep_float32_state_and_compile_once():
+  config = h.rl_config(epochs_per_batch=2, mini_batch_size=2, microbatches=2)
+  cfg = h.TINY.replace(dtype="bfloat16")
+  state = train_state.create_rl_state(h.model(h.mesh(4, 1, 1), cfg, seed=3), config)
+  before = _params(state)
+  batch = h.trajectory_batch(ROWS, SEQ, cfg.vocab_size, seed=8)
+  state, metrics = rl_update.rl_update(state, batch, config)
+  compiled = update.grpo_update._cache_size()
+  state, metrics = rl_update.rl_update(state, batch, config)
+  assert update.grpo_update._cache_size() == compiled
+  assert metrics["updates"] == 4 and metrics["skipped"] == 0 and int(state.step) == 8
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
+             if jnp.issubdtype(x.dtype, jnp.floating))
+  assert metrics["clip_fraction"] > 0 or metrics["ratio_mean"] != 1.0
+  assert not all(np.array_equal(a, b) for a, b in zip(before, _params(state)))
+
+
+def test_bad_batch_size_names_the_field():
+  config = h.rl_config(mini_batch_size=3, batch_size=3)
+  state = train_state.create_rl_state(h.model(h.mesh()), config)
+  with pytest.raises(ValueError, match="rl.mini_batch_size"):
+    rl_update.rl_update(state, h.trajectory_batch(16, 12, 64), config)
