@@ -150,14 +150,20 @@ class SentenceEncoder:
       return np.zeros((0, self.dim), np.float32)
     ids = self.tokenize(texts)
     order = np.argsort([len(t) for t in ids], kind="stable")
-    out = np.zeros((len(texts), self.dim), np.float32)
+    pending = []  # dispatch is asynchronous: pad batch i+1 while batch i computes
     for start in range(0, len(order), self.batch_size):
       rows = order[start:start + self.batch_size]
-      out[rows] = self._encode_batch([ids[r] for r in rows])
+      pending.append((rows, self._encode_batch([ids[r] for r in rows])))
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for rows, emb in pending:
+      out[rows] = np.asarray(emb)[:len(rows)]
     return out
 
-  def _encode_batch(self, ids: list[list[int]]) -> np.ndarray:
-    """Pads one batch to its (batch, seq) bucket and runs the jitted function."""
+  def _encode_batch(self, ids: list[list[int]]) -> jax.Array:
+    """Pads one batch to its (batch, seq) bucket and dispatches the jitted function.
+
+    Returns [bucket_batch, dim]; rows past len(ids) are padding.
+    """
     seq = seq_bucket(max(len(t) for t in ids), self.spec.max_length)
     batch = batch_bucket(len(ids), self.batch_size, self._data_ways)
     input_ids = np.zeros((batch, seq), np.int32)  # [batch, seq]
@@ -169,7 +175,7 @@ class SentenceEncoder:
     if self.mesh is not None:
       input_ids = sharding.put_on_mesh(input_ids, self.mesh, ("batch", "seq"))
       mask = sharding.put_on_mesh(mask, self.mesh, ("batch", "seq"))
-    return np.asarray(self._fn(self._state, input_ids, mask))[:len(ids)]
+    return self._fn(self._state, input_ids, mask)
 
 
 def _file_digest(path: str) -> str:

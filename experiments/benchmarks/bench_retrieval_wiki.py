@@ -1,0 +1,82 @@
+"""Description -> article recall on the Wikipedia extracts: MiniLM dense (flat, HNSW, IVF-PQ) vs BM25.
+
+Each article's short description is a query whose target is the article (title + lead).
+The test suite runs this on a 1,004-article subset; this script runs any stride (default:
+all 10,033 articles). Embeddings are cached under ~/.cache/rag_r1_jax keyed by encoder hash,
+stride and max_length, so a second run only searches.
+
+  python experiments/benchmarks/bench_retrieval_wiki.py --stride 1 --max_length 128
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+_DEVICES = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "8")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_DEVICES}")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rag_r1_jax import assets, sharding  # noqa: E402
+from rag_r1_jax.retrieval import corpus, encoder, index as index_lib  # noqa: E402
+from rag_r1_jax.retrieval.bm25 import BM25Retriever  # noqa: E402
+from rag_r1_jax.retrieval.dense import DenseRetriever  # noqa: E402
+from rag_r1_jax.retrieval.docstore import ListDocStore  # noqa: E402
+
+
+def recall(rows: list[list[str]], targets: list[int], k: int) -> float:
+  return float(np.mean([str(t) in r[:k] for r, t in zip(rows, targets)]))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--stride", type=int, default=1, help="use every stride-th article")
+  parser.add_argument("--max_length", type=int, default=128)
+  parser.add_argument("--devices", type=int, default=8, help="pass as --devices=N")
+  args = parser.parse_args()
+  model_dir = assets.asset_path("minilm_dir")
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+  enc = encoder.SentenceEncoder.from_pretrained(
+      model_dir, encoder.infer_spec(model_dir, max_length=args.max_length), mesh=mesh)
+  articles = corpus.read_wiki_extracts()[::args.stride]
+  docs = corpus.wiki_documents(articles)
+  targets = [i for i, a in enumerate(articles) if a.description]
+  queries = [articles[i].description for i in targets]
+  key = hashlib.sha256(f"{enc.hash}-{args.stride}-{len(docs)}".encode()).hexdigest()[:16]
+  cache = os.path.expanduser(f"~/.cache/rag_r1_jax/wiki_emb_{key}.npy")
+  if os.path.isfile(cache):
+    emb = np.load(cache)
+    print(f"loaded cached embeddings {cache}")
+  else:
+    t0 = time.perf_counter()
+    emb = enc.encode_passages([d.contents for d in docs])
+    dt = time.perf_counter() - t0
+    print(f"encoded {len(docs)} articles in {dt:.1f} s ({len(docs) / dt:.1f} passages/s, "
+          f"{sharding.describe(mesh)})")
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    np.save(cache, emb)
+  print(f"{len(queries)} description queries over {len(docs)} articles, MiniLM max_length "
+        f"{args.max_length}")
+  for name, params in {"dense flat": index_lib.IndexParams(),
+                       "dense hnsw": index_lib.IndexParams(index_type="hnsw"),
+                       "dense ivfpq": index_lib.IndexParams(index_type="ivfpq")}.items():
+    index = index_lib.build_index([emb], len(emb), params, progress=False)
+    dense = DenseRetriever(enc, index, ListDocStore(docs))
+    out = [[d.id for d in r] for r in dense.retrieve(queries, 3)]
+    print(f"  {name:12s} recall@1 {recall(out, targets, 1):.3f}  recall@3 "
+          f"{recall(out, targets, 3):.3f}  ({dense.stats.seconds:.2f} s incl. query encoding)")
+  t0 = time.perf_counter()
+  bm25 = BM25Retriever.from_documents(docs)
+  build_s = time.perf_counter() - t0
+  out = [[d.id for d in r] for r in bm25.retrieve(queries, 3)]
+  print(f"  {'bm25':12s} recall@1 {recall(out, targets, 1):.3f}  recall@3 "
+        f"{recall(out, targets, 3):.3f}  ({bm25.stats.seconds:.2f} s; index {build_s:.1f} s)")
+
+
+if __name__ == "__main__":
+  main()
