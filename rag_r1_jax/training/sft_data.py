@@ -1,0 +1,173 @@
+"""Stage-1 SFT examples: token ids with a loss mask on the policy's own response tokens.
+
+Two sources:
+  * alpaca / LLaMA-Factory rows {instruction, input, output, system} (qa_builders.load_split
+    ('sft', ...) or a list of dicts): instruction (+ "\\n" + input) is one user turn through
+    the tokenizer's chat template; the output is the assistant response, in which every
+    `<information> ... </information>` block (tags included) is masked out;
+  * the programmatic teacher's segment lists (data/teacher.py: `.text`, `.role` in
+    {'policy', 'information'}), cut into sub-samples with `teacher.cut_subsamples`: the
+    context segments are masked, only the target segment is trained.
+Text is tokenised piece by piece (prompt, then each segment), so the mask lines up with the
+pieces exactly. The response ends with the tokenizer's eos token (trained), as
+LLaMA-Factory does, so the model learns to stop after `</answer>`.
+
+Batches are right-padded to a multiple of `length_bucket` tokens (few distinct shapes, few
+compiles) and to a fixed number of rows (padding rows have loss mask 0).
+"""
+
+import collections
+import dataclasses
+import re
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from rag_r1_jax.data import prompts
+from rag_r1_jax.data.iterator import epoch_order
+
+_INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
+Piece = collections.namedtuple("Piece", "text role")  # the fields of teacher.Segment
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+  """One training sequence: tokens [n] int32 and loss_mask [n] float32 (1: a target token)."""
+  tokens: np.ndarray
+  loss_mask: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.tokens.shape[0])
+
+
+def split_information(text: str) -> list[Piece]:
+  """The response as policy / information pieces (information = a whole tagged block)."""
+  pieces, end = [], 0
+  for match in _INFORMATION.finditer(text):
+    if match.start() > end:
+      pieces.append(Piece(text[end:match.start()], "policy"))
+    pieces.append(Piece(match.group(0), "information"))
+    end = match.end()
+  if end < len(text):
+    pieces.append(Piece(text[end:], "policy"))
+  return pieces
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+  return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def chat_prompt(tokenizer: Any, user: str, system: str = "") -> str:
+  """The prompt text up to the assistant's turn (a system turn only when given)."""
+  if not system:
+    return prompts.apply_chat_template(tokenizer, user)
+  return tokenizer.apply_chat_template(
+      [{"role": "system", "content": system}, {"role": "user", "content": user}],
+      tokenize=False, add_generation_prompt=True)
+
+
+def encode_segments(tokenizer: Any, prompt_text: str, segments: Sequence[Any],
+                    trained: Sequence[bool], append_eos: bool = True) -> SFTExample:
+  """prompt_text (already templated, mask 0) then each segment, masked 1 where `trained`.
+
+  segments: objects with `.text` (teacher.Segment or Piece); trained: one flag per segment.
+  The eos token, when appended, is trained.
+  """
+  assert len(segments) == len(trained), (len(segments), len(trained))
+  tokens = _ids(tokenizer, prompt_text)
+  mask = [0.0] * len(tokens)
+  for segment, train in zip(segments, trained):
+    ids = _ids(tokenizer, segment.text)
+    tokens += ids
+    mask += [float(train)] * len(ids)
+  if append_eos:
+    if tokenizer.eos_token_id is None:
+      raise ValueError("the tokenizer has no eos token; SFT needs one to end responses")
+    tokens.append(int(tokenizer.eos_token_id))
+    mask.append(1.0)
+  return SFTExample(np.asarray(tokens, np.int32), np.asarray(mask, np.float32))
+
+
+def encode_alpaca_row(tokenizer: Any, row: dict) -> SFTExample:
+  """One alpaca row: the policy text of `output` is trained, its information blocks are not."""
+  user = row["instruction"] + (("\n" + row["input"]) if row.get("input") else "")
+  pieces = split_information(row["output"])
+  return encode_segments(tokenizer, chat_prompt(tokenizer, user, row.get("system", "")),
+                         pieces, [p.role == "policy" for p in pieces])
+
+
+def encode_subsample(tokenizer: Any, prompt_text: str, context: Sequence[Any],
+                     target: Any) -> SFTExample:
+  """A teacher sub-sample: templated prompt, context segments (masked), target (trained)."""
+  assert target.role == "policy", "observations are never training targets"
+  return encode_segments(tokenizer, prompt_text, [*context, target],
+                         [False] * len(context) + [True])
+
+
+def teacher_examples(tokenizer: Any, trajectories: Iterable[tuple[str, Sequence[Any]]],
+                     cut: Callable[[Sequence[Any]], list]) -> list[SFTExample]:
+  """Sub-sample examples of (user prompt text, segments) pairs; cut: teacher.cut_subsamples."""
+  out = []
+  for user, segments in trajectories:
+    prompt_text = prompts.apply_chat_template(tokenizer, user)
+    out += [encode_subsample(tokenizer, prompt_text, ctx, tgt) for ctx, tgt in cut(segments)]
+  return out
+
+
+def drop_long(examples: Sequence[SFTExample], max_length: int) -> tuple[list[SFTExample], int]:
+  """(examples of at most sft.max_length tokens, how many longer ones were dropped)."""
+  kept = [e for e in examples if len(e) <= max_length]
+  return kept, len(examples) - len(kept)
+
+
+def split_train_validation(items: Sequence[Any], fraction: float,
+                           seed: int) -> tuple[list[Any], list[Any]]:
+  """A deterministic (train, validation) split; at least one validation item if fraction > 0.
+
+  Split trajectories (or questions) before cutting them into sub-samples, so that no
+  sub-sample of a validation trajectory is trained on. Both keep the input order.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"sft.validation_fraction={fraction} must be in [0, 1)")
+  n = len(items)
+  n_val = 0 if fraction == 0 or n < 2 else max(1, int(round(fraction * n)))
+  val = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+  return ([x for i, x in enumerate(items) if i not in val],
+          [x for i, x in enumerate(items) if i in val])
+
+
+def bucket_length(length: int, multiple: int) -> int:
+  """length rounded up to a multiple of `multiple`."""
+  return -(-length // multiple) * multiple
+
+
+def pad_batch(examples: Sequence[SFTExample], rows: int, multiple: int) -> dict[str, np.ndarray]:
+  """Right-padded arrays [rows, bucket]: tokens, positions, attention_mask, loss_mask."""
+  assert 0 < len(examples) <= rows, (len(examples), rows)
+  seq = bucket_length(max(len(e) for e in examples), multiple)
+  tokens = np.zeros((rows, seq), np.int32)
+  attention = np.zeros((rows, seq), np.int32)
+  loss_mask = np.zeros((rows, seq), np.float32)
+  for r, e in enumerate(examples):
+    tokens[r, :len(e)] = e.tokens
+    attention[r, :len(e)] = 1
+    loss_mask[r, :len(e)] = e.loss_mask
+  positions = np.broadcast_to(np.arange(seq, dtype=np.int32), (rows, seq)).copy()
+  return {"tokens": tokens, "positions": positions, "attention_mask": attention,
+          "loss_mask": loss_mask}
+
+
+def batches(examples: Sequence[SFTExample], rows: int, multiple: int, seed: int, epoch: int,
+            shuffle: bool = True, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of one epoch from batch `start` on, in a deterministic (seed, epoch) order.
+
+  Built lazily; the last batch is padded with empty rows.
+  """
+  order = epoch_order(len(examples), seed, epoch, shuffle)
+  for s in range(start * rows, len(order), rows):
+    yield pad_batch([examples[i] for i in order[s:s + rows]], rows, multiple)
+
+
+def steps_per_epoch(num_examples: int, rows: int) -> int:
+  """Optimizer steps in one epoch of `num_examples` with batches of `rows`."""
+  return -(-num_examples // rows)

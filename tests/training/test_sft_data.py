@@ -1,0 +1,125 @@
+"""SFT data: masks on the policy's tokens only, segment alignment, buckets, deterministic split."""
+
+import numpy as np
+import pytest
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from rag_r1_jax.training import sft_data
+
+TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>",
+        "<information>", "</information>")
+SPECIAL = ("<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,?:;'\"!-\n{}[]()"
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+OUTPUT = ("<think> need the city </think><search> Ann Lee </search>\n\n<information>Doc 1: Ann "
+          "Lee lives in Oslo.</information>\n\n<think> Oslo </think><answer> Oslo </answer>")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+  """A character-level tokenizer (vocabulary < 128) with single-token tags and a chat template."""
+  vocab = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}}
+  vocab.update({c: len(vocab) + i for i, c in enumerate(CHARS)})
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+  tok.decoder = decoders.Fuse()
+  tok.add_special_tokens([AddedToken(t, normalized=False) for t in SPECIAL])
+  tok.add_tokens([AddedToken(t, normalized=False) for t in TAGS])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", unk_token="<unk>",
+                                 pad_token="<unk>")
+  fast.chat_template = TEMPLATE
+  return fast
+
+
+def _decode(tok, ids):
+  return tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def test_alpaca_row_trains_only_the_policy_text():
+  tok = char_tokenizer()
+  assert len(tok) < 128 and len(tok.encode("<information>", add_special_tokens=False)) == 1
+  ex = sft_data.encode_alpaca_row(tok, {"instruction": "Where does Ann Lee live?",
+                                        "input": "", "output": OUTPUT, "system": ""})
+  prompt = "<|user|>\nWhere does Ann Lee live?<|end|>\n<|assistant|>\n"
+  info = "<information>Doc 1: Ann Lee lives in Oslo.</information>"
+  assert _decode(tok, ex.tokens) == prompt + OUTPUT + "<|end|>"
+  assert _decode(tok, ex.tokens[ex.loss_mask == 1]) == OUTPUT.replace(info, "") + "<|end|>"
+  assert _decode(tok, ex.tokens[ex.loss_mask == 0]) == prompt + info
+  # The masked-out block is contiguous: prompt, trained, information, trained.
+  changes = np.flatnonzero(np.diff(ex.loss_mask))
+  assert len(changes) == 3 and ex.loss_mask[-1] == 1 and ex.tokens[-1] == tok.eos_token_id
+
+
+def test_alpaca_input_and_system_fields():
+  tok = char_tokenizer()
+  ex = sft_data.encode_alpaca_row(tok, {"instruction": "Answer.", "input": "Who?",
+                                        "output": "<answer> x </answer>", "system": "Be brief."})
+  text = _decode(tok, ex.tokens)
+  assert text.startswith("<|system|>\nBe brief.<|end|>\n<|user|>\nAnswer.\nWho?<|end|>\n")
+  assert _decode(tok, ex.tokens[ex.loss_mask == 1]) == "<answer> x </answer><|end|>"
+
+
+def test_split_information_pieces():
+  pieces = sft_data.split_information("a<information>b</information>c<information>d</information>")
+  assert pieces == [("a", "policy"), ("<information>b</information>", "information"),
+                    ("c", "policy"), ("<information>d</information>", "information")]
+  assert sft_data.split_information("plain") == [("plain", "policy")]
+
+
+def test_teacher_subsamples_mask_only_the_target():
+  teacher = pytest.importorskip("rag_r1_jax.data.teacher")
+  tok = char_tokenizer()
+  segments = [teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
+              teacher.Segment("<information>Ann: Oslo</information>", "information"),
+              teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
+  examples = sft_data.teacher_examples(tok, [("Where?", segments)], teacher.cut_subsamples)
+  assert len(examples) == 2
+  first, second = examples
+  assert _decode(tok, first.tokens[first.loss_mask == 1]) == segments[0].text + "<|end|>"
+  assert _decode(tok, second.tokens[second.loss_mask == 1]) == segments[2].text + "<|end|>"
+  assert _decode(tok, second.tokens[second.loss_mask == 0]) == (
+      "<|user|>\nWhere?<|end|>\n<|assistant|>\n" + segments[0].text + segments[1].text)
+  # Segment-wise tokenisation: lengths add up exactly.
+  lengths = [len(tok.encode(s.text, add_special_tokens=False)) for s in segments]
+  assert int(second.loss_mask.sum()) == lengths[2] + 1
+  assert len(second) - len(first) == lengths[1] + lengths[2]
+
+
+def _examples(lengths):
+  return [sft_data.SFTExample(np.arange(1, n + 1, dtype=np.int32), np.ones(n, np.float32))
+          for n in lengths]
+
+
+def test_batches_bucketed_padded_deterministic_and_complete():
+  examples = _examples([5, 70, 3, 64, 9])
+  epoch0 = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0))
+  assert len(epoch0) == 3 == sft_data.steps_per_epoch(5, 2)
+  assert all(b["tokens"].shape[0] == 2 and b["tokens"].shape[1] % 64 == 0 for b in epoch0)
+  seen = sorted(int(b["attention_mask"][r].sum()) for b in epoch0 for r in range(2))
+  assert seen == [0, 3, 5, 9, 64, 70]  # every example once, plus one empty padding row
+  for b in epoch0:
+    longest = int(b["attention_mask"].sum(1).max())
+    assert b["tokens"].shape[1] == sft_data.bucket_length(longest, 64)
+    np.testing.assert_array_equal(b["loss_mask"], b["attention_mask"])
+  again = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0))
+  assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(epoch0, again))
+  tail = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0, start=1))
+  assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(epoch0[1:], tail))
+  epoch1 = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=1))
+  assert any(a["tokens"].shape != b["tokens"].shape or not np.array_equal(a["tokens"], b["tokens"])
+             for a, b in zip(epoch0, epoch1))
+  kept, dropped = sft_data.drop_long(examples, 64)
+  assert dropped == 1 and [len(e) for e in kept] == [5, 3, 64, 9]
+
+
+def test_train_validation_split_is_deterministic_and_disjoint():
+  items = list(range(100))
+  train, val = sft_data.split_train_validation(items, 0.1, seed=3)
+  assert len(val) == 10 and len(train) == 90 and sorted(train + val) == items
+  assert (train, val) == sft_data.split_train_validation(items, 0.1, seed=3)
+  assert val != sft_data.split_train_validation(items, 0.1, seed=4)[1]
+  assert sft_data.split_train_validation(items[:3], 0.01, seed=0)[1] != []
+  assert sft_data.split_train_validation(items, 0.0, seed=0) == (items, [])
+  with pytest.raises(ValueError, match="sft.validation_fraction"):
+    sft_data.split_train_validation(items, 1.0, seed=0)
