@@ -95,6 +95,7 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.weight_decay = 0.0
   c.sft.max_grad_norm = 1.0
   c.sft.validation_fraction = 0.1
+  c.sft.cut_subsamples = True  # the paper's recipe: one example per policy turn
   c.sft.max_length = 1024
 
   c.rl = config_dict.ConfigDict()

@@ -1,0 +1,118 @@
+"""Stage 1: format-learning SFT, keeping the lowest-validation-loss policy.
+
+Data: `sft.data_path` (alpaca / LLaMA-Factory JSON, how RAG-R1 ships its SFT set), or, for the
+synthetic world, trajectories of the programmatic teacher, retrieved through the run's own
+retriever so the `<information>` text is exactly what the rollout engine inserts. With
+`sft.cut_subsamples` every trajectory is cut at each policy turn (the paper's recipe);
+otherwise one example per trajectory trains all its policy turns at once (the same targets,
+a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
+"""
+
+import os
+import shutil
+
+from rag_r1_jax.data import prompts, teacher
+from rag_r1_jax.rollout import observation
+from rag_r1_jax.runs.workspace import Workspace, resolve_path
+from rag_r1_jax.training import checkpoints, sft_data, sft_update, train_state
+from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
+
+
+def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
+  """Token ids + loss masks for every SFT example of the run."""
+  config, tokenizer = ws.config, ws.tokenizer
+  if config.sft.data_path:
+    from rag_r1_jax.data import qa_builders
+    rows = qa_builders.load_split("sft", "train", files={"train": resolve_path(config.sft.data_path)},
+                                  tfds_dir=config.data.tfds_dir or None)
+    return [sft_data.encode_alpaca_row(tokenizer, dict(r)) for r in rows]
+  if config.data.source != "synthetic_world":
+    raise ValueError("config.sft.data_path is empty and config.data.source is not "
+                     "'synthetic_world': give an alpaca/LLaMA-Factory JSON file for SFT")
+  questions = ws.world.split_questions("train")
+  truncate = observation.token_truncate(
+      lambda t: tokenizer.encode(t, add_special_tokens=False),
+      lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+  trajectories = teacher.teacher_trajectories(
+      ws.world, questions, ws.retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
+      truncate=truncate, max_obs_length=config.rollout.max_obs_length)
+  kept = [(prompts.build_prompt(q.question, ws.prompt_variant), t)
+          for q, t in zip(questions, trajectories) if t is not None]
+  print(f"sft: teacher solved {len(kept)}/{len(questions)} train questions "
+        f"(the rest lost a fact in retrieval)", flush=True)
+  if config.sft.cut_subsamples:
+    return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
+  out = []
+  for user, segments in kept:
+    prompt_text = prompts.apply_chat_template(tokenizer, user)
+    trained = [s.role == "policy" for s in segments]
+    out.append(sft_data.encode_segments(tokenizer, prompt_text, segments, trained))
+  return out
+
+
+def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
+  """Runs (or resumes) SFT; returns the exported best policy's directory."""
+  ws = workspace or Workspace(config, mesh, workdir)
+  sft = config.sft
+  final_dir = ws.stage_model_dir("sft")
+  if os.path.isfile(os.path.join(final_dir, "config.json")):
+    print(f"sft: finished earlier, policy at {final_dir}", flush=True)
+    return final_dir
+  examples, dropped = sft_data.drop_long(build_examples(ws), sft.max_length)
+  if dropped:
+    print(f"sft: dropped {dropped} examples longer than sft.max_length={sft.max_length}")
+  train, validation = sft_data.split_train_validation(examples, sft.validation_fraction,
+                                                      config.seed)
+  if not train:
+    raise ValueError("sft: no training examples left (check sft.data_path / sft.max_length)")
+  per_epoch = sft_data.steps_per_epoch(len(train), sft.batch_size)
+  total = per_epoch * sft.epochs
+  state = train_state.create_sft_state(ws.initial_model(), config, total)
+  hp = sft_update.SFTHparams.from_config(config, total)
+  manager = checkpoints.CheckpointManager(os.path.join(workdir, "sft", "checkpoints"),
+                                          keep=config.checkpoint.keep,
+                                          async_save=config.checkpoint.async_save)
+  meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
+  start = manager.latest_step() or 0
+  if start:
+    state, meta = manager.restore(train_state.abstract(state), start)
+    print(f"sft: resumed at step {start} (epoch {meta['epoch']}, batch {meta['batch']})", flush=True)
+  print(f"sft: {len(train)} train / {len(validation)} validation examples, "
+        f"{per_epoch} steps per epoch x {sft.epochs} epochs", flush=True)
+  writer = MetricsWriter(workdir, "sft", start_step=start, total_steps=total)
+  bar = progress_bar("sft", total, initial=start)
+  step = start
+  for epoch in range(meta["epoch"], sft.epochs):
+    first_batch = meta["batch"] if epoch == meta["epoch"] else 0
+
+    def on_step(state, metrics, epoch=epoch):
+      nonlocal step
+      step += 1
+      batch_index = step - epoch * per_epoch
+      writer.write(step, dict(metrics, epoch=epoch))
+      bar.update(1)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+      if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch:
+        manager.save(step, state, dict(meta, epoch=epoch, batch=batch_index))
+
+    state, _ = sft_update.sft_epoch(state, train, hp, epoch, start_batch=first_batch,
+                                    on_step=on_step)
+    loss = sft_update.sft_validation_loss(state, validation or train, hp)
+    writer.write(step, {"validation_loss": loss, "epoch": epoch})
+    best = meta["best_validation_loss"]
+    if best is None or loss < best:
+      meta["best_validation_loss"] = loss
+      ws.export_stage_model("sft_best", state.model())  # -> sft_best/model
+    bar.write(f"sft: epoch {epoch + 1}/{sft.epochs} validation loss {loss:.4f} "
+              f"(best {meta['best_validation_loss']:.4f})")
+    meta.update(epoch=epoch + 1, batch=0)
+    manager.save(step, state, dict(meta))
+  bar.close()
+  manager.wait_until_finished()
+  writer.close()
+  best_model = ws.stage_model_dir("sft_best")
+  shutil.rmtree(final_dir, ignore_errors=True)
+  shutil.copytree(best_model, final_dir)
+  print(f"sft: best policy (validation loss {meta['best_validation_loss']:.4f}) at {final_dir}",
+        flush=True)
+  return final_dir
