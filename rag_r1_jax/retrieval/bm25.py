@@ -38,7 +38,7 @@ class BM25Retriever(Retriever):
     """Indexes every document's title and text (the tokenised corpus is held in memory)."""
     if len(docs) == 0:
       raise ValueError("cannot build a BM25 index over an empty corpus")
-    texts = [f"{d.title} {d.text}" for d in docs.texts()]
+    texts = [f"{d.title} {d.text}" for d in docs.iter_documents()]
     model = bm25s.BM25(k1=k1, b=b)
     model.index(bm25s.tokenize(texts, stopwords="en", show_progress=progress),
                 show_progress=progress)

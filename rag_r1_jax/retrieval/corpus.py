@@ -61,17 +61,6 @@ def parse_row(line: bytes | str, path: str, line_no: int) -> Document | BadRow:
   return Document(id=str(doc_id), title=title, text=text)
 
 
-def iter_jsonl_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-  """(1-based line number, byte offset, raw line) for each non-blank line of `path`."""
-  offset = 0
-  with open(path, "rb") as f:
-    for line_no, line in enumerate(f, start=1):
-      start = offset
-      offset += len(line)
-      if line.strip():
-        yield line_no, start, line
-
-
 class CorpusScan:
   """One streaming pass over a corpus JSONL: good rows, bad rows, byte offsets and a hash.
 

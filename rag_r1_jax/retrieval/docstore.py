@@ -34,7 +34,7 @@ class DocStore(abc.ABC):
   def fingerprint(self) -> str:
     """A hash of the corpus content, stored in index metadata to catch mismatches."""
 
-  def texts(self, batch: int = 4096) -> Iterable[Document]:
+  def iter_documents(self, batch: int = 4096) -> Iterable[Document]:
     """All Documents in row order, read `batch` at a time."""
     for start in range(0, len(self), batch):
       yield from self.get(range(start, min(start + batch, len(self))))
