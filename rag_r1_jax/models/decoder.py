@@ -116,9 +116,11 @@ class Decoder(nnx.Module):
       mask = kvc.chunk_attention_mask(cache.lengths, chunk_lengths, seq, cache.capacity)
       write_idx = kvc.chunk_write_indices(cache.lengths, chunk_lengths, seq, cache.capacity)
 
+      attend_len = jnp.max(jnp.minimum(cache.lengths + chunk_lengths, cache.capacity))
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     block = functools.partial(_block, cfg=cfg, inv_freq=inv_freq, positions=positions,
-                              mask=mask, write_idx=write_idx)
+                              mask=mask, write_idx=write_idx,
+                              attend_len=attend_len if cache is not None else None)
     if cfg.remat == "full":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
     elif cfg.remat == "dots":
@@ -173,7 +175,8 @@ def _linear(x, w, b=None):
   return y if b is None else y + b.astype(x.dtype)
 
 
-def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, write_idx):
+def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, write_idx,
+           attend_len):
   """One decoder layer; writes this chunk's keys/values into layer `layer` of the cache."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
@@ -186,8 +189,9 @@ def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, wri
     rows = jnp.arange(batch)[:, None]
     k_cache = k_cache.at[layer, rows, write_idx].set(k.astype(k_cache.dtype), mode="drop")
     v_cache = v_cache.at[layer, rows, write_idx].set(v.astype(v_cache.dtype), mode="drop")
-    k, v = k_cache[layer], v_cache[layer]
-  attn = _attention(q, k, v, mask, cfg)
+    attn = _cached_attention(q, k_cache, v_cache, layer, mask, attend_len, cfg)
+  else:
+    attn = _attention(q, k, v, mask, cfg)
   x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
@@ -205,3 +209,64 @@ def _attention(q, k, v, mask, cfg: DecoderConfig):
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
   return out.reshape(batch, seq, cfg.num_heads, dim)
+
+
+def attend_bounds(capacity: int, minimum: int = 128) -> tuple[int, ...]:
+  """Static cache prefixes attention may read: powers of two from `minimum`, then capacity."""
+  bounds, b = [], minimum
+  while b < capacity:
+    bounds.append(b)
+    b *= 2
+  return (*bounds, capacity)
+
+
+def _cached_attention(q, k_cache, v_cache, layer, mask, attend_len, cfg: DecoderConfig):
+  """Attention over the smallest static cache prefix holding every row's valid slots.
+
+  k_cache, v_cache: [layers, b, capacity, kv_heads, d]; mask [b, t, capacity]; attend_len: the
+  largest valid length after this chunk. One `lax.switch` branch per bound keeps one
+  compilation while a short row set reads a short prefix instead of the whole capacity.
+  """
+  batch, seq = q.shape[:2]
+  capacity, kv_heads, dim = k_cache.shape[2:]
+  bounds = attend_bounds(capacity)
+  attend = _decode_attention if seq == 1 else _attention
+
+  def branch(bound):
+    def run(q, k_cache, v_cache, layer, mask):
+      start, size = (layer, 0, 0, 0, 0), (1, batch, bound, kv_heads, dim)
+      k = jax.lax.dynamic_slice(k_cache, start, size)[0]
+      v = jax.lax.dynamic_slice(v_cache, start, size)[0]
+      return attend(q, k, v, mask[..., :bound], cfg)
+    return run
+
+  if len(bounds) == 1:
+    return branch(capacity)(q, k_cache, v_cache, layer, mask)
+  index = jnp.searchsorted(jnp.asarray(bounds, jnp.int32), attend_len.astype(jnp.int32))
+  return jax.lax.switch(index, [branch(b) for b in bounds], q, k_cache, v_cache,
+                        jnp.asarray(layer, jnp.int32), mask)
+
+
+def _decode_attention(q, k, v, mask, cfg: DecoderConfig):
+  """Attention of one query token per row as two row-batched matmuls over the cache as stored.
+
+  q: [b, 1, heads, d]; k, v: [b, s, kv_heads, d]; mask [b, 1, s]. The usual einsum would
+  transpose k and v to [b, kv_heads, s, d] every step (a copy of the cache) and then run
+  b * kv_heads tiny matrix-vector products, both slow on CPU. Here the query is spread into
+  a block-diagonal [kv_heads * d, heads] matrix so each row is one [s, kv_heads * d] @
+  [kv_heads * d, heads] product on the cache's own layout; the extra terms are exact zeros.
+  """
+  batch, _, heads, dim = q.shape
+  kv_heads, seq = cfg.num_kv_heads, k.shape[1]
+  own = jnp.arange(kv_heads)[:, None] == (jnp.arange(heads) // cfg.num_groups)[None, :]
+  q_t = jnp.swapaxes(q[:, 0], 1, 2)  # [b, d, heads]
+  q_blocks = jnp.where(own[None, :, None, :], q_t[:, None], 0).reshape(batch, kv_heads * dim, heads)
+  k_rows = k.reshape(batch, seq, kv_heads * dim).astype(q.dtype)
+  scores = jnp.einsum("bsc,bch->bsh", k_rows, q_blocks,
+                      preferred_element_type=jnp.float32) / np.sqrt(dim)
+  scores = jnp.where(mask[:, 0, :, None], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=1).astype(q.dtype)  # [b, s, heads]
+  v_rows = v.reshape(batch, seq, kv_heads * dim).astype(q.dtype)
+  out = jnp.einsum("bsh,bsc->bhc", probs, v_rows).reshape(batch, heads, kv_heads, dim)
+  out = jnp.sum(jnp.where(own.T[None, :, :, None], out, 0), axis=2)  # [b, heads, d]
+  return out[:, None]
