@@ -79,7 +79,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     print(f"rl: resumed from step {start}", flush=True)
   engine = ws.engine(state.model())
   sampling = SamplingParams.from_config(config.sampling)
-  writer = MetricsWriter(workdir, "rl", start_step=start, total_steps=rl.steps)
+  # Rows of steps after the checkpoint (written before a crash) are dropped; 0 starts afresh.
+  writer = MetricsWriter(workdir, "rl", start_step=start + 1 if start else 0, total_steps=rl.steps)
   streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps)
   bar = progress_bar("rl", rl.steps, initial=start)
   for step in range(start, rl.steps):

@@ -79,7 +79,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     print(f"sft: resumed at step {start} (epoch {meta['epoch']}, batch {meta['batch']})", flush=True)
   print(f"sft: {len(train)} train / {len(validation)} validation examples, "
         f"{per_epoch} steps per epoch x {sft.epochs} epochs", flush=True)
-  writer = MetricsWriter(workdir, "sft", start_step=start, total_steps=total)
+  writer = MetricsWriter(workdir, "sft", start_step=start + 1 if start else 0, total_steps=total)
   bar = progress_bar("sft", total, initial=start)
   step = start
   for epoch in range(meta["epoch"], sft.epochs):
