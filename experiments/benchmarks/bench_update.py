@@ -20,7 +20,7 @@ import torch
 from ml_collections import ConfigDict
 
 from rag_r1_jax.rl import advantages as adv_lib
-from rag_r1_jax.training import logprobs, train_state, update
+from rag_r1_jax.training import train_state, update
 
 CLIP, KL_COEF, LR = 0.2, 0.001, 1e-6
 

@@ -22,7 +22,7 @@ from rag_r1_jax.models.decoder import Decoder
 
 
 def logprobs_from_logits(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(log p(target), entropy), both [..., n] float32, from logits [..., n, vocab] and targets [..., n]."""
+  """(log p(target), entropy) [..., n] float32 from logits [..., n, vocab], targets [..., n]."""
   logits = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)  # [..., n]
   target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -85,5 +85,5 @@ def token_logprobs(model: Decoder, batch: Mapping[str, jax.Array],
 
 
 def shift_values(values: jax.Array) -> jax.Array:
-  """Per-position outputs [batch, seq] moved one step right: the value of the state before token t."""
+  """Per-position outputs [batch, seq] moved one step right (the state before token t)."""
   return _shift_in(values)

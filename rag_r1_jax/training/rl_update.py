@@ -131,7 +131,7 @@ def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def combine_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
-  """One row from per-update metrics: skips summed, lr last, others averaged over applied updates."""
+  """One row of per-update metrics: skips summed, lr last, the rest averaged over applied ones."""
   applied = [m for m in per_update if m["skipped"] == 0] or per_update
   out = {}
   for key in per_update[0]:

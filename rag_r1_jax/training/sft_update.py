@@ -47,7 +47,7 @@ class SFTHparams:
     return cls(batch_size=sft.batch_size, length_bucket=sft.get("length_bucket", 64),
                microbatches=micro, learning_rate=sft.learning_rate, total_steps=total_steps,
                warmup_ratio=sft.warmup_ratio, schedule=sft.schedule, seed=config.seed,
-               logprob_chunk=sft.get("logprob_chunk", 0))
+               logprob_chunk=config.model.get("logprob_chunk", 0))
 
 
 def nll_sums(params: nnx.State, batch: Batch, graphdef: nnx.GraphDef,

@@ -8,7 +8,8 @@ optimizer moments like their parameters, scalars replicated. `shardings(state)` 
 back for checkpoint restore targets.
 
 The reference and critic start as COPIES of the policy's arrays (own buffers), so donating
-the state to an update never deletes a buffer that another field still uses.
+the state to an update never deletes a buffer that another field still uses; the policy
+itself takes over the given model's arrays (no third copy of a large model).
 """
 
 from typing import Any, Optional
@@ -39,7 +40,7 @@ class Critic(nnx.Module):
     self.value_bias = nnx.Param(jnp.zeros((1,), cfg.weight_dtype), logical_axes=(None,))
 
   def __call__(self, batch) -> jax.Array:
-    """Values [batch, seq] float32: values[b, t] estimates the return of the state before token t."""
+    """Values [batch, seq] float32: values[b, t] is the value of the state before token t."""
     _, _, hidden = self.decoder(batch["tokens"], positions=batch["positions"],
                                 attention_mask=batch["attention_mask"], return_hidden=True)
     out = jnp.dot(hidden.astype(jnp.float32), self.value_kernel[...].astype(jnp.float32))
@@ -91,7 +92,7 @@ def _copy(tree: PyTree) -> PyTree:
 
 
 def init_opt_state(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
-  """tx.init(params) on the mesh: subtrees shaped like params sharded like them, others replicated."""
+  """tx.init(params) on the mesh: params-shaped subtrees sharded like params, rest replicated."""
   param_def = jax.tree.structure(params)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   replicated = NamedSharding(_mesh_of(params), PartitionSpec())
@@ -131,9 +132,11 @@ def critic_from_policy(policy: Decoder, seed: int) -> Critic:
 def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
                  reference: bool = False, critic: Optional[Critic] = None,
                  critic_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
-  """A TrainState over a copy of `model`'s parameters (the model itself stays usable)."""
-  graphdef, state = nnx.split(model)
-  params = _copy(state)
+  """A TrainState that takes over `model`'s parameter arrays; the reference is a copy.
+
+  The first update donates those arrays, so use `state.model()` afterwards, not `model`.
+  """
+  graphdef, params = nnx.split(model)
   mesh = _mesh_of(params)
   critic_state = None
   if critic is not None:
@@ -145,7 +148,7 @@ def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
   return TrainState(graphdef=graphdef, tx=tx, params=params,
                     opt_state=init_opt_state(tx, params), step=step,
                     rng=_replicated_key(seed, mesh),
-                    ref_params=_copy(state) if reference else None, critic=critic_state)
+                    ref_params=_copy(params) if reference else None, critic=critic_state)
 
 
 def rl_updates_per_step(rl_config) -> int:

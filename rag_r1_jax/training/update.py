@@ -75,7 +75,7 @@ class RLHparams:
         microbatches=rl.microbatches, learning_rate=rl.learning_rate,
         critic_learning_rate=rl.critic_learning_rate,
         total_updates=rl.steps * rl_updates_per_step(rl), warmup_ratio=rl.warmup_ratio,
-        schedule=rl.schedule, logprob_chunk=rl.get("logprob_chunk", 0))
+        schedule=rl.schedule, logprob_chunk=config.model.get("logprob_chunk", 0))
 
   def lr(self, step: jax.Array, critic: bool = False) -> jax.Array:
     """The learning rate the optimizer applies at update `step`."""
@@ -84,11 +84,20 @@ class RLHparams:
                                           self.schedule)(step)
 
 
+def _logprobs(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
+              hp: RLHparams) -> tuple[jax.Array, jax.Array]:
+  """Token log-probs and entropies [rows, seq]; no backward through the entropy if unused."""
+  logp, entropy = logprobs_lib.token_logprobs(nnx.merge(graphdef, params), mb, hp.logprob_chunk)
+  return logp, entropy if hp.entropy_coef else jax.lax.stop_gradient(entropy)
+
+
 def grpo_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
                         hp: RLHparams) -> tuple[jax.Array, Metrics]:
-  """The GRPO loss of one (micro)batch: clipped ratio to the old policy, KL to the reference,
-  entropy bonus, aggregated over generated tokens only (retrieved tokens are masked out)."""
-  logp, entropy = logprobs_lib.token_logprobs(nnx.merge(graphdef, params), mb, hp.logprob_chunk)
+  """The GRPO loss of one (micro)batch: clipped ratio, KL to the reference, entropy bonus.
+
+  All terms are aggregated over generated tokens only (retrieved tokens are masked out).
+  """
+  logp, entropy = _logprobs(params, mb, graphdef, hp)
   # Without a reference (kl_coef == 0) the KL term is exactly 0 and no ref pass is needed.
   ref = mb["ref_logprobs"] if hp.kl_coef > 0 else jax.lax.stop_gradient(logp)
   return losses.grpo_loss(
@@ -101,7 +110,7 @@ def grpo_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
 def ppo_actor_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
                              hp: RLHparams) -> tuple[jax.Array, Metrics]:
   """The PPO actor loss of one (micro)batch (the KL to the reference is in the rewards)."""
-  logp, entropy = logprobs_lib.token_logprobs(nnx.merge(graphdef, params), mb, hp.logprob_chunk)
+  logp, entropy = _logprobs(params, mb, graphdef, hp)
   return losses.ppo_actor_loss(
       logp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"], clip_low=hp.clip_low,
       clip_high=hp.clip_high, entropy=entropy, entropy_coef=hp.entropy_coef, agg=hp.loss_agg,

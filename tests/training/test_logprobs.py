@@ -13,8 +13,9 @@ from tests.training import test_update_common as h
 
 def _naive(model, batch):
   """log_softmax over the whole vocabulary, gathered and shifted by hand in numpy."""
-  logits, _ = model(jnp.asarray(batch["tokens"]), positions=jnp.asarray(batch["positions"]),
-                    attention_mask=jnp.asarray(batch["attention_mask"]))
+  logits = jax.jit(lambda b: model(b["tokens"], positions=b["positions"],
+                                   attention_mask=b["attention_mask"])[0])(
+                                       {k: jnp.asarray(v) for k, v in batch.items()})
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   tokens = batch["tokens"]
   rows, seq = tokens.shape
@@ -63,8 +64,8 @@ def test_bfloat16_compute_stays_close_and_float32():
   f32 = h.model(h.mesh())
   bf16 = h.model(h.mesh(), h.TINY.replace(dtype="bfloat16"))
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
-  lp32, _ = logprobs.token_logprobs(f32, jb)
-  lp16, ent16 = logprobs.token_logprobs(bf16, jb)
+  lp32, _ = jax.jit(lambda b: logprobs.token_logprobs(f32, b))(jb)
+  lp16, ent16 = jax.jit(lambda b: logprobs.token_logprobs(bf16, b))(jb)
   assert lp16.dtype == jnp.float32 and ent16.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(lp16), np.asarray(lp32), atol=0.05)
 

@@ -21,7 +21,7 @@ CONFIG = dict(batch_size=4, mini_batch_size=2, epochs_per_batch=2, kl_coef=0.01,
 
 
 def fresh_state():
-  return train_state.create_rl_state(h.model(h.mesh(2, 2, 2), seed=5), h.rl_config(**CONFIG))
+  return train_state.create_rl_state(h.model(h.mesh(2, 1, 1), seed=5), h.rl_config(**CONFIG))
 
 
 def run_steps(state, start: int, stop: int):

@@ -65,8 +65,9 @@ def test_first_grpo_loss_equals_direct_loss():
   batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=5)
   mesh = h.mesh()
   model = h.model(mesh, seed=3)
-  logits, _ = model(jnp.asarray(batch["tokens"]), positions=jnp.asarray(batch["positions"]),
-                    attention_mask=jnp.asarray(batch["attention_mask"]))
+  logits = jax.jit(lambda b: model(b["tokens"], positions=b["positions"],
+                                   attention_mask=b["attention_mask"])[0])(
+                                       {k: jnp.asarray(v) for k, v in batch.items()})
   logp = jax.nn.log_softmax(logits, axis=-1)
   direct = jnp.take_along_axis(logp[:, :-1], jnp.asarray(batch["tokens"])[:, 1:, None], -1)[..., 0]
   direct = jnp.pad(direct, ((0, 0), (1, 0)))
