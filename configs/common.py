@@ -44,13 +44,14 @@ def base_config() -> config_dict.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.scan_layers = False
   c.model.remat = "none"  # none | full | dots
+  c.model.logprob_chunk = 0  # training log-probs: 0 all logits at once, N positions at a time
 
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world
   c.tokenizer.path = ""
 
   c.data = config_dict.ConfigDict()
-  c.data.source = "synthetic_world"  # synthetic_world | flashrag
+  c.data.source = "synthetic_world"  # synthetic_world | flashrag | wiki_extracts
   c.data.dir = ""  # FlashRAG-layout JSONL files for the benchmark builders.
   c.data.train_datasets = "hotpotqa"
   c.data.eval_datasets = "nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
@@ -58,6 +59,7 @@ def base_config() -> config_dict.ConfigDict:
   c.data.prompt = ""  # paper_sq | paper_mq | short_sq | short_mq; empty: paper_<rollout.mode>
   c.data.world_seed = 0
   c.data.world_entities = 240
+  c.data.wiki_articles = 0  # wiki_extracts: the first N articles (0: all 10,033)
 
   c.retrieval = config_dict.ConfigDict()
   c.retrieval.backend = "faiss"  # faiss | bm25 | server
@@ -96,6 +98,8 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.max_grad_norm = 1.0
   c.sft.validation_fraction = 0.1
   c.sft.cut_subsamples = True  # the paper's recipe: one example per policy turn
+  c.sft.microbatches = 1
+  c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024
 
   c.rl = config_dict.ConfigDict()

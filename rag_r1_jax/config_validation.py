@@ -11,7 +11,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "tokenizer.kind": ("hf", "world"),
-    "data.source": ("synthetic_world", "flashrag"),
+    "data.source": ("synthetic_world", "flashrag", "wiki_extracts"),
     "retrieval.backend": ("faiss", "bm25", "server"),
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.mode": ("mq", "sq"),
@@ -89,8 +89,10 @@ def validate(config) -> None:
           "must be an http(s) URL when config.retrieval.backend='server'")
   check("rl.batch_size", lambda v: v % config.rl.mini_batch_size == 0,
         f"must be a multiple of config.rl.mini_batch_size={config.rl.mini_batch_size}")
-  check("rl.mini_batch_size", lambda v: v % config.rl.microbatches == 0,
-        f"must be a multiple of config.rl.microbatches={config.rl.microbatches}")
+  check("rl.microbatches", lambda v: (config.rl.mini_batch_size * config.rl.group_size) % v == 0,
+        "must divide the minibatch rows (config.rl.mini_batch_size x config.rl.group_size)")
+  check("sft.microbatches", lambda v: v > 0 and config.sft.batch_size % v == 0,
+        f"must divide config.sft.batch_size={config.sft.batch_size}")
   if config.rl.algorithm == "grpo":
     check("rl.group_size", lambda v: v >= 2, "GRPO needs at least 2 samples per question")
   check("rollout.max_total_length",

