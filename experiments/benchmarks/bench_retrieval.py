@@ -21,10 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from rag_r1_jax.retrieval import index as index_lib  # noqa: E402  (sets OMP_WAIT_POLICY first)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-
-from rag_r1_jax.retrieval import index as index_lib  # noqa: E402
 
 GB = 1e9
 # bench_retrieval_wiki.py --report writes its recall table after this line of the report.
@@ -66,7 +65,8 @@ def bench_search(corpus, queries, k, repeats):
   t_numpy, rows_np = timed(lambda: numpy_topk(corpus, queries, k), repeats)
   assert (rows == rows_default).all() and (rows == rows_np).all(), "search results differ"
   print(f"search: {len(queries)} queries, top-{k}, flat {corpus.shape[0]} x {corpus.shape[1]}, "
-        f"{faiss.omp_get_max_threads()} threads, medians of {repeats}")
+        f"{faiss.omp_get_max_threads()} threads, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')}, medians of {repeats}")
   print(f"  faiss batched, our BLAS threshold {index_lib.BLAS_THRESHOLD:>6}: "
         f"{t_batched * 1e3:8.1f} ms")
   print(f"  faiss batched, default threshold {default:>6}: {t_default * 1e3:8.1f} ms "
