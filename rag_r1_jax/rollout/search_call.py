@@ -78,18 +78,6 @@ def _last_action_body(text: str) -> tuple[str, str] | None:
   return kind, body
 
 
-def extract_answer(response_text: str) -> str | None:
-  """The stripped content of the last complete <answer>...</answer> in the response, else None.
-
-  Pass the response only, never the prompt (whose example `<answer> Beijing </answer>` would
-  otherwise be read as the model's answer).
-  """
-  span = _last_complete(response_text, ANSWER_OPEN, ANSWER_CLOSE)
-  if span is None:
-    return None
-  return response_text[span[1]:span[2]].strip()
-
-
 def _matching_brackets(text: str) -> dict[int, int]:
   """Index of each opening bracket -> index of its closing bracket (unmatched ones absent)."""
   matches, stack = {}, []

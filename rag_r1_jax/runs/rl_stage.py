@@ -18,7 +18,7 @@ from rag_r1_jax.rl import rewards as rewards_lib
 from rag_r1_jax.rollout.trajectories import Rollout
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import checkpoints, optimizer, rl_update, train_state
+from rag_r1_jax.training import optimizer, rl_update, train_state
 from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
 
 _METRICS = {"em": answer_metrics.exact_match, "f1": answer_metrics.f1,
@@ -69,9 +69,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   state = train_state.create_rl_state(model, config)
   rows = ws.train_rows()
   iterator = BatchIterator(rows, rl.batch_size, seed=config.seed)
-  manager = checkpoints.CheckpointManager(os.path.join(workdir, "rl", "checkpoints"),
-                                          keep=config.checkpoint.keep,
-                                          async_save=config.checkpoint.async_save)
+  manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
   if start:
     state, meta = manager.restore(train_state.abstract(state), start)

@@ -14,7 +14,7 @@ import shutil
 from rag_r1_jax.data import prompts, teacher
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace, resolve_path
-from rag_r1_jax.training import checkpoints, sft_data, sft_update, train_state
+from rag_r1_jax.training import sft_data, sft_update, train_state
 from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
 
 
@@ -69,9 +69,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   total = per_epoch * sft.epochs
   state = train_state.create_sft_state(ws.initial_model(), config, total)
   hp = sft_update.SFTHparams.from_config(config, total)
-  manager = checkpoints.CheckpointManager(os.path.join(workdir, "sft", "checkpoints"),
-                                          keep=config.checkpoint.keep,
-                                          async_save=config.checkpoint.async_save)
+  manager = ws.checkpoint_manager("sft")
   meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
   start = manager.latest_step() or 0
   if start:

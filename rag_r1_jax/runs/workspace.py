@@ -145,6 +145,13 @@ class Workspace:
     os.replace(tmp, path)
     return path
 
+  def checkpoint_manager(self, stage: str):
+    """The stage's orbax checkpoints under <workdir>/<stage>/checkpoints."""
+    from rag_r1_jax.training import checkpoints
+    return checkpoints.CheckpointManager(os.path.join(self.workdir, stage, "checkpoints"),
+                                         keep=self.config.checkpoint.keep,
+                                         async_save=self.config.checkpoint.async_save)
+
   # ---- rollouts ------------------------------------------------------------------------------
 
   def eos_token_ids(self, model: Decoder) -> list[int]:

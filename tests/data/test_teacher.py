@@ -5,6 +5,7 @@ import pytest
 from rag_r1_jax.data import synthetic_world as sw
 from rag_r1_jax.data import teacher
 from rag_r1_jax.data.teacher import Segment
+from rag_r1_jax.eval import answer_metrics
 from rag_r1_jax.retrieval.base import Document, ExactRetriever, Retriever
 from rag_r1_jax.rollout import observation, search_call
 
@@ -72,7 +73,7 @@ def test_every_question_gets_a_parseable_correct_trajectory(world, retriever, mo
     final = search_call.parse_action(policy[-1].text, mode=mode, max_queries_per_call=3,
                                      max_query_chars=512)
     assert final.kind == "answer" and final.answer == q.golden_answers[0]
-    assert search_call.extract_answer(teacher.trajectory_text(segments)) == q.golden_answers[0]
+    assert answer_metrics.extract_last_answer(teacher.trajectory_text(segments)) == q.golden_answers[0]
     assert all(s.text.startswith("\n\n<information>") for s in segments if s.role != "policy")
 
 

@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import pytest
 
 from rag_r1_jax.rollout import search_call
-from rag_r1_jax.rollout.search_call import Action, extract_answer, parse_action
+from rag_r1_jax.eval.answer_metrics import extract_last_answer as extract_answer
+from rag_r1_jax.rollout.search_call import Action, parse_action
 
 MQ = dict(mode="mq", max_queries_per_call=3, max_query_chars=64)
 SQ = dict(mode="sq", max_queries_per_call=3, max_query_chars=64)
