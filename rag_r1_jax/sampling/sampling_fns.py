@@ -24,7 +24,7 @@ class SamplingParams:
 def sample(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
   """logits [batch, vocab] float32 -> tokens [batch] int32."""
   if params.greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits)
   logits = logits / params.temperature
   if params.top_k > 0:
     kth = jax.lax.top_k(logits, params.top_k)[0][:, -1:]
@@ -37,6 +37,21 @@ def sample(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Arr
     cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis as two plain reductions: [batch, vocab] -> [batch] int32.
+
+  XLA:CPU runs argmax's (value, index) reduction unvectorised: ~12 ms per decode step for
+  64 x 32000 logits, against well under 1 ms for a max and a min. Ties go to the first index,
+  as in jnp.argmax; a row whose maximum is NaN gets its first NaN, as in jnp.argmax.
+  """
+  vocab = logits.shape[-1]
+  nan = jnp.isnan(logits)
+  best = jnp.max(jnp.where(nan, -jnp.inf, logits), axis=-1, keepdims=True)
+  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, logits == best)
+  index = jnp.arange(vocab, dtype=jnp.int32)
+  return jnp.min(jnp.where(hit, index, vocab), axis=-1).astype(jnp.int32)
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
