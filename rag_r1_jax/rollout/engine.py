@@ -15,6 +15,7 @@ import time
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rag_r1_jax.retrieval.base import Document, Retriever
@@ -59,8 +60,10 @@ class RolloutEngine:
   """Runs batched multi-turn search-and-answer rollouts with one model and one retriever."""
 
   def __init__(self, sampler: sampler_lib.Sampler, tokenizer, retriever: Retriever,
-               settings: RolloutSettings):
+               settings: RolloutSettings, *, reprefill: bool = False):
+    """`reprefill` is a benchmark baseline only: see `_reprefill`."""
     self.sampler = sampler
+    self.reprefill = reprefill
     self.tokenizer = tokenizer
     self.retriever = retriever
     self.settings = settings
@@ -119,7 +122,10 @@ class RolloutEngine:
       if not any(chunks):
         break
       t0 = time.perf_counter()
-      state = self.sampler.append(state, chunks)
+      if self.reprefill:
+        state = self._reprefill(state, host, chunks)
+      else:
+        state = self.sampler.append(state, chunks)
       decode_seconds += time.perf_counter() - t0
 
     host = self.sampler.fetch(state)
@@ -142,6 +148,24 @@ class RolloutEngine:
           decode_seconds=decode_seconds / n, retrieval_seconds=retrieval_seconds / n,
           total_seconds=total / n))
     return build_rollout(host, keep, records, group_size)
+
+  def _reprefill(self, state: sampler_lib.SamplerState, host, chunks):
+    """Baseline without cache reuse: each resumed row re-prefills its whole history.
+
+    A resumed row's cache length is reset to 0 (a fresh cache: attention never reads past a
+    row's length) and its tokens so far plus the observation are appended in one prefill.
+    The per-token log-probs and generated flags of earlier turns are restored afterwards, so
+    the trajectories equal the cache-reusing engine's; only the prefill work differs.
+    """
+    saved = (jnp.copy(state.logprobs), jnp.copy(state.generated))  # `append` donates state
+    resumed = np.array([c is not None for c in chunks])
+    lengths = np.where(resumed, 0, host["lengths"]).astype(np.int32)
+    lengths = jax.device_put(lengths, state.cache.lengths.sharding)
+    state = state.replace(cache=state.cache.replace(lengths=lengths))
+    full = [host["tokens"][b, :host["lengths"][b]].tolist() + list(c) if c is not None else None
+            for b, c in enumerate(chunks)]
+    state = self.sampler.append(state, full)
+    return state.replace(logprobs=saved[0], generated=saved[1])
 
   # ---- one turn ------------------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Decode throughput (new tokens/s) of our jitted Sampler vs transformers `generate`.
+
+Same weights, same random prompts, greedy, the same number of new tokens on both sides, same
+process. Ours: `Sampler.append` (prefill, reported apart) then `Sampler.decode` (timed alone)
+with no stop string or EOS ever hit. Theirs: `generate(min_new_tokens=max_new_tokens)`, which
+includes its own prefill, with torch threads = cores and with 1 thread (on a shared, busy
+machine 2 spinning OpenMP threads can be several times slower than 1); the ratio is taken
+against the faster of the two. Also prints the fraction of the memory-bandwidth roofline:
+bytes read per decode step (weights + KV cache, over the full capacity or only the valid
+length) divided by a numpy copy bandwidth measured here.
+Usage: python experiments/benchmarks/bench_decode.py [--models small,smollm2] [--batches 8,64]
+"""
+
+import argparse
+import statistics
+import time
+
+import common  # noqa: F401  (sets sys.path)
+import jax
+import numpy as np
+import torch
+
+from rag_r1_jax.sampling import sampler as sampler_lib
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+
+NEVER = "</never-appears-xyz>"
+
+
+class _OneCharTokenizer:
+  """Every token decodes to 'a': the stop string can never appear."""
+
+  def decode(self, ids, **_) -> str:
+    return "a" * len(ids)
+
+
+def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
+  """Bytes/s of a large numpy copy, counting the read and the write."""
+  src = np.ones(nbytes // 4, np.float32)
+  dst = np.empty_like(src)
+  seconds = common.median_seconds(lambda: np.copyto(dst, src), repeats)
+  return 2 * nbytes / seconds
+
+
+def time_ours(sampler, prompts: np.ndarray, settings,
+              repeats: int) -> tuple[float, float, np.ndarray]:
+  """Median (prefill seconds, decode seconds) and the generated tokens [batch, new]."""
+  batch, prompt_len = prompts.shape
+  chunks = [row.tolist() for row in prompts]
+  prefill, decode = [], []
+  for i in range(repeats + 1):  # the first run compiles
+    state = sampler.init(batch, jax.random.key(0))
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(sampler.append(state, chunks))
+    t1 = time.perf_counter()
+    state = jax.block_until_ready(sampler.decode(state, settings))
+    t2 = time.perf_counter()
+    if i:
+      prefill.append(t1 - t0)
+      decode.append(t2 - t1)
+  host = sampler.fetch(state)
+  new = settings.max_turn_tokens
+  assert (host["lengths"] == prompt_len + new).all(), host["lengths"]
+  assert (host["status"] == sampler_lib.TURN_LIMIT).all(), host["status"]
+  new_tokens = host["tokens"][:, prompt_len:prompt_len + new]
+  return statistics.median(prefill), statistics.median(decode), new_tokens
+
+
+def time_theirs(model, prompts: np.ndarray, new: int, repeats: int,
+                threads: int) -> tuple[float, np.ndarray]:
+  """Median seconds of greedy `generate` (prefill included) with `threads` torch threads."""
+  torch.set_num_threads(threads)
+  ids = torch.as_tensor(prompts, dtype=torch.long)
+  mask = torch.ones_like(ids)
+
+  def run(n=new):
+    with torch.inference_mode():
+      return model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                            max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
+                            eos_token_id=None)
+  run(4)  # warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = run()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), out[:, prompts.shape[1]:].numpy()
+
+
+def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float) -> None:
+  ours, cfg = common.jax_model(model_dir)
+  theirs = common.torch_model(model_dir)
+  capacity = args.capacity
+  sampler = sampler_lib.Sampler(ours, _OneCharTokenizer(), capacity=capacity,
+                                stop_strings_=(NEVER,), eos_token_ids=())
+  settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), args.new)
+  threads = sorted({common.os.cpu_count() or 1, 1}, reverse=True)
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler.params))
+  kv_token_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+  print(f"{name}: params {weight_bytes / 4e6:.1f}M ({weight_bytes / 1e6:.0f} MB), "
+        f"capacity {capacity}, prompt {args.prompt}, new {args.new}", flush=True)
+  for batch in batches:
+    prompts = np.random.RandomState(batch).randint(
+        1, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)
+    prefill_s, decode_s, our_tokens = time_ours(sampler, prompts, settings, args.repeats)
+    hf = {t: time_theirs(theirs, prompts, args.new, args.hf_repeats, t) for t in threads}
+    hf_threads = min(hf, key=lambda t: hf[t][0])  # the faster torch setting is the baseline
+    hf_s, hf_tokens = hf[hf_threads]
+    n = batch * args.new
+    agree = float((our_tokens == hf_tokens).mean())
+    step_s = decode_s / args.new
+    mean_valid = args.prompt + (args.new + 1) / 2
+    cap_bytes = weight_bytes + batch * capacity * kv_token_bytes
+    valid_bytes = weight_bytes + batch * mean_valid * kv_token_bytes
+    roof = lambda b: (b / bandwidth) / step_s
+    print(f"  batch {batch:3d}: ours decode {n / decode_s:8.0f} tok/s ({decode_s * 1e3:7.1f} ms, "
+          f"{step_s * 1e3:6.2f} ms/step), prefill {prefill_s * 1e3:6.1f} ms, "
+          f"prefill+decode {n / (prefill_s + decode_s):8.0f} tok/s | hf generate "
+          + ", ".join(f"{t} threads {n / hf[t][0]:6.0f} tok/s ({hf[t][0] * 1e3:7.1f} ms)"
+                      for t in threads)
+          + f" | ratio decode/hf(best) {hf_s / decode_s:5.2f}x, "
+          f"(prefill+decode)/hf {hf_s / (prefill_s + decode_s):5.2f}x | roofline fraction "
+          f"capacity {roof(cap_bytes):.2f} valid {roof(valid_bytes):.2f} "
+          f"({cap_bytes / 1e6:.0f} / {valid_bytes / 1e6:.0f} MB/step) | same tokens {agree:.3f}",
+          flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--models", default="small,smollm2")
+  parser.add_argument("--batches", default="8,64")
+  parser.add_argument("--prompt", type=int, default=32)
+  parser.add_argument("--new", type=int, default=128)
+  parser.add_argument("--capacity", type=int, default=512)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--hf-repeats", type=int, default=2)
+  args = parser.parse_args()
+  bandwidth = copy_bandwidth()
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
+        f"with {common.os.cpu_count()} and 1 threads (the faster is the baseline); "
+        f"numpy copy bandwidth {bandwidth / 1e9:.1f} GB/s",
+        flush=True)
+  dirs = {"small": common.small_qwen2_dir, "smollm2": common.smollm2_dir}
+  batches = [int(b) for b in args.batches.split(",")]
+  for name in args.models.split(","):
+    bench(name, dirs[name](), batches, args, bandwidth)
+
+
+if __name__ == "__main__":
+  main()
