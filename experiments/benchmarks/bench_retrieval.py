@@ -75,7 +75,7 @@ def bench_search(corpus, queries, k, repeats):
         f"({t_loop / t_batched:.1f}x ours)")
   print(f"  numpy matmul + argpartition            : {t_numpy * 1e3:8.1f} ms "
         f"({t_numpy / t_batched:.1f}x ours)")
-  return {"batched_ms": t_batched * 1e3, "default_ms": t_default * 1e3, "loop_ms": t_loop * 1e3,
+  return {"load": os.getloadavg()[0], "batched_ms": t_batched * 1e3, "default_ms": t_default * 1e3, "loop_ms": t_loop * 1e3,
           "numpy_ms": t_numpy * 1e3}
 
 
@@ -147,7 +147,8 @@ def write_report(path, n, d, search, memory):
       f"Search latency in the same run (256 queries, top-3, flat {n:,} x {d}, medians):",
       f"batched {search['batched_ms']:.0f} ms with our BLAS threshold, "
       f"{search['default_ms']:.0f} ms with faiss' default, per-query loop "
-      f"{search['loop_ms']:.0f} ms, numpy {search['numpy_ms']:.0f} ms.",
+      f"{search['loop_ms']:.0f} ms, numpy {search['numpy_ms']:.0f} ms "
+      f"(1-minute load average {search['load']:.1f} on {os.cpu_count()} cores when measured).",
   ]
   old = open(path).read() if os.path.isfile(path) else ""
   kept = old[old.index(WIKI_MARKER):] if WIKI_MARKER in old else WIKI_MARKER + "\n"
