@@ -4,16 +4,20 @@ Same weights, same random prompts, greedy, the same number of new tokens on both
 process. Ours: `Sampler.append` (prefill, reported apart) then `Sampler.decode` (timed alone)
 with no stop string or EOS ever hit. Theirs: `generate(min_new_tokens=max_new_tokens)`, which
 includes its own prefill, with torch threads = cores and with 1 thread (on a shared, busy
-machine 2 spinning OpenMP threads can be several times slower than 1); the ratio is taken
-against the faster of the two. Also prints the fraction of the memory-bandwidth roofline:
-bytes read per decode step (weights + KV cache, over the full capacity or only the valid
-length) divided by a numpy copy bandwidth measured here.
+machine actively spinning OpenMP threads made `generate` 5-15x slower, so OMP_WAIT_POLICY
+defaults to PASSIVE here); the ratio is taken against the faster of the two. Also prints the
+fraction of the memory-bandwidth roofline: bytes read per decode step (weights + KV cache,
+over the full capacity or only the valid length) divided by a numpy copy bandwidth measured
+here.
 Usage: python experiments/benchmarks/bench_decode.py [--models small,smollm2] [--batches 8,64]
 """
 
 import argparse
+import os
 import statistics
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see docstring
 
 import common  # noqa: F401  (sets sys.path)
 import jax
@@ -94,7 +98,7 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
   sampler = sampler_lib.Sampler(ours, _OneCharTokenizer(), capacity=capacity,
                                 stop_strings_=(NEVER,), eos_token_ids=())
   settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), args.new)
-  threads = sorted({common.os.cpu_count() or 1, 1}, reverse=True)
+  threads = sorted({os.cpu_count() or 1, 1}, reverse=True)
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler.params))
   kv_token_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
   print(f"{name}: params {weight_bytes / 4e6:.1f}M ({weight_bytes / 1e6:.0f} MB), "
@@ -137,7 +141,7 @@ def main():
   args = parser.parse_args()
   bandwidth = copy_bandwidth()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
-        f"with {common.os.cpu_count()} and 1 threads (the faster is the baseline); "
+        f"with {os.cpu_count()} and 1 threads (the faster is the baseline); "
         f"numpy copy bandwidth {bandwidth / 1e9:.1f} GB/s",
         flush=True)
   dirs = {"small": common.small_qwen2_dir, "smollm2": common.smollm2_dir}
