@@ -6,8 +6,6 @@ values and of their consistency lives in `rag_r1_jax/config_validation.py`.
 
 from ml_collections import config_dict
 
-PLACEHOLDER_INT = config_dict.placeholder(int)
-
 
 def base_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
@@ -68,6 +66,20 @@ def base_config() -> config_dict.ConfigDict:
   c.retrieval.index_path = ""
   c.retrieval.index_type = "flat"  # flat | hnsw | ivfpq
   c.retrieval.encoder_path = ""
+  # Encoder settings; empty / 0 / None: inferred from the model (E5, BGE, MiniLM defaults).
+  c.retrieval.pooling = ""  # mean | cls
+  c.retrieval.max_length = 0
+  c.retrieval.normalize = config_dict.placeholder(bool)
+  c.retrieval.query_prefix = config_dict.placeholder(str)
+  c.retrieval.passage_prefix = config_dict.placeholder(str)
+  c.retrieval.encode_batch_size = 64
+  # Index settings.
+  c.retrieval.fp16 = False
+  c.retrieval.hnsw_m = 32
+  c.retrieval.hnsw_ef_search = 128
+  c.retrieval.ivf_nlist = 0  # 0: from the corpus size
+  c.retrieval.ivf_nprobe = 16
+  c.retrieval.pq_m = 0  # 0: dimension / 8
   c.retrieval.topk = 3
   c.retrieval.timeout_s = 30.0
   c.retrieval.max_retries = 3
