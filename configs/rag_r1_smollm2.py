@@ -24,6 +24,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.model.path = "asset:smollm2_gguf"
   c.model.architecture = "llama"
   c.model.max_position_embeddings = 8192
+  c.model.scan_layers = True  # one compiled layer instead of 30: the update compiles in seconds
   c.model.remat = "full"
   c.model.logprob_chunk = 256  # never materialise [rows, length, 49152] logits at once
   c.tokenizer.kind = "hf"
