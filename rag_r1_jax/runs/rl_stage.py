@@ -6,7 +6,6 @@ the policy's final answers, run the update, log, and checkpoint every `checkpoin
 checkpoint and replays exactly. The final policy is exported as a HF directory (rl/model).
 """
 
-import os
 import time
 from typing import Sequence
 
@@ -59,7 +58,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   ws = workspace or Workspace(config, mesh, workdir)
   rl = config.rl
   final_dir = ws.stage_model_dir("rl")
-  if os.path.isfile(os.path.join(final_dir, "config.json")):
+  if ws.stage_finished("rl"):
     print(f"rl: finished earlier, policy at {final_dir}", flush=True)
     return final_dir
   model = ws.load_stage_model("sft")

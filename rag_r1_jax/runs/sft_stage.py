@@ -8,7 +8,6 @@ otherwise one example per trajectory trains all its policy turns at once (the sa
 a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
 """
 
-import os
 import shutil
 
 from rag_r1_jax.data import prompts, teacher
@@ -55,7 +54,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   ws = workspace or Workspace(config, mesh, workdir)
   sft = config.sft
   final_dir = ws.stage_model_dir("sft")
-  if os.path.isfile(os.path.join(final_dir, "config.json")):
+  if ws.stage_finished("sft"):
     print(f"sft: finished earlier, policy at {final_dir}", flush=True)
     return final_dir
   examples, dropped = sft_data.drop_long(build_examples(ws), sft.max_length)

@@ -126,10 +126,14 @@ class Workspace:
     """Where a stage exports its final policy as a Hugging Face directory."""
     return os.path.join(self.workdir, stage, "model")
 
+  def stage_finished(self, stage: str) -> bool:
+    """Whether the stage exported its final policy (exports are atomic renames)."""
+    return os.path.isfile(os.path.join(self.stage_model_dir(stage), "config.json"))
+
   def load_stage_model(self, stage: str) -> Decoder | None:
     """The policy a finished stage exported, or None if it has not finished."""
     path = self.stage_model_dir(stage)
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if not self.stage_finished(stage):
       return None
     runtime = {k: self.config.model[k] for k in ("dtype", "param_dtype", "scan_layers", "remat")}
     model, _ = hf_checkpoint.load_hf(path, self.mesh, **runtime)
