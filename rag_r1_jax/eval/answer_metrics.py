@@ -10,13 +10,13 @@ import re
 import string
 from typing import Optional, Sequence, Union
 
+from rag_r1_jax.rollout import search_call
+
 Golds = Union[str, Sequence[str]]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
 _INFORMATION_BLOCK = re.compile(r"<information>.*?(</information>|$)", re.DOTALL)
-_ANSWER_OPEN = "<answer>"
-_ANSWER_CLOSE = "</answer>"
 
 
 def normalize_answer(text: str) -> str:
@@ -99,10 +99,6 @@ def extract_last_answer(response_text: str) -> Optional[str]:
   starts after the last <answer> before the last </answer>.
   """
   text = _INFORMATION_BLOCK.sub(" ", response_text)
-  end = text.rfind(_ANSWER_CLOSE)
-  if end < 0:
-    return None
-  start = text.rfind(_ANSWER_OPEN, 0, end)
-  if start < 0:
-    return None
-  return text[start + len(_ANSWER_OPEN):end].strip()
+  span = search_call.last_complete_pair(text, search_call.ANSWER_OPEN,
+                                        search_call.ANSWER_CLOSE)
+  return None if span is None else text[span[1]:span[2]].strip()

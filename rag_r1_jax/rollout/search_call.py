@@ -53,7 +53,7 @@ class Action:
   problem: str | None = None
 
 
-def _last_complete(text: str, open_tag: str, close_tag: str) -> tuple[int, int, int] | None:
+def last_complete_pair(text: str, open_tag: str, close_tag: str) -> tuple[int, int, int] | None:
   """(open start, body start, close start) of the last complete tag pair, or None."""
   close = text.rfind(close_tag)
   if close < 0:
@@ -69,7 +69,7 @@ def _last_action_body(text: str) -> tuple[str, str] | None:
   spans = []
   for kind, open_tag, close_tag in (("search", SEARCH_OPEN, SEARCH_CLOSE),
                                     ("answer", ANSWER_OPEN, ANSWER_CLOSE)):
-    span = _last_complete(text, open_tag, close_tag)
+    span = last_complete_pair(text, open_tag, close_tag)
     if span is not None:
       spans.append((span[2], kind, text[span[1]:span[2]]))
   if not spans:

@@ -75,8 +75,8 @@ class Sampler:
     self.mesh = mesh
     self.stop_strings = tuple(stop_strings_)
     vocab = self.cfg.vocab_size
-    tables = stop_strings.build_stop_tables(self.stop_strings,
-                                            stop_strings.token_strings(tokenizer, vocab))
+    tables = stop_strings.cached_stop_tables(
+        self.stop_strings, tuple(stop_strings.token_strings(tokenizer, vocab)))
     self._next_state = jnp.asarray(tables.next_state)
     self._matched = jnp.asarray(tables.matched)
     eos = sorted({int(i) for i in eos_token_ids if i is not None and 0 <= int(i) < vocab})

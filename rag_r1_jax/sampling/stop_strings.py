@@ -85,7 +85,13 @@ def build_stop_tables(strings: tuple[str, ...], token_texts: list[str]) -> StopT
   return StopTables(tuple(strings), next_state, matched)
 
 
-@functools.partial(jax.jit, static_argnames=())
+@functools.lru_cache(maxsize=4)
+def cached_stop_tables(strings: tuple[str, ...], token_texts: tuple[str, ...]) -> StopTables:
+  """build_stop_tables, computed once per (strings, vocabulary): every Sampler of a run shares it."""
+  return build_stop_tables(strings, list(token_texts))
+
+
+@jax.jit
 def advance(states: jax.Array, tokens: jax.Array, next_state: jax.Array,
             matched: jax.Array) -> tuple[jax.Array, jax.Array]:
   """states [batch, strings] int32, tokens [batch] -> (new states, matched [batch, strings])."""
