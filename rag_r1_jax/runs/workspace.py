@@ -8,7 +8,6 @@ import functools
 import os
 from typing import Sequence
 
-import jax
 from jax.sharding import Mesh
 
 from rag_r1_jax import assets
@@ -179,6 +178,3 @@ class Workspace:
 def _split_names(value: str) -> list[str]:
   return [s.strip() for s in str(value).split(",") if s.strip()]
 
-
-def device_summary() -> str:
-  return f"{jax.device_count()} {jax.devices()[0].platform} device(s)"

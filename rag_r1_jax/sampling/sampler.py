@@ -12,7 +12,6 @@ padded to power-of-two buckets, so the number of compilations is small and bound
 """
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import flax.struct
