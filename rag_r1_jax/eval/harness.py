@@ -106,11 +106,21 @@ def to_record(question: EvalQuestion, row: RowRecord) -> dict:
 
 def rollout_records(engine: RolloutEngine, questions: Sequence[EvalQuestion], *,
                     batch_size: int, sampling: SamplingParams, seed: int = 0,
-                    progress: bool = True) -> list[dict]:
-  """Rolls out every question once, `batch_size` prompts per engine call; records in order."""
+                    progress: bool = True, warmup: bool = True) -> list[dict]:
+  """Rolls out every question once, `batch_size` prompts per engine call; records in order.
+
+  With `warmup`, one batch is rolled out first and discarded (see below).
+  """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1 (config.eval.batch_size), got {batch_size}")
   records: list[dict] = []
+  if warmup and questions:
+    # One untimed batch spread over every dataset compiles the shapes the timed batches use
+    # (prompt, decode and observation buckets), so seconds per question exclude compilation
+    # and the first dataset is not charged for it.
+    stride = max(1, len(questions) // batch_size)
+    engine.run([q.prompt for q in questions[::stride][:batch_size]], sampling=sampling,
+               seed=seed, group_size=1, batch_size=batch_size)
   with tqdm.tqdm(total=len(questions), desc="eval", unit="q", disable=not progress) as bar:
     for k, start in enumerate(range(0, len(questions), batch_size)):
       chunk = questions[start:start + batch_size]
