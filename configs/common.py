@@ -110,6 +110,10 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.max_grad_norm = 1.0
   c.sft.validation_fraction = 0.1
   c.sft.cut_subsamples = True  # the paper's recipe: one example per policy turn
+  # Synthetic world only: teacher trajectories also over this many fresh draws of the train
+  # split (new names and facts from the same word pools), so a small model must learn to copy.
+  c.sft.world_draws = 0
+  c.sft.copy_drills = 0  # synthetic world: how many list-repeating drills to mix into SFT
   c.sft.microbatches = 1
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024

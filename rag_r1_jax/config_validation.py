@@ -33,7 +33,8 @@ _POSITIVE = (
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size",
 )
-_NON_NEGATIVE = ("sft.epochs", "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
+_NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.copy_drills", "rl.steps", "rl.kl_coef",
+                 "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward")
 _FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",

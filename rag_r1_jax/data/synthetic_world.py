@@ -102,6 +102,9 @@ class World:
   entities: tuple[Entity, ...]
   passages: tuple[Document, ...]
   questions: tuple[Question, ...]
+  # The name-word pools every entity name is drawn from (kind -> (first words, second words)).
+  name_pools: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = dataclasses.field(
+      default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
     self._by_name = {e.name: e for e in self.entities}
@@ -170,12 +173,13 @@ class _Names:
   question mentions is one the model (and its tokenizer) has seen during training.
   """
 
-  def __init__(self, rng: random.Random, num_entities: int):
+  def __init__(self, rng: random.Random, num_entities: int, pools=None,
+               taken: Iterable[str] = ()):
     self.rng = rng
     self.used_words: set[str] = set()
-    self.taken: set[str] = set()
+    self.taken: set[str] = set(taken)
     self.seen_in_train: set[str] = set()
-    self.pools = {
+    self.pools = pools or {
         "person": (self._words(max(8, num_entities // 10)),
                    self._words(max(10, num_entities // 6))),
         "city": (self._words(max(4, num_entities // 20)), _CITY_KINDS),
@@ -359,7 +363,33 @@ def make_world(seed: int, num_entities: int, *, test_fraction: float = 0.25,
   rng.shuffle(order)
   passages = tuple(Document(str(i), entities[j].name, passage_text(entities[j]))
                    for i, j in enumerate(order))
-  return World(seed, tuple(entities), passages, tuple(questions))
+  pools = {kind: (tuple(a), tuple(b)) for kind, (a, b) in names.pools.items()}
+  return World(seed, tuple(entities), passages, tuple(questions), pools)
+
+
+def train_draw(world: World, draw: int) -> World:
+  """A fresh train split for the same world: new entities, facts and questions.
+
+  Names come from the world's name-word pools (so every word is one its tokenizer knows) but
+  never equal a test or distractor name of `world`; a name may reappear with other facts than
+  in `world`'s train split. SFT on many draws teaches a small model to copy names and values
+  out of the question and the retrieved passage instead of memorising train entities. The
+  draw's corpus is its entities' passages only; draw 0 is `world` itself.
+  """
+  if draw == 0:
+    return world
+  if not world.name_pools:
+    raise ValueError("train_draw needs a world built by make_world (it has no name pools)")
+  rng = random.Random(world.seed * 1_000_003 + draw)
+  names = _Names(rng, 0, pools=world.name_pools,
+                 taken=(e.name for e in world.entities if e.split != "train"))
+  n_train = sum(1 for e in world.entities if e.split == "train")
+  entities = _make_split(rng, names, "train", n_train)
+  questions = _split_questions(rng, "train", entities)
+  questions = [dataclasses.replace(q, id=f"draw{draw}-{q.id}") for q in questions]
+  passages = tuple(Document(f"draw{draw}-{i}", e.name, passage_text(e))
+                   for i, e in enumerate(entities))
+  return World(world.seed, tuple(entities), passages, tuple(questions), world.name_pools)
 
 
 def corpus_rows(world: World) -> list[dict]:

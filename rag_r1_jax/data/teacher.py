@@ -13,6 +13,7 @@ without a search; `direct_answer` exists for questions a model should answer fro
 """
 
 import dataclasses
+import random
 from typing import Literal, Sequence
 
 from rag_r1_jax.data.synthetic_world import NEEDS, Question, World
@@ -110,3 +111,30 @@ def cut_subsamples(segments: Sequence[Segment]) -> list[tuple[list[Segment], Seg
   thus learns both when to search and when to answer. Observations are never targets.
   """
   return [(list(segments[:i]), s) for i, s in enumerate(segments) if s.role == "policy"]
+
+
+def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Segment]]]:
+  """`count` (user text, segments) drills: repeat a list of world names and numbers in order.
+
+  A model trained from scratch learns to copy (an induction circuit) from dense copy targets
+  within a few hundred steps, but hardly at all from the few copied tokens of a search
+  trajectory; mixed into SFT, the drills give the tiny default model that ability. Items are
+  fresh combinations of the world's name words and numbers in its ranges.
+  """
+  if not world.name_pools:
+    raise ValueError("copy drills need a world built by make_world (it has no name pools)")
+  rng = random.Random(seed)
+  pools = list(world.name_pools.values())
+
+  def item() -> str:
+    if rng.random() < 0.7:
+      first, second = rng.choice(pools)
+      return f"{rng.choice(first)} {rng.choice(second)}"
+    return str(rng.choice((rng.randint(1900, 2015), rng.randint(150, 199),
+                           rng.randint(20, 999))))
+
+  out = []
+  for _ in range(count):
+    listed = ", ".join(item() for _ in range(rng.randint(2, 8)))
+    out.append((f"Repeat: {listed}", [Segment(f"<answer> {listed} </answer>", "policy")]))
+  return out

@@ -10,7 +10,8 @@ a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-e
 
 import shutil
 
-from rag_r1_jax.data import prompts, teacher
+from rag_r1_jax.data import prompts, synthetic_world, teacher
+from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace, resolve_path
 from rag_r1_jax.training import sft_data, sft_update, train_state
@@ -28,17 +29,29 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   if config.data.source != "synthetic_world":
     raise ValueError("config.sft.data_path is empty and config.data.source is not "
                      "'synthetic_world': give an alpaca/LLaMA-Factory JSON file for SFT")
-  questions = ws.world.split_questions("train")
   truncate = observation.token_truncate(
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
-  trajectories = teacher.teacher_trajectories(
-      ws.world, questions, ws.retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
-      truncate=truncate, max_obs_length=config.rollout.max_obs_length)
-  kept = [(prompts.build_prompt(q.question, ws.prompt_variant), t)
-          for q, t in zip(questions, trajectories) if t is not None]
-  print(f"sft: teacher solved {len(kept)}/{len(questions)} train questions "
+  kept, total, draws_used = [], 0, config.sft.world_draws > 0
+  for draw in range(config.sft.world_draws + 1):
+    # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
+    # searched exactly over their own passages (the teacher keeps only trajectories whose
+    # observation holds every needed fact, so the texts match what the engine would insert).
+    world = synthetic_world.train_draw(ws.world, draw)
+    retriever = ws.retriever if draw == 0 else ExactRetriever(world.passages)
+    questions = world.split_questions("train")
+    trajectories = teacher.teacher_trajectories(
+        world, questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
+        truncate=truncate, max_obs_length=config.rollout.max_obs_length)
+    kept += [(prompts.build_prompt(q.question, ws.prompt_variant), t)
+             for q, t in zip(questions, trajectories) if t is not None]
+    total += len(questions)
+  draws = f" over {config.sft.world_draws + 1} draws of the train split" if draws_used else ""
+  print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
         f"(the rest lost a fact in retrieval)", flush=True)
+  if config.sft.copy_drills:
+    kept += teacher.copy_drills(ws.world, config.sft.copy_drills, config.seed)
+    print(f"sft: + {config.sft.copy_drills} copy drills", flush=True)
   if config.sft.cut_subsamples:
     return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
   out = []

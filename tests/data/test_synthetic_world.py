@@ -134,3 +134,31 @@ def test_too_small_world_is_rejected():
   with pytest.raises(ValueError, match="world_entities"):
     sw.make_world(0, 20)
   assert sw.make_world(0, 40).sizes()["test_fanout"] > 0
+
+
+def test_train_draws_are_fresh_train_splits_from_the_same_word_pools(world):
+  assert sw.train_draw(world, 0) is world
+  a, b = sw.train_draw(world, 1), sw.train_draw(world, 2)
+  again = sw.train_draw(sw.make_world(0, 240), 1)
+  assert a.questions == again.questions and a.passages == again.passages  # deterministic
+  assert a.questions != b.questions
+  held_out = {e.name for e in world.entities if e.split != "train"}
+  pool_words = {w for first, second in world.name_pools.values() for w in (*first, *second)}
+  sizes = a.sizes()
+  assert (sizes["train_cities"], sizes["train_companies"], sizes["train_people"]) == (18, 36, 126)
+  assert not any(k.startswith("test") for k in sizes)
+  for e in a.entities:
+    assert e.split == "train" and e.name not in held_out, e.name
+    assert set(e.name.split(" ")) <= pool_words, e.name
+  # Facts are redrawn: the same name rarely keeps the same facts across draws.
+  base = {e.name: e for e in world.entities}
+  shared = [e for e in a.entities if e.name in base]
+  assert sum(e == base[e.name] for e in shared) <= len(shared) // 10
+  # Every question is answerable from the draw's own passages.
+  retriever = ExactRetriever(a.passages)
+  for q in a.questions[:200]:
+    for round_ in q.plan:
+      for lookup in round_:
+        assert retriever.retrieve([lookup.entity], 1)[0][0].title == lookup.entity
+  assert len({q.id for q in a.questions} | {q.id for q in world.questions}) == (
+      len(a.questions) + len(world.questions))

@@ -105,3 +105,21 @@ def test_direct_answer():
   segs = teacher.direct_answer("Paris")
   assert segs == [Segment("<think> I know this </think><answer> Paris </answer>", "policy")]
   assert teacher.cut_subsamples(segs) == [([], segs[0])]
+
+
+def test_copy_drills(world):
+  drills = teacher.copy_drills(world, 50, seed=3)
+  assert drills == teacher.copy_drills(world, 50, seed=3)
+  assert len(drills) == 50
+  words = {w for first, second in world.name_pools.values() for w in (*first, *second)}
+  for user, segments in drills:
+    assert user.startswith("Repeat: ")
+    listed = user[len("Repeat: "):]
+    assert [s.text for s in segments] == [f"<answer> {listed} </answer>"]
+    assert segments[0].role == "policy"
+    items = listed.split(", ")
+    assert 2 <= len(items) <= 8
+    for item in items:
+      assert item.isdigit() or set(item.split(" ")) <= words, item
+  with pytest.raises(ValueError, match="name pools"):
+    teacher.copy_drills(sw.World(0, (), (), ()), 1, seed=0)
