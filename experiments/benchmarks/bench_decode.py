@@ -5,7 +5,9 @@ process. Ours: `Sampler.append` (prefill, reported apart) then `Sampler.decode` 
 with no stop string or EOS ever hit. Theirs: `generate(min_new_tokens=max_new_tokens)`, which
 includes its own prefill, with torch threads = cores and with 1 thread (on a shared, busy
 machine actively spinning OpenMP threads made `generate` 5-15x slower, so OMP_WAIT_POLICY
-defaults to PASSIVE here); the ratio is taken against the faster of the two. Also prints the
+defaults to PASSIVE here); the ratio is taken against the faster of the two. Each of the
+`--repeats` rounds runs ours once and theirs once per thread setting, so a change of load on a
+shared machine hits both sides alike; every figure is a median over rounds. Also prints the
 fraction of the memory-bandwidth roofline: bytes read per decode step (weights + KV cache,
 over the full capacity or only the valid length) divided by a numpy copy bandwidth measured
 here.
@@ -45,50 +47,53 @@ def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
   return 2 * nbytes / seconds
 
 
-def time_ours(sampler, prompts: np.ndarray, settings,
-              repeats: int) -> tuple[float, float, np.ndarray]:
-  """Median (prefill seconds, decode seconds) and the generated tokens [batch, new]."""
-  batch, prompt_len = prompts.shape
-  chunks = [row.tolist() for row in prompts]
-  prefill, decode = [], []
-  for i in range(repeats + 1):  # the first run compiles
-    state = sampler.init(batch, jax.random.key(0))
-    jax.block_until_ready(state)
+class _Ours:
+  """One timed prefill + decode of our Sampler on fixed prompts."""
+
+  def __init__(self, sampler, prompts: np.ndarray, settings):
+    self.sampler, self.prompts, self.settings = sampler, prompts, settings
+    self.chunks = [row.tolist() for row in prompts]
+    self.state = None
+
+  def run(self) -> tuple[float, float]:
+    """(prefill seconds, decode seconds); keeps the final state for `new_tokens`."""
+    batch = self.prompts.shape[0]
+    state = jax.block_until_ready(self.sampler.init(batch, jax.random.key(0)))
     t0 = time.perf_counter()
-    state = jax.block_until_ready(sampler.append(state, chunks))
+    state = jax.block_until_ready(self.sampler.append(state, self.chunks))
     t1 = time.perf_counter()
-    state = jax.block_until_ready(sampler.decode(state, settings))
-    t2 = time.perf_counter()
-    if i:
-      prefill.append(t1 - t0)
-      decode.append(t2 - t1)
-  host = sampler.fetch(state)
-  new = settings.max_turn_tokens
-  assert (host["lengths"] == prompt_len + new).all(), host["lengths"]
-  assert (host["status"] == sampler_lib.TURN_LIMIT).all(), host["status"]
-  new_tokens = host["tokens"][:, prompt_len:prompt_len + new]
-  return statistics.median(prefill), statistics.median(decode), new_tokens
+    self.state = jax.block_until_ready(self.sampler.decode(state, self.settings))
+    return t1 - t0, time.perf_counter() - t1
+
+  def new_tokens(self) -> np.ndarray:
+    """The generated tokens [batch, new]; checks every row ran to its token budget."""
+    host = self.sampler.fetch(self.state)
+    prompt_len, new = self.prompts.shape[1], self.settings.max_turn_tokens
+    assert (host["lengths"] == prompt_len + new).all(), host["lengths"]
+    assert (host["status"] == sampler_lib.TURN_LIMIT).all(), host["status"]
+    return host["tokens"][:, prompt_len:prompt_len + new]
 
 
-def time_theirs(model, prompts: np.ndarray, new: int, repeats: int,
-                threads: int) -> tuple[float, np.ndarray]:
-  """Median seconds of greedy `generate` (prefill included) with `threads` torch threads."""
-  torch.set_num_threads(threads)
-  ids = torch.as_tensor(prompts, dtype=torch.long)
-  mask = torch.ones_like(ids)
+class _Theirs:
+  """One timed greedy `generate` (prefill included) with a given number of torch threads."""
 
-  def run(n=new):
-    with torch.inference_mode():
-      return model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                            max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
-                            eos_token_id=None)
-  run(4)  # warm-up
-  times = []
-  for _ in range(repeats):
+  def __init__(self, model, prompts: np.ndarray, new: int):
+    self.model, self.new = model, new
+    self.ids = torch.as_tensor(prompts, dtype=torch.long)
+    self.out = None
+
+  def run(self, threads: int, new: int | None = None) -> float:
+    torch.set_num_threads(threads)
+    n = new or self.new
     t0 = time.perf_counter()
-    out = run()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), out[:, prompts.shape[1]:].numpy()
+    with torch.inference_mode():
+      self.out = self.model.generate(
+          input_ids=self.ids, attention_mask=torch.ones_like(self.ids), do_sample=False,
+          max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+    return time.perf_counter() - t0
+
+  def new_tokens(self) -> np.ndarray:
+    return self.out[:, self.ids.shape[1]:].numpy()
 
 
 def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float) -> None:
@@ -106,10 +111,24 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
   for batch in batches:
     prompts = np.random.RandomState(batch).randint(
         1, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)
-    prefill_s, decode_s, our_tokens = time_ours(sampler, prompts, settings, args.repeats)
-    hf = {t: time_theirs(theirs, prompts, args.new, args.hf_repeats, t) for t in threads}
-    hf_threads = min(hf, key=lambda t: hf[t][0])  # the faster torch setting is the baseline
-    hf_s, hf_tokens = hf[hf_threads]
+    ours_run, theirs_run = _Ours(sampler, prompts, settings), _Theirs(theirs, prompts, args.new)
+    ours_run.run()  # compiles
+    for t in threads:
+      theirs_run.run(t, new=4)  # warm-up
+    prefills, decodes, hf_times = [], [], {t: [] for t in threads}
+    for _ in range(args.repeats):  # alternate the sides so load changes hit both alike
+      prefill, decode = ours_run.run()
+      prefills.append(prefill)
+      decodes.append(decode)
+      for t in threads:
+        hf_times[t].append(theirs_run.run(t))
+    our_tokens, hf_tokens = ours_run.new_tokens(), theirs_run.new_tokens()
+    prefill_s, decode_s = statistics.median(prefills), statistics.median(decodes)
+    hf = {t: statistics.median(hf_times[t]) for t in threads}
+    hf_threads = min(hf, key=hf.get)  # the faster torch setting is the baseline
+    hf_s = hf[hf_threads]
+    round_ratio = statistics.median(
+        min(hf_times[t][i] for t in threads) / decodes[i] for i in range(args.repeats))
     n = batch * args.new
     agree = float((our_tokens == hf_tokens).mean())
     step_s = decode_s / args.new
@@ -120,9 +139,9 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
     print(f"  batch {batch:3d}: ours decode {n / decode_s:8.0f} tok/s ({decode_s * 1e3:7.1f} ms, "
           f"{step_s * 1e3:6.2f} ms/step), prefill {prefill_s * 1e3:6.1f} ms, "
           f"prefill+decode {n / (prefill_s + decode_s):8.0f} tok/s | hf generate "
-          + ", ".join(f"{t} threads {n / hf[t][0]:6.0f} tok/s ({hf[t][0] * 1e3:7.1f} ms)"
+          + ", ".join(f"{t} threads {n / hf[t]:6.0f} tok/s ({hf[t] * 1e3:7.1f} ms)"
                       for t in threads)
-          + f" | ratio decode/hf(best) {hf_s / decode_s:5.2f}x, "
+          + f" | ratio decode/hf(best) {hf_s / decode_s:5.2f}x (per round {round_ratio:5.2f}x), "
           f"(prefill+decode)/hf {hf_s / (prefill_s + decode_s):5.2f}x | roofline fraction "
           f"capacity {roof(cap_bytes):.2f} valid {roof(valid_bytes):.2f} "
           f"({cap_bytes / 1e6:.0f} / {valid_bytes / 1e6:.0f} MB/step) | same tokens {agree:.3f}",
@@ -137,7 +156,6 @@ def main():
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--capacity", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--hf-repeats", type=int, default=2)
   args = parser.parse_args()
   bandwidth = copy_bandwidth()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
