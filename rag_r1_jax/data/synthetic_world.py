@@ -31,6 +31,12 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "", "n", "r", "l", "s")
 _CITY_KINDS = ("Falls", "Bay", "Hill", "Harbor", "Springs")
+# Attribute values lie on coarse grids: each value is then one frequent token, so a model
+# trained from scratch sees every value often enough to learn to copy and compare it.
+BIRTH_YEARS = tuple(range(1900, 1970, 5))
+HEIGHTS_CM = tuple(range(150, 200, 3))
+FOUNDING_DELAYS = (25, 30, 35, 40)
+POPULATIONS_K = tuple(range(100, 1000, 25))
 _COMPANY_KINDS = ("Labs", "Works", "Group", "Motors", "Foods")
 
 
@@ -143,11 +149,14 @@ class World:
 
 
 _PLURALS = {Person: "people", Company: "companies", City: "cities"}
+# Each thought repeats the passage's word before the value ("born 1931", "born in Vormsa",
+# "height 172 cm"), so the value is the token that follows the thought's last word in the
+# passage: the simplest thing to copy.
 _FACTS = {
-    "birth_year": "{e} was born in {v}", "birth_city": "{e} was born in {v}",
-    "height_cm": "{e} is {v}", "employer": "{e} works for {v}",
-    "founder": "{e} was founded by {v}", "founded": "{e} was founded in {v}",
-    "headquarters": "{e} is based in {v}", "population_k": "{e} has {v} thousand people",
+    "birth_year": "{e} was born {v}", "birth_city": "{e} was born in {v}",
+    "height_cm": "{e} has height {v}", "employer": "{e} works for {v}",
+    "founder": "{e} was founded by {v}", "founded": "{e} was founded {v}",
+    "headquarters": "{e} is based in {v}", "population_k": "{e} is a city of {v} thousand people",
 }
 NEEDS = {
     "birth_year": "birth year", "birth_city": "birthplace", "height_cm": "height",
@@ -159,7 +168,7 @@ NEEDS = {
 def passage_text(e: Entity) -> str:
   """The entity's passage (its title is the name, which the text repeats for retrieval)."""
   if isinstance(e, Person):
-    return (f"{e.name}: born {e.birth_year} in {e.birth_city}, {e.height_cm} cm tall, "
+    return (f"{e.name}: born {e.birth_year} in {e.birth_city}, height {e.height_cm} cm, "
             f"works for {e.employer}.")
   if isinstance(e, Company):
     return f"{e.name}: a company founded {e.founded} by {e.founder}, based in {e.headquarters}."
@@ -182,7 +191,7 @@ class _Names:
     self.pools = pools or {
         "person": (self._words(max(8, num_entities // 10)),
                    self._words(max(10, num_entities // 6))),
-        "city": (self._words(max(4, num_entities // 20)), _CITY_KINDS),
+        "city": (self._words(max(6, num_entities // 20)), _CITY_KINDS),
         "company": (self._words(max(6, num_entities // 12)), _COMPANY_KINDS),
     }
 
@@ -223,16 +232,17 @@ def _split_sizes(n: int) -> tuple[int, int, int]:
 
 def _make_split(rng: random.Random, names: _Names, split: str, n: int) -> list[Entity]:
   n_cities, n_companies, n_people = _split_sizes(n)
-  pops = rng.sample(range(20, 1000), n_cities)
+  grid = POPULATIONS_K if n_cities <= len(POPULATIONS_K) else range(20, 1000)
+  pops = rng.sample(grid, n_cities)
   cities = [City(names.pick("city", split), split, p) for p in pops]
-  people = [Person(names.pick("person", split), split, rng.randint(1900, 1969),
-                   rng.choice(cities).name, rng.randint(150, 199), "")
+  people = [Person(names.pick("person", split), split, rng.choice(BIRTH_YEARS),
+                   rng.choice(cities).name, rng.choice(HEIGHTS_CM), "")
             for _ in range(n_people)]
   companies = []
   for i in rng.sample(range(n_people), n_companies):
     founder = people[i]
     companies.append(Company(names.pick("company", split),
-                             split, founder.birth_year + rng.randint(25, 45), founder.name,
+                             split, founder.birth_year + rng.choice(FOUNDING_DELAYS), founder.name,
                              rng.choice(cities).name))
   employer = {c.founder: c.name for c in companies}
   people = [dataclasses.replace(p, employer=employer.get(p.name) or rng.choice(companies).name)
@@ -251,16 +261,16 @@ def _make_distractors(rng: random.Random, names: _Names, n: int,
     roll = rng.random()
     if roll < 0.7:
       name = names.pick("person", "distractor", like=rng.choice(people).name)
-      out.append(Person(name, "distractor", rng.randint(1900, 1969), rng.choice(cities),
-                        rng.randint(150, 199), rng.choice(companies)))
+      out.append(Person(name, "distractor", rng.choice(BIRTH_YEARS), rng.choice(cities),
+                        rng.choice(HEIGHTS_CM), rng.choice(companies)))
     elif roll < 0.85:
       founder = rng.choice(people)
       out.append(Company(names.pick("company", "distractor", like=rng.choice(companies)),
-                         "distractor", founder.birth_year + rng.randint(25, 45),
+                         "distractor", founder.birth_year + rng.choice(FOUNDING_DELAYS),
                          founder.name, rng.choice(cities)))
     else:
       out.append(City(names.pick("city", "distractor", like=rng.choice(cities)), "distractor",
-                      rng.randint(20, 999)))
+                      rng.choice(POPULATIONS_K)))
   return out
 
 

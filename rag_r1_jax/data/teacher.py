@@ -7,7 +7,7 @@ of the given retriever, so the text is exactly what the rollout engine inserts. 
 whose retrieved documents miss a needed fact is dropped (only correct ones are kept).
 
 Policy segments look like `<think> need birth year </think><search> A, B </search>` and
-`<think> A was born in 1931; B was born in 1925 </think><answer> B </answer>` (thoughts are
+`<think> A was born 1931; B was born 1925 </think><answer> B </answer>` (thoughts are
 kept to a few words: sequence length is the CPU budget). World questions are never answered
 without a search; `direct_answer` exists for questions a model should answer from memory.
 """

@@ -36,7 +36,8 @@ def test_sizes(world):
 def test_passage_text_exact():
   p = sw.Person("Ada Vel", "train", 1931, "Kisis Bay", 172, "Mamu Labs")
   c = sw.Company("Mamu Labs", "train", 1960, "Ada Vel", "Kisis Bay")
-  assert sw.passage_text(p) == "Ada Vel: born 1931 in Kisis Bay, 172 cm tall, works for Mamu Labs."
+  assert sw.passage_text(p) == (
+      "Ada Vel: born 1931 in Kisis Bay, height 172 cm, works for Mamu Labs.")
   assert sw.passage_text(c) == "Mamu Labs: a company founded 1960 by Ada Vel, based in Kisis Bay."
   assert sw.passage_text(sw.City("Kisis Bay", "test", 41)) == (
       "Kisis Bay: a city of 41 thousand people.")

@@ -33,7 +33,7 @@ def test_mq_comparison_exact(world, retriever):
   assert segments == [
       Segment(f"<think> need birth year </think><search> {a}, {b} </search>", "policy"),
       Segment(info, "information"),
-      Segment(f"<think> {a} was born in {_birth_year(world, a)}; {b} was born in "
+      Segment(f"<think> {a} was born {_birth_year(world, a)}; {b} was born "
               f"{_birth_year(world, b)} </think><answer> {q.golden_answers[0]} </answer>",
               "policy")]
 
