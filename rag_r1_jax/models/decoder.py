@@ -8,7 +8,8 @@ compiles for deep models); otherwise each layer is its own module, applied in a 
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
   * with a `KVCache`: the chunk `tokens[b, :chunk_lengths[b]]` is appended to row b of the cache
-    at that row's own length, and attends to everything before it (prefill and decode alike).
+    at that row's own length, and attends to everything before it (prefill and decode alike),
+    reading only the cache blocks that hold some row's valid slots.
 """
 
 import functools
@@ -126,23 +127,24 @@ class Decoder(nnx.Module):
     elif cfg.remat == "dots":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.checkpoint_dots)
 
-    k_cache = cache.k if cache is not None else None
-    v_cache = cache.v if cache is not None else None
+    groups = kvc.layer_groups(cfg)
+    k_groups = list(cache.k) if cache is not None else [None] * len(groups)
+    v_groups = list(cache.v) if cache is not None else [None] * len(groups)
     if cfg.scan_layers:
       def body(carry, layer_weights):
-        x, k_cache, v_cache, i = carry
-        x, k_cache, v_cache = block(layer_weights, x, k_cache, v_cache, i)
-        return (x, k_cache, v_cache, i + 1), None
-      (x, k_cache, v_cache, _), _ = jax.lax.scan(
-          body, (x, k_cache, v_cache, jnp.int32(0)), self.layers.weights())
+        x, k_blocks, v_blocks, i = carry
+        x, k_blocks, v_blocks = block(layer_weights, x, k_blocks, v_blocks, i)
+        return (x, k_blocks, v_blocks, i + 1), None
+      (x, k_groups[0], v_groups[0], _), _ = jax.lax.scan(
+          body, (x, k_groups[0], v_groups[0], jnp.int32(0)), self.layers.weights())
     else:
-      for i, layer in enumerate(self.layers):
-        x, k_cache, v_cache = block(layer.weights(), x, k_cache, v_cache, i)
+      for i, layer in enumerate(self.layers):  # layer group i holds layer i alone
+        x, k_groups[i], v_groups[i] = block(layer.weights(), x, k_groups[i], v_groups[i], 0)
 
     new_cache = None
     if cache is not None:
       new_lengths = jnp.minimum(cache.lengths + chunk_lengths, cache.capacity)
-      new_cache = kvc.KVCache(k=k_cache, v=v_cache, lengths=new_lengths)
+      new_cache = kvc.KVCache(k=tuple(k_groups), v=tuple(v_groups), lengths=new_lengths)
 
     x = _rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
     hidden = x
@@ -175,9 +177,9 @@ def _linear(x, w, b=None):
   return y if b is None else y + b.astype(x.dtype)
 
 
-def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, write_idx,
+def _block(w, x, k_blocks, v_blocks, layer, *, cfg, inv_freq, positions, mask, write_idx,
            attend_len):
-  """One decoder layer; writes this chunk's keys/values into layer `layer` of the cache."""
+  """One decoder layer; writes this chunk's keys/values into `layer` of its cache blocks."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
   q = _linear(h, w["q_proj"], w.get("q_bias")).reshape(batch, seq, cfg.num_heads, cfg.head_dim)
@@ -185,18 +187,17 @@ def _block(w, x, k_cache, v_cache, layer, *, cfg, inv_freq, positions, mask, wri
   v = _linear(h, w["v_proj"], w.get("v_bias")).reshape(batch, seq, cfg.num_kv_heads, cfg.head_dim)
   q = rope.apply_rope(q, positions, inv_freq)
   k = rope.apply_rope(k, positions, inv_freq)
-  if k_cache is not None:
-    rows = jnp.arange(batch)[:, None]
-    k_cache = k_cache.at[layer, rows, write_idx].set(k.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[layer, rows, write_idx].set(v.astype(v_cache.dtype), mode="drop")
-    attn = _cached_attention(q, k_cache, v_cache, layer, mask, attend_len, cfg)
+  if k_blocks is not None:
+    k_blocks = kvc.write(k_blocks, layer, write_idx, k)
+    v_blocks = kvc.write(v_blocks, layer, write_idx, v)
+    attn = _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg)
   else:
     attn = _attention(q, k, v, mask, cfg)
   x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
   x = x + _linear(mlp, w["down_proj"])
-  return x, k_cache, v_cache
+  return x, k_blocks, v_blocks
 
 
 def _attention(q, k, v, mask, cfg: DecoderConfig):
@@ -211,62 +212,82 @@ def _attention(q, k, v, mask, cfg: DecoderConfig):
   return out.reshape(batch, seq, cfg.num_heads, dim)
 
 
-def attend_bounds(capacity: int, minimum: int = 128) -> tuple[int, ...]:
-  """Static cache prefixes attention may read: powers of two from `minimum`, then capacity."""
-  bounds, b = [], minimum
-  while b < capacity:
-    bounds.append(b)
-    b *= 2
-  return (*bounds, capacity)
+def _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg: DecoderConfig):
+  """Attention over the cache blocks that hold some row's valid slots, each read in place.
 
-
-def _cached_attention(q, k_cache, v_cache, layer, mask, attend_len, cfg: DecoderConfig):
-  """Attention over the smallest static cache prefix holding every row's valid slots.
-
-  k_cache, v_cache: [layers, b, capacity, kv_heads, d]; mask [b, t, capacity]; attend_len: the
-  largest valid length after this chunk. One `lax.switch` branch per bound keeps one
-  compilation while a short row set reads a short prefix instead of the whole capacity.
+  q: [b, t, heads, d]; k_blocks, v_blocks: [group_layers, b, block, kv_heads, d] each; mask
+  [b, t, capacity]; attend_len: the largest valid length after this chunk. A block starting at
+  or past attend_len is skipped by a `lax.cond` (its slots are masked for every row), so a
+  short row set reads a short prefix with one compilation. Each block read yields its own
+  softmax statistics (max, sum of exponentials, unnormalised output), which are rescaled to
+  the overall max and summed at the end.
   """
-  batch, seq = q.shape[:2]
-  capacity, kv_heads, dim = k_cache.shape[2:]
-  bounds = attend_bounds(capacity)
-  attend = _decode_attention if seq == 1 else _attention
+  batch, seq, heads, dim = q.shape
+  rows = lambda a: a.reshape(batch, a.shape[1], -1).astype(q.dtype)  # [b, s, kv_heads * d]
+  if seq == 1:  # decode: see _block_diagonal_queries
+    q_blocks = _block_diagonal_queries(q, cfg)
+    score = lambda k: jnp.einsum("bsc,bch->bsh", rows(k), q_blocks,
+                                 preferred_element_type=jnp.float32)  # [b, s, heads]
+    mix = lambda p, v: jnp.einsum("bsh,bsc->bhc", p, rows(v))  # [b, heads, kv_heads * d]
+    axis, mask = 1, mask[:, 0, :, None]
+    to_out = lambda stat: jnp.swapaxes(stat, 1, 2)  # [b, 1, heads] -> [b, heads, 1]
+  else:
+    q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
+    score = lambda k: jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                                 preferred_element_type=jnp.float32)
+    mix = lambda p, v: jnp.einsum("bkgts,bskd->btkgd", p, v.astype(q.dtype))
+    axis, mask = -1, mask[:, None, None]
+    to_out = lambda stat: jnp.moveaxis(stat, 3, 1)  # [b, kv, g, t, 1] -> [b, t, kv, g, 1]
 
-  def branch(bound):
-    def run(q, k_cache, v_cache, layer, mask):
-      start, size = (layer, 0, 0, 0, 0), (1, batch, bound, kv_heads, dim)
-      k = jax.lax.dynamic_slice(k_cache, start, size)[0]
-      v = jax.lax.dynamic_slice(v_cache, start, size)[0]
-      return attend(q, k, v, mask[..., :bound], cfg)
-    return run
+  def attend(block_mask, k, v):
+    scores = jnp.where(block_mask, score(k[layer]) / np.sqrt(dim), _NEG_INF)
+    top = jnp.max(scores, axis=axis, keepdims=True)
+    e = jnp.exp(scores - top)
+    return top, jnp.sum(e, axis=axis, keepdims=True), mix(e.astype(q.dtype), v[layer])
 
-  if len(bounds) == 1:
-    return branch(capacity)(q, k_cache, v_cache, layer, mask)
-  index = jnp.searchsorted(jnp.asarray(bounds, jnp.int32), attend_len.astype(jnp.int32))
-  return jax.lax.switch(index, [branch(b) for b in bounds], q, k_cache, v_cache,
-                        jnp.asarray(layer, jnp.int32), mask)
+  stats, start = [], 0
+  for k_block, v_block in zip(k_blocks, v_blocks):
+    size = k_block.shape[2]
+    args = (jax.lax.slice_in_dim(mask, start, start + size, axis=axis), k_block, v_block)
+    if start == 0:  # always read: every row's statistics then have a positive sum
+      stats.append(attend(*args))
+    else:
+      stats.append(_unless_unused(start < attend_len, attend, (_NEG_INF, 0, 0), *args))
+    start += size
+  top = functools.reduce(jnp.maximum, [s[0] for s in stats])
+  scale = [jnp.exp(s[0] - top) for s in stats]
+  total = functools.reduce(jnp.add, [w * s[1] for w, s in zip(scale, stats)])
+  out = functools.reduce(jnp.add, [to_out(w) * s[2] for w, s in zip(scale, stats)])
+  out = out / to_out(total)
+  if seq == 1:  # keep each head's own kv-head block of [b, heads, kv_heads * d]
+    out = out.reshape(batch, heads, cfg.num_kv_heads, dim)
+    out = jnp.sum(jnp.where(_own_kv_head(cfg).T[None, :, :, None], out, 0), axis=2)
+  return out.reshape(batch, seq, heads, dim).astype(q.dtype)
 
 
-def _decode_attention(q, k, v, mask, cfg: DecoderConfig):
-  """Attention of one query token per row as two row-batched matmuls over the cache as stored.
+def _unless_unused(used, fn, fills, *args):
+  """fn(*args) if `used`, else (fn not run) arrays shaped like its outputs holding `fills`."""
+  shapes = jax.eval_shape(fn, *args)
+  skip = lambda *_: tuple(jnp.full(x.shape, fill, x.dtype) for x, fill in zip(shapes, fills))
+  return jax.lax.cond(used, fn, skip, *args)
 
-  q: [b, 1, heads, d]; k, v: [b, s, kv_heads, d]; mask [b, 1, s]. The usual einsum would
-  transpose k and v to [b, kv_heads, s, d] every step (a copy of the cache) and then run
-  b * kv_heads tiny matrix-vector products, both slow on CPU. Here the query is spread into
-  a block-diagonal [kv_heads * d, heads] matrix so each row is one [s, kv_heads * d] @
-  [kv_heads * d, heads] product on the cache's own layout; the extra terms are exact zeros.
+
+def _own_kv_head(cfg: DecoderConfig) -> jax.Array:
+  """[kv_heads, heads] bool: query head h reads kv head h // num_groups."""
+  heads = cfg.num_heads
+  return jnp.arange(cfg.num_kv_heads)[:, None] == (jnp.arange(heads) // cfg.num_groups)[None, :]
+
+
+def _block_diagonal_queries(q, cfg: DecoderConfig):
+  """One query token per row [b, 1, heads, d] as a block-diagonal [b, kv_heads * d, heads].
+
+  Decode attention is then two row-batched matmuls on the cache as stored: scores are
+  [s, kv_heads * d] @ [kv_heads * d, heads] per row (the extra terms are exact zeros) and the
+  output is probs^T @ values, whose off-diagonal head blocks are dropped. The usual einsum
+  would transpose keys and values to [b, kv_heads, s, d] every step (a copy of the cache) and
+  run b * kv_heads tiny matrix-vector products, both slow on CPU.
   """
   batch, _, heads, dim = q.shape
-  kv_heads, seq = cfg.num_kv_heads, k.shape[1]
-  own = jnp.arange(kv_heads)[:, None] == (jnp.arange(heads) // cfg.num_groups)[None, :]
   q_t = jnp.swapaxes(q[:, 0], 1, 2)  # [b, d, heads]
-  q_blocks = jnp.where(own[None, :, None, :], q_t[:, None], 0).reshape(batch, kv_heads * dim, heads)
-  k_rows = k.reshape(batch, seq, kv_heads * dim).astype(q.dtype)
-  scores = jnp.einsum("bsc,bch->bsh", k_rows, q_blocks,
-                      preferred_element_type=jnp.float32) / np.sqrt(dim)
-  scores = jnp.where(mask[:, 0, :, None], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=1).astype(q.dtype)  # [b, s, heads]
-  v_rows = v.reshape(batch, seq, kv_heads * dim).astype(q.dtype)
-  out = jnp.einsum("bsh,bsc->bhc", probs, v_rows).reshape(batch, heads, kv_heads, dim)
-  out = jnp.sum(jnp.where(own.T[None, :, :, None], out, 0), axis=2)  # [b, heads, d]
-  return out[:, None]
+  q_blocks = jnp.where(_own_kv_head(cfg)[None, :, None, :], q_t[:, None], 0)
+  return q_blocks.reshape(batch, cfg.num_kv_heads * dim, heads)

@@ -1,8 +1,14 @@
-"""A KV cache with a write position per row.
+"""A KV cache with a write position per row, stored as separate blocks of positions.
 
 Rows of a batch sit at different lengths: the sampler appends chunks of different lengths to
 different rows (an observation to one, nothing to another). Token j of a row is stored at
 cache index j, so a token's cache index is also its rotary position.
+
+Layout: `k[g][j]` (and `v[g][j]`) is one array [group_layers, batch, block, kv_heads, head_dim]
+holding layer group g's cache indices [j * block_size, j * block_size + block). A layer group
+is one layer for an unrolled decoder and all layers stacked for a scanned one. Attention reads
+each block it needs whole, in place: reading a prefix out of one [.., capacity, ..] array made
+XLA copy the prefix every decode step, which cost about as much as the attention itself.
 """
 
 import flax.struct
@@ -11,41 +17,85 @@ import jax.numpy as jnp
 
 from rag_r1_jax.models.config import DecoderConfig
 
-# Logical axes of `k` and `v` for the sharding rules.
+# Logical axes of every key / value block for the sharding rules.
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+# Cache positions per block: attention reads whole blocks, so this is its granularity.
+BLOCK_SIZE = 128
+
+Blocks = tuple[jax.Array, ...]  # one layer group: [group_layers, batch, block, kv, head_dim]
 
 
 @flax.struct.dataclass
 class KVCache:
-  k: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
-  v: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
+  k: tuple[Blocks, ...]  # [layer group][block]
+  v: tuple[Blocks, ...]  # [layer group][block]
   lengths: jax.Array  # [batch] int32: tokens written so far in each row
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return sum(block.shape[2] for block in self.k[0])
 
   @property
   def batch_size(self) -> int:
-    return self.k.shape[1]
+    return self.k[0][0].shape[1]
+
+  def dense(self) -> tuple[jax.Array, jax.Array]:
+    """k, v as [layers, batch, capacity, kv_heads, head_dim] (a copy; for tests and debugging)."""
+    join = lambda groups: jnp.concatenate(
+        [jnp.concatenate(blocks, axis=2) for blocks in groups], axis=0)
+    return join(self.k), join(self.v)
 
 
-def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int,
-               dtype=None) -> KVCache:
+def block_sizes(capacity: int, block_size: int = BLOCK_SIZE) -> tuple[int, ...]:
+  """Sizes of the blocks covering `capacity` positions (the last one may be shorter)."""
+  full, rest = divmod(int(capacity), int(block_size))
+  return (block_size,) * full + ((rest,) if rest else ())
+
+
+def layer_groups(cfg: DecoderConfig) -> tuple[int, ...]:
+  """Layers per group: all of them for a scanned decoder, else one per layer."""
+  return (cfg.num_layers,) if cfg.scan_layers else (1,) * cfg.num_layers
+
+
+def _block_shapes(cfg: DecoderConfig, batch_size: int, capacity: int, block_size: int):
+  return tuple(tuple((layers, batch_size, size, cfg.num_kv_heads, cfg.head_dim)
+                     for size in block_sizes(capacity, block_size))
+               for layers in layer_groups(cfg))
+
+
+def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None,
+               block_size: int = BLOCK_SIZE) -> KVCache:
   """An empty cache; `dtype` defaults to the model's compute dtype."""
-  shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
   dtype = dtype or cfg.compute_dtype
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                 lengths=jnp.zeros((batch_size,), jnp.int32))
+  shapes = _block_shapes(cfg, batch_size, capacity, block_size)
+  zeros = lambda: tuple(tuple(jnp.zeros(s, dtype) for s in group) for group in shapes)
+  return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch_size,), jnp.int32))
 
 
-def cache_shardings(mesh, cfg: DecoderConfig, batch_size: int, capacity: int) -> KVCache:
+def cache_shardings(mesh, cfg: DecoderConfig, batch_size: int, capacity: int,
+                    block_size: int = BLOCK_SIZE) -> KVCache:
   """NamedShardings for a cache of this size under the default rules."""
   from rag_r1_jax import sharding  # local import: sharding is a leaf module
 
-  shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
-  kv = sharding.named_sharding(mesh, CACHE_AXES, shape)
+  kv = tuple(tuple(sharding.named_sharding(mesh, CACHE_AXES, s) for s in group)
+             for group in _block_shapes(cfg, batch_size, capacity, block_size))
   return KVCache(k=kv, v=kv, lengths=sharding.named_sharding(mesh, ("batch",), (batch_size,)))
+
+
+def write(blocks: Blocks, layer, indices: jax.Array, values: jax.Array) -> Blocks:
+  """Stores values [batch, chunk, kv, d] at cache indices [batch, chunk] of `layer` (in group).
+
+  An index at or past the capacity is dropped (the chunk padding, a full row).
+  """
+  rows = jnp.arange(indices.shape[0])[:, None]
+  out, start = [], 0
+  for block in blocks:
+    size = block.shape[2]
+    local = indices - start
+    local = jnp.where((local >= 0) & (local < size), local, size)  # size: dropped
+    out.append(block.at[layer, rows, local].set(values.astype(block.dtype), mode="drop"))
+    start += size
+  return tuple(out)
 
 
 def chunk_write_indices(lengths: jax.Array, chunk_lengths: jax.Array, chunk_size: int,

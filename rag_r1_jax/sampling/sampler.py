@@ -34,7 +34,7 @@ MIN_BUCKET = 16
 
 @flax.struct.dataclass
 class SamplerState:
-  cache: kvc.KVCache  # k, v [layers, batch, capacity, kv_heads, head_dim]; lengths [batch]
+  cache: kvc.KVCache  # k, v: blocks [layers, batch, block, kv_heads, head_dim]; lengths [batch]
   tokens: jax.Array  # [batch, capacity] int32: every token of the row, at its cache index
   logprobs: jax.Array  # [batch, capacity] float32: policy log-prob of generated tokens, else 0
   generated: jax.Array  # [batch, capacity] bool: True where the policy sampled the token
@@ -67,9 +67,11 @@ class Sampler:
 
   def __init__(self, model: Decoder, tokenizer, *, capacity: int,
                stop_strings_: Sequence[str] = ("</search>", "</answer>"),
-               eos_token_ids: Sequence[int] = (), mesh: Mesh | None = None):
+               eos_token_ids: Sequence[int] = (), mesh: Mesh | None = None,
+               block_size: int = kvc.BLOCK_SIZE):
     self.cfg = model.cfg
     self.capacity = int(capacity)
+    self.block_size = int(block_size)  # cache positions per block (attention granularity)
     self.graphdef, self.params = nnx.split(model)
     self.mesh = mesh
     self.stop_strings = tuple(stop_strings_)
@@ -95,7 +97,7 @@ class Sampler:
 
   def init(self, batch_size: int, rng: jax.Array) -> SamplerState:
     """An empty state: every row IDLE at length 0."""
-    cache = kvc.init_cache(self.cfg, batch_size, self.capacity)
+    cache = kvc.init_cache(self.cfg, batch_size, self.capacity, block_size=self.block_size)
     state = SamplerState(
         cache=cache,
         tokens=jnp.zeros((batch_size, self.capacity), jnp.int32),
@@ -221,7 +223,8 @@ class Sampler:
 
   def _replicate_impl(self, state: SamplerState, rng, n: int) -> SamplerState:
     rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
-    cache = kvc.KVCache(k=rep(state.cache.k, 1), v=rep(state.cache.v, 1),
+    by_batch = lambda blocks: jax.tree.map(lambda a: rep(a, 1), blocks)  # [layers, batch, ..]
+    cache = kvc.KVCache(k=by_batch(state.cache.k), v=by_batch(state.cache.v),
                         lengths=rep(state.cache.lengths))
     fields = {f: rep(getattr(state, f)) for f in (
         "tokens", "logprobs", "generated", "next_logits", "status", "stop_index", "stop_states",
@@ -239,7 +242,7 @@ class Sampler:
     by_row = lambda *shape: sharding.named_sharding(mesh, ("batch",) + (None,) * len(shape),
                                                     (batch,) + shape)
     return SamplerState(
-        cache=kvc.cache_shardings(mesh, self.cfg, batch, self.capacity),
+        cache=kvc.cache_shardings(mesh, self.cfg, batch, self.capacity, self.block_size),
         tokens=by_row(self.capacity), logprobs=by_row(self.capacity),
         generated=by_row(self.capacity), next_logits=by_row(self.cfg.vocab_size),
         status=by_row(), stop_index=by_row(), stop_states=by_row(len(self.stop_strings)),

@@ -25,11 +25,16 @@ def _full_logits(model, row_tokens):
   return np.asarray(logits[0])
 
 
+# Block sizes: one block for the whole cache; several with a shorter last one.
+BLOCKS = [kv_cache.BLOCK_SIZE, 5]
+
+
 @pytest.mark.parametrize("scan", [False, True])
-def test_prefill_then_token_by_token(scan):
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_prefill_then_token_by_token(scan, block_size):
   model = _model(scan)
   tokens = np.random.RandomState(0).randint(0, 61, (2, 14))
-  cache = kv_cache.init_cache(model.cfg, 2, 32)
+  cache = kv_cache.init_cache(model.cfg, 2, 32, block_size=block_size)
   prefill, cache = model(jnp.asarray(tokens[:, :6]), cache=cache)
   steps = [np.asarray(prefill)]
   for t in range(6, 14):
@@ -42,14 +47,15 @@ def test_prefill_then_token_by_token(scan):
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_chunks_of_different_lengths_per_row(scan):
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_chunks_of_different_lengths_per_row(scan, block_size):
   """Row 0 and row 1 grow by different amounts each call, like a paused/resumed rollout."""
   model = _model(scan)
   rng = np.random.RandomState(1)
   rows = [rng.randint(0, 61, 17), rng.randint(0, 61, 15), rng.randint(0, 61, 11)]
   # chunk lengths per call per row (0 = the row gets nothing this call)
   schedule = [[5, 8, 3], [4, 0, 6], [1, 1, 1], [7, 6, 0], [0, 0, 1]]
-  cache = kv_cache.init_cache(model.cfg, 3, 24)
+  cache = kv_cache.init_cache(model.cfg, 3, 24, block_size=block_size)
   got = [[] for _ in rows]
   offsets = [0, 0, 0]
   for lengths in schedule:
@@ -78,12 +84,30 @@ def test_logits_at_selects_last_valid_position():
   np.testing.assert_allclose(np.asarray(last[1]), _full_logits(model, tokens[1, :4])[-1], atol=2e-5)
 
 
-def test_chunk_past_capacity_is_dropped_not_wrapped():
+@pytest.mark.parametrize("block_size", [kv_cache.BLOCK_SIZE, 3])
+def test_chunk_past_capacity_is_dropped_not_wrapped(block_size):
   model = _model(False)
-  cache = kv_cache.init_cache(model.cfg, 1, 8)
+  cache = kv_cache.init_cache(model.cfg, 1, 8, block_size=block_size)
   tokens = jnp.asarray(np.arange(12)[None] % 61, jnp.int32)
   _, cache = model(tokens[:, :6], cache=cache)
-  before = np.asarray(cache.k[:, :, :6])
+  before = np.asarray(cache.dense()[0][:, :, :6])
   _, cache = model(tokens[:, 6:], cache=cache)  # 6 more tokens, only 2 slots left
   np.testing.assert_array_equal(np.asarray(cache.lengths), [8])
-  np.testing.assert_array_equal(np.asarray(cache.k[:, :, :6]), before)
+  np.testing.assert_array_equal(np.asarray(cache.dense()[0][:, :, :6]), before)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_block_layout(scan):
+  """Blocks of 3 positions over a capacity of 8; token j of row b sits at cache index j."""
+  model = _model(scan)
+  cache = kv_cache.init_cache(model.cfg, 2, 8, block_size=3)
+  groups = (2,) if scan else (1, 1)
+  assert [[b.shape for b in g] for g in cache.k] == [
+      [(n, 2, size, 2, 12) for size in (3, 3, 2)] for n in groups]
+  assert cache.capacity == 8 and cache.batch_size == 2
+  tokens = jnp.asarray(np.random.RandomState(4).randint(0, 61, (2, 7)), jnp.int32)
+  _, cache = model(tokens, cache=cache, chunk_lengths=jnp.asarray([7, 2], jnp.int32))
+  k, v = cache.dense()
+  assert k.shape == v.shape == (2, 2, 8, 2, 12)
+  written = np.abs(np.asarray(k)).sum(axis=(0, 3, 4)) > 0  # [batch, capacity]
+  np.testing.assert_array_equal(written, [[1] * 7 + [0], [1, 1] + [0] * 6])

@@ -75,12 +75,13 @@ def test_params_sharded_by_rules_and_forward_unchanged(shape, scan):
 def test_cache_sharded_by_rules_and_decode_unchanged(shape):
   mesh = _mesh(*shape)
   model = params.init_on_mesh(CFG, mesh, seed=1)
-  shardings = kv_cache.cache_shardings(mesh, CFG, batch_size=8, capacity=16)
+  shardings = kv_cache.cache_shardings(mesh, CFG, batch_size=8, capacity=16, block_size=8)
   batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
   batch_spec = batch_axes if len(batch_axes) > 1 else (batch_axes[0] if batch_axes else None)
   tensor_spec = "tensor" if mesh.shape["tensor"] > 1 else None
-  assert shardings.k.spec == P(None, batch_spec, None, tensor_spec, None)
-  cache = jax.device_put(kv_cache.init_cache(CFG, 8, 16), shardings)
+  for block in jax.tree.leaves(shardings.k):
+    assert block.spec == P(None, batch_spec, None, tensor_spec, None)
+  cache = jax.device_put(kv_cache.init_cache(CFG, 8, 16, block_size=8), shardings)
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -92,7 +93,9 @@ def test_cache_sharded_by_rules_and_decode_unchanged(shape):
   lengths = jnp.asarray([5, 3, 1, 4, 5, 2, 5, 1], jnp.int32)
   with jax.set_mesh(mesh):
     logits, new_cache = step(state, tokens, lengths, cache)
-  assert new_cache.k.sharding.is_equivalent_to(shardings.k, 5)
+  for block, want in zip(jax.tree.leaves((new_cache.k, new_cache.v)),
+                         jax.tree.leaves((shardings.k, shardings.v))):
+    assert block.sharding.is_equivalent_to(want, 5)
   np.testing.assert_array_equal(np.asarray(new_cache.lengths), np.asarray(lengths))
   full, _ = model(tokens)
   for r, n in enumerate(np.asarray(lengths)):
