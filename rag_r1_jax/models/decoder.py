@@ -84,7 +84,7 @@ class Decoder(nnx.Module):
   def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None, cache: kvc.KVCache | None = None,
                chunk_lengths: jax.Array | None = None, logits_at: jax.Array | None = None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, head: jax.Array | None = None):
     """Runs the decoder.
 
     Args:
@@ -95,6 +95,7 @@ class Decoder(nnx.Module):
       chunk_lengths: [batch] int32 valid tokens per row of the chunk (cache mode; default seq).
       logits_at: [batch] int32; if given, only the logits at these chunk indices: [batch, vocab].
       return_hidden: also return the final normed hidden states [batch, seq, hidden].
+      head: `output_head()` computed once by the caller (a decode loop hoists it).
 
     Returns:
       (logits, new_cache), plus hidden states if `return_hidden`. new_cache is None without one.
@@ -150,17 +151,18 @@ class Decoder(nnx.Module):
     hidden = x
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]
-    logits = self.logits(x)
+    logits = self.logits(x, head)
     if return_hidden:
       return logits, new_cache, hidden
     return logits, new_cache
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
+  def output_head(self) -> jax.Array:
+    """The output projection [hidden, vocab]: lm_head, or the tied embedding transposed."""
+    return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+
+  def logits(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
     """Projects hidden states [..., hidden] to float32 logits [..., vocab]."""
-    if self.cfg.tie_word_embeddings:
-      head = self.embed[...].T
-    else:
-      head = self.lm_head[...]
+    head = self.output_head() if head is None else head
     dt = self.cfg.compute_dtype
     return jnp.dot(hidden.astype(dt), head.astype(dt),
                    preferred_element_type=jnp.float32).astype(jnp.float32)

@@ -1,0 +1,51 @@
+"""Greedy token choice and log-probs: equal to jnp.argmax and log_softmax, NaN and inf rows too."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rag_r1_jax.sampling import sampling_fns
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
+
+
+def _reference(logits):
+  tokens = np.asarray(jnp.argmax(logits, axis=-1))
+  logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+  return tokens, logp[np.arange(len(tokens)), tokens]
+
+
+def test_greedy_equals_argmax_and_log_softmax():
+  logits = np.random.RandomState(0).normal(0, 3, (16, 3001)).astype(np.float32)
+  logits[2, [7, 900]] = logits[2].max() + 1.0  # a tie: the first index wins
+  tokens, logprobs = jax.jit(sampling_fns.greedy)(jnp.asarray(logits))
+  want_tokens, want_logprobs = _reference(logits)
+  assert tokens.dtype == jnp.int32 and tokens[2] == 7
+  np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+  np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("column", [0, 1234, 2999])
+def test_greedy_rows_with_non_finite_logits_match_argmax(bad, column):
+  logits = np.random.RandomState(1).normal(0, 3, (4, 3000)).astype(np.float32)
+  logits[1, column] = bad
+  logits[3, [5, column]] = bad
+  tokens, logprobs = jax.jit(sampling_fns.greedy)(jnp.asarray(logits))
+  want_tokens, want_logprobs = _reference(logits)
+  np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+  np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
+
+
+def test_sampled_tokens_carry_their_policy_logprob():
+  logits = jnp.asarray(np.random.RandomState(2).normal(0, 2, (64, 50)).astype(np.float32))
+  params = SamplingParams(temperature=0.7, top_k=10, top_p=0.9)
+  fn = jax.jit(lambda l, k: sampling_fns.sample_with_logprob(l, k, params))
+  tokens, logprobs = fn(logits, jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(tokens),
+                                np.asarray(sampling_fns.sample(logits, jax.random.key(3), params)))
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # the unmodified policy
+  np.testing.assert_allclose(np.asarray(logprobs), logp[np.arange(64), np.asarray(tokens)],
+                             atol=1e-5, rtol=0)
+  top10 = np.argsort(-np.asarray(logits), axis=-1)[:, :10]
+  assert all(t in row for t, row in zip(np.asarray(tokens), top10))
