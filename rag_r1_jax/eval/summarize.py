@@ -34,10 +34,10 @@ METRICS = {
     "rounds": ("search rounds / question", "2f"),
     "queries_per_round": ("queries / round", "2f"),
     "generated_tokens": ("generated tokens / question", "1f"),
-    "seconds": ("seconds / question", "2f"),
-    "decode_seconds": ("- decode", "2f"),
-    "retrieval_seconds": ("- retrieval", "2f"),
-    "other_seconds": ("- other", "2f"),
+    "seconds": ("seconds / question", "4f"),
+    "decode_seconds": ("- decode", "4f"),
+    "retrieval_seconds": ("- retrieval", "4f"),
+    "other_seconds": ("- other", "4f"),
     "questions": ("questions", "int"),
 }
 
