@@ -116,10 +116,11 @@ def cut_subsamples(segments: Sequence[Segment]) -> list[tuple[list[Segment], Seg
 def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Segment]]]:
   """`count` (user text, segments) drills: repeat a list of world names and numbers in order.
 
-  A model trained from scratch learns to copy (an induction circuit) from dense copy targets
-  within a few hundred steps, but hardly at all from the few copied tokens of a search
-  trajectory; mixed into SFT, the drills give the tiny default model that ability. Items are
-  fresh combinations of the world's name words and numbers in its ranges.
+  Dense copy targets for a model trained from scratch, which otherwise sees only a few copied
+  tokens per search trajectory. Measured on the default world (issue 7 notes): with 8 fresh
+  train draws and 8,000 drills, copying of entity names emerged within 1,156 SFT steps; the
+  drills themselves stay hard for the tiny model (about 2-4 nats on many items). Items are
+  fresh combinations of the world's name words, and numbers in (wider than) its value ranges.
   """
   if not world.name_pools:
     raise ValueError("copy drills need a world built by make_world (it has no name pools)")

@@ -35,8 +35,9 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   kept, total, draws_used = [], 0, config.sft.world_draws > 0
   for draw in range(config.sft.world_draws + 1):
     # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
-    # searched exactly over their own passages (the teacher keeps only trajectories whose
-    # observation holds every needed fact, so the texts match what the engine would insert).
+    # searched exactly over their own passages. The teacher keeps only trajectories whose
+    # observation holds every needed fact, so with topk=1 (the default) the observation text
+    # is what the engine would insert; with more documents the others come from the draw.
     world = synthetic_world.train_draw(ws.world, draw)
     retriever = ws.retriever if draw == 0 else ExactRetriever(world.passages)
     questions = world.split_questions("train")
