@@ -31,8 +31,8 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "", "n", "r", "l", "s")
 _CITY_KINDS = ("Falls", "Bay", "Hill", "Harbor", "Springs")
-# Attribute values lie on coarse grids: each value is then one frequent token, so a model
-# trained from scratch sees every value often enough to learn to copy and compare it.
+# Attribute values lie on coarse grids so that each value is one frequent token (a model
+# trained from scratch still copies numbers far worse than names: see copy_probe.py).
 BIRTH_YEARS = tuple(range(1900, 1970, 5))
 HEIGHTS_CM = tuple(range(150, 200, 3))
 FOUNDING_DELAYS = (25, 30, 35, 40)
