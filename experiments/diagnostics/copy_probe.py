@@ -1,7 +1,7 @@
 """Does a synthetic-world policy copy? Per-token loss on the teacher's test trajectories.
 
 For a finished run of configs/rag_r1.py, teacher-forces the exported policy (`<run>/<stage>/model`,
-read with transformers) on the programmatic teacher's trajectories for test questions (entities
+loaded as the run loads it, scored with the training code's `token_logprobs`) on the programmatic teacher's trajectories for test questions (entities
 the policy never trained on) and prints the mean loss of the trained tokens by question kind and
 by token class: entity-name words and numbers (which the policy can only get right by copying
 them from the question or a retrieved passage) and everything else (format). A policy that has
@@ -21,13 +21,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
 
+from rag_r1_jax import sharding  # noqa: E402
 from rag_r1_jax.data import prompts, synthetic_world, teacher  # noqa: E402
+from rag_r1_jax.models import factory, hf_checkpoint  # noqa: E402
 from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
-from rag_r1_jax.training import sft_data  # noqa: E402
+from rag_r1_jax.training import logprobs, sft_data  # noqa: E402
 
 
 def token_classes(tokenizer, world: synthetic_world.World) -> dict[int, str]:
@@ -65,11 +68,13 @@ def main() -> None:
   parser.add_argument("--world_entities", type=int, default=240)
   args = parser.parse_args()
 
-  tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(args.run_dir, "tokenizer"))
+  tokenizer = factory.load_tokenizer(os.path.join(args.run_dir, "tokenizer"))
   model_dir = os.path.join(args.run_dir, args.stage, "model")
   if not os.path.isfile(os.path.join(model_dir, "config.json")):
     raise SystemExit(f"no exported policy at {model_dir}: did the {args.stage} stage finish?")
-  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
+  model, _ = hf_checkpoint.load_hf(model_dir, mesh)
+  score = nnx.jit(logprobs.token_logprobs)
   world = synthetic_world.make_world(args.world_seed, args.world_entities)
   classes = token_classes(tokenizer, world)
   questions = world.split_questions("test")
@@ -86,10 +91,10 @@ def main() -> None:
                                                                          variant))
     example = sft_data.encode_segments(tokenizer, prompt, segments,
                                        [s.role == "policy" for s in segments])
-    ids = torch.as_tensor(np.asarray(example.tokens, np.int64))[None]
-    with torch.no_grad():
-      logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    nll = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0].numpy()  # loss of token t+1
+    tokens = np.asarray(example.tokens, np.int32)[None]  # [1, seq]
+    batch = {"tokens": tokens, "positions": np.arange(tokens.shape[1], dtype=np.int32)[None],
+             "attention_mask": np.ones_like(tokens)}
+    nll = -np.asarray(score(model, batch)[0])[0, 1:]  # [seq - 1]: loss of token t+1
     trained = np.asarray(example.loss_mask[1:]) > 0
     targets = np.asarray(example.tokens[1:])
     by_kind[question.kind].append(float(nll[trained].mean()))
@@ -101,7 +106,7 @@ def main() -> None:
     print(f"  kind {kind:<11} {np.mean(losses):.3f}  ({len(losses)} trajectories)")
   for name, losses in sorted(by_class.items()):
     print(f"  class {name:<10} {np.mean(losses):.3f}  ({len(losses)} tokens)")
-  embed = model.get_input_embeddings().weight.detach().numpy()
+  embed = np.asarray(model.embed[...])
   for name in ("name", "number"):
     ids = [i for i, c in classes.items() if c == name]
     print(f"  {name} embeddings: mean pairwise cosine {mean_cosine(embed[ids]):.3f} "

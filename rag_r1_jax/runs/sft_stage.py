@@ -32,7 +32,7 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   truncate = observation.token_truncate(
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
-  kept, total, draws_used = [], 0, config.sft.world_draws > 0
+  kept, total = [], 0
   for draw in range(config.sft.world_draws + 1):
     # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
     # searched exactly over their own passages. The teacher keeps only trajectories whose
@@ -47,7 +47,8 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     kept += [(prompts.build_prompt(q.question, ws.prompt_variant), t)
              for q, t in zip(questions, trajectories) if t is not None]
     total += len(questions)
-  draws = f" over {config.sft.world_draws + 1} draws of the train split" if draws_used else ""
+  draws = (f" over {config.sft.world_draws + 1} draws of the train split"
+           if config.sft.world_draws else "")
   print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
         f"(the rest lost a fact in retrieval)", flush=True)
   if config.sft.copy_drills:
