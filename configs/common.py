@@ -91,6 +91,7 @@ def base_config() -> config_dict.ConfigDict:
   c.rollout.max_query_chars = 512
   c.rollout.max_turn_tokens = 500
   c.rollout.max_obs_length = 1000
+  c.rollout.mq_json_indent = 2  # RAG-R1's indented JSON observation; 0 writes it on one line
   c.rollout.max_total_length = 4096
 
   c.sampling = config_dict.ConfigDict()

@@ -51,6 +51,9 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.rollout.max_turn_tokens = 64
   config.rollout.max_obs_length = 160
   config.rollout.max_total_length = 512
+  # The mq observation's JSON on one line: the same object as RAG-R1's indented one, ~20 fewer
+  # tokens per search for a model whose whole trajectory is ~200 tokens.
+  config.rollout.mq_json_indent = 0
 
   # SFT over the teacher's trajectories on the world's train split plus 8 fresh draws of it
   # (new names and facts) and list-copying drills: a from-scratch model must learn to copy

@@ -37,6 +37,9 @@ BIRTH_YEARS = tuple(range(1900, 1970, 5))
 HEIGHTS_CM = tuple(range(150, 200, 3))
 FOUNDING_DELAYS = (25, 30, 35, 40)
 POPULATIONS_K = tuple(range(100, 1000, 25))
+# Every number a world fact can state (birth and founding years, heights, populations).
+FACT_NUMBERS = tuple(sorted({*BIRTH_YEARS, *HEIGHTS_CM, *POPULATIONS_K,
+                             *(y + d for y in BIRTH_YEARS for d in FOUNDING_DELAYS)}))
 _COMPANY_KINDS = ("Labs", "Works", "Group", "Motors", "Foods")
 
 

@@ -48,7 +48,7 @@ CHAT_TEMPLATE = (
 
 
 def training_texts(world: synthetic_world.World, extra_texts: Iterable[str] = (),
-                   extra_weight: int = 50, topk: int = 3) -> list[str]:
+                   extra_weight: int = 50, topk: int = 3, json_indent: int = 2) -> list[str]:
   """The BPE's texts: what the model reads and writes for train questions, plus extra texts.
 
   Extra texts (the prompts, which open every sample) count `extra_weight` times, so that their
@@ -61,7 +61,8 @@ def training_texts(world: synthetic_world.World, extra_texts: Iterable[str] = ()
   texts += [a for q in train for a in q.golden_answers]
   retriever = ExactRetriever(world.passages)
   for mode in ("sq", "mq"):
-    for segments in teacher.teacher_trajectories(world, train, retriever, mode=mode, topk=topk):
+    for segments in teacher.teacher_trajectories(world, train, retriever, mode=mode, topk=topk,
+                                                 json_indent=json_indent):
       if segments is not None:
         texts.append(teacher.trajectory_text(segments))
   texts += [observation.INVALID_ACTION_TEXT, observation.BUDGET_EXHAUSTED_TEXT,
@@ -95,14 +96,15 @@ def train_bpe(texts: Sequence[str], vocab_size: int,
 
 def build_world_tokenizer(world: synthetic_world.World, out_dir: str, *,
                           extra_texts: Iterable[str] = (), extra_weight: int = 50,
-                          vocab_size: int = 3072,
-                          min_frequency: int = 2) -> transformers.PreTrainedTokenizerFast:
+                          vocab_size: int = 3072, min_frequency: int = 2,
+                          json_indent: int = 2) -> transformers.PreTrainedTokenizerFast:
   """Trains the world's tokenizer, saves it to out_dir and returns it loaded from there.
 
   `AutoTokenizer.from_pretrained(out_dir)` loads it offline. The vocabulary holds at most
   `vocab_size` entries (fewer when the texts run out of merges).
   """
-  tok = train_bpe(training_texts(world, extra_texts, extra_weight), vocab_size, min_frequency)
+  texts = training_texts(world, extra_texts, extra_weight, json_indent=json_indent)
+  tok = train_bpe(texts, vocab_size, min_frequency)
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
       extra_special_tokens=[USER, ASSISTANT], clean_up_tokenization_spaces=False,

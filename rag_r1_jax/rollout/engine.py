@@ -35,6 +35,7 @@ class RolloutSettings:
   max_turn_tokens: int = 500
   max_obs_length: int = 1000
   topk: int = 3
+  mq_json_indent: int = 2  # the mq observation's JSON indent; 0: one line
 
   @classmethod
   def from_config(cls, config) -> "RolloutSettings":
@@ -42,7 +43,8 @@ class RolloutSettings:
     return cls(mode=r.mode, max_turns=r.max_turns,
                max_queries_per_call=r.max_queries_per_call if r.mode == "mq" else 1,
                max_query_chars=r.max_query_chars, max_turn_tokens=r.max_turn_tokens,
-               max_obs_length=r.max_obs_length, topk=config.retrieval.topk)
+               max_obs_length=r.max_obs_length, topk=config.retrieval.topk,
+               mq_json_indent=r.mq_json_indent)
 
 
 @dataclasses.dataclass
@@ -202,7 +204,8 @@ class RolloutEngine:
       docs = [by_query[q] for q in queries]
       observations[b] = observation.information_block(
           queries, docs, self.settings.mode, self._truncate, self.settings.max_obs_length,
-          note=observations.get(b))  # a problem note of a search that still ran
+          note=observations.get(b),  # a problem note of a search that still ran
+          json_indent=self.settings.mq_json_indent)
 
   def _observation_chunks(self, rows: list[_Row], host, observations: dict[int, str]):
     """Token chunks to append; a row whose observation no longer fits ends with 'length'."""

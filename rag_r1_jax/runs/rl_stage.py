@@ -99,7 +99,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     metrics.update(update_metrics)
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
     metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
-                   update_seconds=update_seconds,
+                   update_seconds=update_seconds, sequence_width=float(rollout.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     writer.write(step + 1, metrics)
     bar.update(1)

@@ -43,7 +43,8 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     questions = world.split_questions("train")
     trajectories = teacher.teacher_trajectories(
         world, questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
-        truncate=truncate, max_obs_length=config.rollout.max_obs_length)
+        truncate=truncate, max_obs_length=config.rollout.max_obs_length,
+        json_indent=config.rollout.mq_json_indent)
     kept += [(prompts.build_prompt(q.question, ws.prompt_variant), t)
              for q, t in zip(questions, trajectories) if t is not None]
     total += len(questions)

@@ -94,7 +94,8 @@ class Workspace:
       if os.path.isfile(os.path.join(out, "tokenizer.json")):
         return factory.load_tokenizer(out)
       return world_tokenizer.build_world_tokenizer(
-          self.world, out, extra_texts=list(prompts.TEMPLATES.values()))
+          self.world, out, extra_texts=list(prompts.TEMPLATES.values()),
+          json_indent=self.config.rollout.mq_json_indent)
     path = self.config.tokenizer.path or self._checkpoint_dir()
     return factory.load_tokenizer(resolve_path(path))
 

@@ -120,6 +120,6 @@ def test_copy_drills(world):
     items = listed.split(", ")
     assert 2 <= len(items) <= 8
     for item in items:
-      assert item.isdigit() or set(item.split(" ")) <= words, item
+      assert (item.isdigit() and int(item) in sw.FACT_NUMBERS) or set(item.split(" ")) <= words, item
   with pytest.raises(ValueError, match="name pools"):
     teacher.copy_drills(sw.World(0, (), (), ()), 1, seed=0)

@@ -56,6 +56,20 @@ def test_information_block_mq_exact_json():
       "documents": [observation.format_docs_mq([D1]), observation.format_docs_mq([D3, D2])]}
 
 
+def test_information_block_mq_one_line_json():
+  text = observation.information_block(["Abelo Kanti", "Caf\u00e9"], [[D1], [D3, D2]], "mq",
+                                       None, 1000, json_indent=0)
+  assert text == (
+      '\n\n<information>{"query": ["Abelo Kanti", "Caf\u00e9"], "documents": '
+      '["Doc 1: \\"Abelo Kanti\\"\\nAbelo Kanti was born in 1931.", '
+      '"Doc 1: \\"Caf\u00e9 \u00c9lan\\"\\nA \\"quoted\\" caf\u00e9.\\nDoc 2: \\"Vormsa\\"\\n'
+      'Vormsa is a city."]}</information>\n\n')
+  indented = observation.information_block(["Abelo Kanti", "Caf\u00e9"], [[D1], [D3, D2]], "mq",
+                                           None, 1000)
+  strip = lambda t: json.loads(t[len("\n\n<information>"):-len("</information>\n\n")])  # noqa: E731
+  assert strip(text) == strip(indented)
+
+
 def test_truncation_is_per_query():
   body = observation.information_body(["a", "b"], [[D1], [D2]], "mq", _words, 3)
   assert json.loads(body)["documents"] == ['Doc 1: "Abelo', 'Doc 1: "Vormsa"\nVormsa']
