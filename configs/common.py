@@ -148,6 +148,11 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.weight_decay = 0.01
   c.rl.microbatches = 1
   c.rl.max_nonfinite_steps = 5
+  # Synthetic world only: 0 rolls out the run's own train questions; N > 0 the questions of
+  # synthetic_world.train_draw(world, N), searched over that draw's passages plus the world's
+  # distractors. With N > sft.world_draws no entity was seen in SFT, so reward comes from
+  # using what retrieval returns, never from recalling a memorised fact.
+  c.rl.world_draw = 0
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 50

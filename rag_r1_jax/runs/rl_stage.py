@@ -1,6 +1,7 @@
 """Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
 
-Each step: draw `rl.batch_size` questions, roll out `rl.group_size` samples of each, reward
+Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
+draw of the synthetic world searched over its own passages), roll out `rl.group_size` samples of each, reward
 the policy's final answers, run the update, log, and checkpoint every `checkpoint.every_steps`
 (state, PRNG keys, data-iterator position). A restarted run resumes from the latest complete
 checkpoint and replays exactly. The final policy is exported as a HF directory (rl/model).
@@ -66,7 +67,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     print("rl: no SFT policy found; starting from the configured model", flush=True)
     model = ws.initial_model()
   state = train_state.create_rl_state(model, config)
-  rows = ws.train_rows()
+  rows = ws.rl_rows()
   iterator = BatchIterator(rows, rl.batch_size, seed=config.seed)
   manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
@@ -74,7 +75,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     state, meta = manager.restore(train_state.abstract(state), start)
     iterator.set_state(meta["data"])
     print(f"rl: resumed from step {start}", flush=True)
-  engine = ws.engine(state.model())
+  engine = ws.engine(state.model(), ws.rl_retriever)
   sampling = SamplingParams.from_config(config.sampling)
   # Rows of steps after the checkpoint (written before a crash) are dropped; 0 starts afresh.
   writer = MetricsWriter(workdir, "rl", start_step=start + 1 if start else 0, total_steps=rl.steps)

@@ -68,6 +68,30 @@ class Workspace:
       rows.extend(dict(r) for r in source)
     return rows
 
+  @functools.cached_property
+  def rl_world(self) -> synthetic_world.World | None:
+    """The synthetic world whose train questions RL uses (rl.world_draw), else None."""
+    if self.config.data.source != "synthetic_world" or not self.config.rl.world_draw:
+      return None
+    return synthetic_world.train_draw(self.world, self.config.rl.world_draw)
+
+  def rl_rows(self) -> list[dict]:
+    """RL training questions: train_rows(), or those of the rl.world_draw draw."""
+    if self.rl_world is None:
+      return self.train_rows()
+    return [q.row() for q in self.rl_world.split_questions("train")]
+
+  @functools.cached_property
+  def rl_retriever(self) -> Retriever:
+    """The retriever RL searches: the run's, or one over the RL draw's passages (same backend)
+    plus the world's distractor passages."""
+    if self.rl_world is None:
+      return self.retriever
+    distractors = {e.name for e in self.world.entities if e.split == "distractor"}
+    documents = list(self.rl_world.passages) + [p for p in self.world.passages
+                                                if p.title in distractors]
+    return self._build_retriever(documents)
+
   def eval_datasets(self) -> dict[str, list[dict]]:
     if self.config.data.source == "wiki_extracts":
       from rag_r1_jax.data import wiki_questions
@@ -101,11 +125,14 @@ class Workspace:
 
   @functools.cached_property
   def retriever(self) -> Retriever:
+    return self._build_retriever(self.documents())
+
+  def _build_retriever(self, documents: Sequence[Document] | None) -> Retriever:
     cfg = self.config.retrieval.copy_and_resolve_references()
     with cfg.unlocked():
       for field in ("encoder_path", "corpus_path", "index_path"):
         cfg[field] = resolve_path(cfg[field]) if cfg[field] else ""
-    return retrieval_factory.build_retriever(cfg, documents=self.documents(), mesh=None)
+    return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None)
 
   def _checkpoint_dir(self) -> str:
     model_config = self.config.model.copy_and_resolve_references()
@@ -164,10 +191,11 @@ class Workspace:
     ids.update(eos if isinstance(eos, tuple) else [eos])
     return sorted(i for i in ids if i is not None)
 
-  def engine(self, model: Decoder) -> RolloutEngine:
+  def engine(self, model: Decoder, retriever: Retriever | None = None) -> RolloutEngine:
+    """A rollout engine for `model` searching `retriever` (default: the run's)."""
     sampler = Sampler(model, self.tokenizer, capacity=self.config.rollout.max_total_length,
                       eos_token_ids=self.eos_token_ids(model), mesh=self.mesh)
-    return RolloutEngine(sampler, self.tokenizer, self.retriever,
+    return RolloutEngine(sampler, self.tokenizer, retriever or self.retriever,
                          RolloutSettings.from_config(self.config))
 
   def prompt_texts(self, rows: Sequence[dict]) -> list[str]:

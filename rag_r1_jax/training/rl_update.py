@@ -8,6 +8,9 @@ right-padded arrays (numpy or JAX):
 B must be a multiple of rl.mini_batch_size x rl.group_size (the minibatch rows). Old
 log-probs (and reference log-probs, critic values) are recomputed by forward passes in
 chunks of minibatch rows before any update; advantages are computed over the whole batch.
+When the batch is ONE GRPO update without a reference (one epoch, one minibatch, kl_coef 0),
+the old policy is the policy being updated: the update uses its own detached log-probs as the
+old ones and no scoring pass runs (a quarter of the update's compute on the default config).
 Every minibatch has the same static shape, so the step compiles once per sequence length.
 
 The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
@@ -80,6 +83,12 @@ def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+def single_on_policy_update(hp: RLHparams, rows: int) -> bool:
+  """Whether a batch of `rows` is one GRPO update that needs no scoring pass (see above)."""
+  return (hp.algorithm == "grpo" and hp.epochs == 1 and rows == hp.mini_batch_rows
+          and hp.kl_coef == 0)
+
+
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return losses.aggregate(x, mask, "token_mean")
 
@@ -95,8 +104,10 @@ def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]
   """Group-normalised token advantages [B, T] and the sampler-mismatch metric."""
   mask = b["loss_mask"]
   adv = adv_lib.grpo_advantages(b["rewards"], mask, group_ids=b["group_ids"], mode=hp.advantage)
-  metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
-                                                      b["sampler_logprobs"]), mask)}
+  metrics = {}
+  if "old_logprobs" in b:  # else the update reports the mismatch (single_on_policy_update)
+    metrics["logprob_mismatch"] = _masked_mean(jnp.abs(b["old_logprobs"] -
+                                                       b["sampler_logprobs"]), mask)
   if "ref_logprobs" in b:
     metrics["kl_ref"] = _masked_mean(
         losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
@@ -161,14 +172,17 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
     raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
   mesh = _mesh(state)
   host = _host_batch(batch, hp.mini_batch_rows)
-  host.update(_score_all(state, host, hp, mesh))
+  size = host["tokens"].shape[0]
+  on_policy = single_on_policy_update(hp, size)
+  if not on_policy:
+    host.update(_score_all(state, host, hp, mesh))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   fields, prep_metrics = prepare(put_rows(host, mesh), hp)
   host.update(jax.device_get(fields))
   step_fn = update.ppo_update if hp.algorithm == "ppo" else update.grpo_update
-  names = ["tokens", "positions", "attention_mask", "loss_mask", "old_logprobs",
+  names = ["tokens", "positions", "attention_mask", "loss_mask",
+           "sampler_logprobs" if on_policy else "old_logprobs",
            *fields] + (["ref_logprobs"] if hp.algorithm == "grpo" and hp.kl_coef > 0 else [])
-  size = host["tokens"].shape[0]
   per_update = []
   for _ in range(hp.epochs):
     rng, key = _split_key(state.rng)

@@ -7,7 +7,9 @@ gradients are not finite is skipped (`skipped` = 1, parameters and optimizer sta
 
 Minibatch fields, all [rows, seq] unless noted (rl_update.py builds them):
   tokens, positions (int32), attention_mask, loss_mask (float32, 1 on generated tokens);
-  old_logprobs: the policy's log-probs before this batch's updates;
+  old_logprobs: the policy's log-probs before this batch's updates (GRPO: absent when the
+    batch is one update, rl_update.single_on_policy_update; the minibatch's own detached
+    log-probs are used, and sampler_logprobs gives the logprob_mismatch metric);
   GRPO: advantages (group-normalised, broadcast over the mask), ref_logprobs (when kl_coef > 0);
   PPO: advantages (GAE, whitened), returns, old_values.
 """
@@ -100,11 +102,16 @@ def grpo_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
   logp, entropy = _logprobs(params, mb, graphdef, hp)
   # Without a reference (kl_coef == 0) the KL term is exactly 0 and no ref pass is needed.
   ref = mb["ref_logprobs"] if hp.kl_coef > 0 else jax.lax.stop_gradient(logp)
-  return losses.grpo_loss(
-      logp, mb["old_logprobs"], ref, mb["advantages"], mb["loss_mask"],
+  old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(logp)
+  loss, metrics = losses.grpo_loss(
+      logp, old, ref, mb["advantages"], mb["loss_mask"],
       clip_low=hp.clip_low, clip_high=hp.clip_high, kl_coef=hp.kl_coef,
       kl_estimator=hp.kl_estimator, entropy=entropy, entropy_coef=hp.entropy_coef,
       agg=hp.loss_agg, norm_length=hp.norm_length)
+  if "old_logprobs" not in mb:
+    metrics["logprob_mismatch"] = losses.aggregate(jnp.abs(old - mb["sampler_logprobs"]),
+                                                   mb["loss_mask"], "token_mean")
+  return loss, metrics
 
 
 def ppo_actor_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
