@@ -2,7 +2,9 @@
 
 Input records (one per question) carry: dataset, id, question, golden_answers, response_text,
 answer (extracted, or None), turns (searches made), queries_per_turn (list, one count per
-search), finish_reason, generated_tokens, decode_seconds, retrieval_seconds, total_seconds.
+search), finish_reason, generated_tokens, decode_seconds, retrieval_seconds, total_seconds
+(the engine's seconds leave out JAX compilation; compile_seconds, when present, is kept in the
+trajectories only).
 `write_run` writes, under a run dir: trajectories.jsonl (every record with its scores),
 summary.json (per-dataset metrics and their unweighted average, the paper's 'avg'),
 results.md (a markdown table in the style of the paper's Table 3) and plots/*.png.

@@ -11,13 +11,13 @@ observation (the fixed observations mention `<answer> and </answer>` themselves)
 """
 
 import dataclasses
-import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_r1_jax import timing
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout import observation, search_call
 from rag_r1_jax.rollout.trajectories import Rollout, RowRecord, build_rollout
@@ -94,44 +94,40 @@ class RolloutEngine:
                        f"which does not fit the sampler's capacity {capacity} "
                        "(config.rollout.max_total_length)")
     settings = sampler_lib.DecodeSettings(sampling, self.settings.max_turn_tokens)
-    start = time.perf_counter()
-    decode_seconds = retrieval_seconds = 0.0
+    # Seconds leave out JAX compilation (a new chunk width, the first call), kept apart.
+    total_watch, decode_watch, retrieval_watch = (timing.Stopwatch() for _ in range(3))
+    with total_watch():
+      rng = jax.random.key(seed)
+      state = self.sampler.init(padded_prompts, rng)
+      chunks = prompt_ids + [None] * (padded_prompts - num_prompts)
+      state = self.sampler.append(state, chunks)
+      state = self.sampler.replicate(state, group_size)
+      batch = padded_prompts * group_size
+      rows = [_Row(len(prompt_ids[b // group_size]) if b // group_size < num_prompts else 0, 0)
+              for b in range(batch)]
+      for b, row in enumerate(rows):
+        row.turn_start = row.prompt_length
+        if b // group_size >= num_prompts:
+          row.finish_reason = "padding"
 
-    rng = jax.random.key(seed)
-    state = self.sampler.init(padded_prompts, rng)
-    chunks = prompt_ids + [None] * (padded_prompts - num_prompts)
-    state = self.sampler.append(state, chunks)
-    state = self.sampler.replicate(state, group_size)
-    batch = padded_prompts * group_size
-    rows = [_Row(len(prompt_ids[b // group_size]) if b // group_size < num_prompts else 0, 0)
-            for b in range(batch)]
-    for b, row in enumerate(rows):
-      row.turn_start = row.prompt_length
-      if b // group_size >= num_prompts:
-        row.finish_reason = "padding"
+      while True:
+        with decode_watch():
+          state = self.sampler.decode(state, settings)
+          host = self.sampler.fetch(state)
+        observations, pending = self._act(rows, host)
+        if pending:
+          with retrieval_watch():
+            self._retrieve_into(observations, pending)
+        chunks = self._observation_chunks(rows, host, observations)
+        if not any(chunks):
+          break
+        with decode_watch():
+          if self.reprefill:
+            state = self._reprefill(state, host, chunks)
+          else:
+            state = self.sampler.append(state, chunks)
 
-    while True:
-      t0 = time.perf_counter()
-      state = self.sampler.decode(state, settings)
       host = self.sampler.fetch(state)
-      decode_seconds += time.perf_counter() - t0
-      observations, pending = self._act(rows, host)
-      if pending:
-        t0 = time.perf_counter()
-        self._retrieve_into(observations, pending)
-        retrieval_seconds += time.perf_counter() - t0
-      chunks = self._observation_chunks(rows, host, observations)
-      if not any(chunks):
-        break
-      t0 = time.perf_counter()
-      if self.reprefill:
-        state = self._reprefill(state, host, chunks)
-      else:
-        state = self.sampler.append(state, chunks)
-      decode_seconds += time.perf_counter() - t0
-
-    host = self.sampler.fetch(state)
-    total = time.perf_counter() - start
     keep = [b for b in range(batch) if rows[b].finish_reason != "padding"]
     records = []
     for b in keep:
@@ -147,8 +143,10 @@ class RolloutEngine:
           finish_reason=row.finish_reason or "unfinished",
           generated_tokens=int(host["generated"][b, :length].sum()),
           prompt_tokens=row.prompt_length, total_tokens=length,
-          decode_seconds=decode_seconds / n, retrieval_seconds=retrieval_seconds / n,
-          total_seconds=total / n))
+          decode_seconds=decode_watch.seconds / n,
+          retrieval_seconds=retrieval_watch.seconds / n,
+          total_seconds=total_watch.seconds / n,
+          compile_seconds=total_watch.compile_seconds / n))
     return build_rollout(host, keep, records, group_size)
 
   def _reprefill(self, state: sampler_lib.SamplerState, host, chunks):

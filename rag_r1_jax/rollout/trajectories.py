@@ -9,7 +9,10 @@ from rag_r1_jax.sampling.sampler import bucket
 
 @dataclasses.dataclass
 class RowRecord:
-  """What happened in one trajectory (seconds are the batch's time divided by its rows)."""
+  """What happened in one trajectory.
+
+  Seconds are the batch's time divided by its rows, without JAX compilation (compile_seconds).
+  """
   prompt_index: int
   response_text: str
   answer: str | None
@@ -22,6 +25,7 @@ class RowRecord:
   decode_seconds: float
   retrieval_seconds: float
   total_seconds: float
+  compile_seconds: float = 0.0
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -149,6 +149,17 @@ def test_same_seed_same_trajectories_and_groups_share_prefill(toy):
   assert len({tuple(t) for t in a.tokens[:3]}) > 1  # samples of one prompt differ
 
 
+def test_seconds_leave_compilation_out(toy):
+  eng = _engine(toy, capacity=640)  # a capacity no other test uses: a fresh compile
+  first = eng.run(PROMPTS, sampling=GREEDY).records[0]
+  again = eng.run(PROMPTS, sampling=GREEDY).records[0]
+  assert first.compile_seconds > 0 and again.compile_seconds == 0
+  for record in (first, again):
+    assert 0 < record.decode_seconds <= record.total_seconds
+  # Compiling the prefill and decode costs far more than running them on a toy model.
+  assert first.total_seconds < first.compile_seconds
+
+
 def test_compilations_stay_bounded_across_batches(toy):
   eng = _engine(toy)
   for prompts in (["Q:", "A:"], ["a longer Q:", "A:"], ["B:", "x A:"], ["yy Q:", "zz B:"]):
