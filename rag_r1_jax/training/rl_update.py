@@ -8,9 +8,10 @@ right-padded arrays (numpy or JAX):
 B must be a multiple of rl.mini_batch_size x rl.group_size (the minibatch rows). Old
 log-probs (and reference log-probs, critic values) are recomputed by forward passes in
 chunks of minibatch rows before any update; advantages are computed over the whole batch.
-When the batch is ONE GRPO update without a reference (one epoch, one minibatch, kl_coef 0),
-the old policy is the policy being updated: the update uses its own detached log-probs as the
-old ones and no scoring pass runs (a quarter of the update's compute on the default config).
+When the batch is ONE GRPO update (one epoch, one minibatch), the old policy is the policy
+being updated: the update uses its own detached log-probs as the old ones, and the scoring
+pass runs only for the reference log-probs, if any (without a reference it is skipped: a
+quarter of the update's compute on the default config).
 Every minibatch has the same static shape, so the step compiles once per sequence length.
 
 The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
@@ -73,20 +74,19 @@ def _host_batch(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
 
 
 def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
-               mesh: Mesh) -> dict[str, np.ndarray]:
+               mesh: Mesh, old: bool = True) -> dict[str, np.ndarray]:
   """update.score over the batch in chunks of minibatch rows, gathered on the host."""
   model_fields = ("tokens", "positions", "attention_mask", "loss_mask")
   chunks = []
   for start in range(0, host["tokens"].shape[0], hp.mini_batch_rows):
     part = {k: host[k][start:start + hp.mini_batch_rows] for k in model_fields}
-    chunks.append(jax.device_get(update.score(state, put_rows(part, mesh), hp)))
+    chunks.append(jax.device_get(update.score(state, put_rows(part, mesh), hp, old)))
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def single_on_policy_update(hp: RLHparams, rows: int) -> bool:
-  """Whether a batch of `rows` is one GRPO update that needs no scoring pass (see above)."""
-  return (hp.algorithm == "grpo" and hp.epochs == 1 and rows == hp.mini_batch_rows
-          and hp.kl_coef == 0)
+  """Whether a batch of `rows` is one GRPO update, needing no old log-probs (see above)."""
+  return hp.algorithm == "grpo" and hp.epochs == 1 and rows == hp.mini_batch_rows
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -108,7 +108,7 @@ def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]
   if "old_logprobs" in b:  # else the update reports the mismatch (single_on_policy_update)
     metrics["logprob_mismatch"] = _masked_mean(jnp.abs(b["old_logprobs"] -
                                                        b["sampler_logprobs"]), mask)
-  if "ref_logprobs" in b:
+  if "ref_logprobs" in b and "old_logprobs" in b:  # on-policy, the loss's `kl` is the same
     metrics["kl_ref"] = _masked_mean(
         losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
   return {"advantages": adv}, metrics
@@ -174,8 +174,8 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   host = _host_batch(batch, hp.mini_batch_rows)
   size = host["tokens"].shape[0]
   on_policy = single_on_policy_update(hp, size)
-  if not on_policy:
-    host.update(_score_all(state, host, hp, mesh))
+  if not on_policy or state.ref_params is not None:
+    host.update(_score_all(state, host, hp, mesh, old=not on_policy))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   fields, prep_metrics = prepare(put_rows(host, mesh), hp)
   host.update(jax.device_get(fields))

@@ -178,10 +178,13 @@ def ppo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState,
   return state, metrics
 
 
-@functools.partial(jax.jit, static_argnames="hp")
-def score(state: TrainState, mb: Batch, hp: RLHparams) -> Batch:
-  """Forward passes before the updates: old_logprobs, ref_logprobs (if any), values (PPO)."""
-  out = {"old_logprobs": logprobs_lib.token_logprobs(state.model(), mb, hp.logprob_chunk)[0]}
+@functools.partial(jax.jit, static_argnames=("hp", "old"))
+def score(state: TrainState, mb: Batch, hp: RLHparams, old: bool = True) -> Batch:
+  """Forward passes before the updates: old_logprobs (unless `old` is False), ref_logprobs
+  (if there is a reference), values (PPO)."""
+  out = {}
+  if old:
+    out["old_logprobs"] = logprobs_lib.token_logprobs(state.model(), mb, hp.logprob_chunk)[0]
   if state.ref_params is not None:
     out["ref_logprobs"] = logprobs_lib.token_logprobs(state.reference(), mb,
                                                       hp.logprob_chunk)[0]

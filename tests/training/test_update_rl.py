@@ -93,33 +93,38 @@ def test_first_grpo_loss_equals_direct_loss():
   assert metrics["entropy"] == pytest.approx(np.log(h.TINY.vocab_size), abs=0.05)
 
 
-def test_single_update_without_scoring_pass_equals_scored_update(monkeypatch):
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_single_update_without_old_logprob_pass_equals_scored_update(monkeypatch, kl_coef):
   """One GRPO update per batch skips the old-log-prob forward pass; results are the same."""
   batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
-  config = h.rl_config(kl_coef=0.0, entropy_coef=0.0)
+  config = h.rl_config(kl_coef=kl_coef, entropy_coef=0.0)
   hp = update.RLHparams.from_config(config)
   assert rl_update.single_on_policy_update(hp, ROWS)
   assert not rl_update.single_on_policy_update(hp, 2 * ROWS)
   assert not rl_update.single_on_policy_update(
-      update.RLHparams.from_config(h.rl_config(kl_coef=0.01)), ROWS)
+      update.RLHparams.from_config(h.rl_config(epochs_per_batch=2)), ROWS)
   calls = []
   score = rl_update._score_all
-  monkeypatch.setattr(rl_update, "_score_all", lambda *a: calls.append(1) or score(*a))
+  monkeypatch.setattr(rl_update, "_score_all",
+                      lambda *a, **k: calls.append(k.get("old", True)) or score(*a, **k))
 
   def run():
     state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
     return rl_update.rl_update(state, batch, config)
 
   skipped_state, skipped = run()
-  assert not calls
+  # Without a reference nothing is scored; with one, only the reference log-probs are.
+  assert calls == ([False] if kl_coef else [])
   monkeypatch.setattr(rl_update, "single_on_policy_update", lambda hp, rows: False)
   scored_state, scored = run()
-  assert calls
+  assert calls[-1] is True
   for a, b in zip(_params(skipped_state), _params(scored_state)):
     np.testing.assert_allclose(a, b, atol=1e-6)
-  assert set(skipped) == set(scored)
-  for key in scored:
+  assert set(skipped) == set(scored) - {"kl_ref"}
+  for key in skipped:
     assert skipped[key] == pytest.approx(scored[key], rel=1e-5, abs=1e-6), key
+  if kl_coef:  # the update's KL before its step is the scored KL to the reference
+    assert skipped["kl"] == pytest.approx(scored["kl_ref"], rel=1e-5, abs=1e-7)
 
 
 def test_nonfinite_step_is_skipped_then_training_proceeds():
