@@ -1,8 +1,10 @@
 """The evaluation harness: benchmark questions -> rollouts -> scored records, tables and plots.
 
 Every question of every dataset becomes a prompt (the configured variant, through the chat
-template); the questions of all datasets run through the rollout engine in fixed-size batches
-(the last one padded by the engine, so compiled shapes are reused); each trajectory is merged
+template); each dataset's questions run through the rollout engine in fixed-size batches that
+never mix datasets (a batch's seconds are shared by its rows, so a mixed batch would charge one
+kind for another; a dataset's last batch is padded by the engine, so compiled shapes are
+reused); each trajectory is merged
 with its question row into a record, and `summarize.write_run` scores and writes the run
 (trajectories.jsonl, summary.json, results.md, plots/). The EM table is printed under the
 line "== EM by dataset ==", followed by the path of results.md.
@@ -107,29 +109,38 @@ def to_record(question: EvalQuestion, row: RowRecord) -> dict:
 def rollout_records(engine: RolloutEngine, questions: Sequence[EvalQuestion], *,
                     batch_size: int, sampling: SamplingParams, seed: int = 0,
                     progress: bool = True, warmup: bool = True) -> list[dict]:
-  """Rolls out every question once, `batch_size` prompts per engine call; records in order.
+  """Rolls out every question once, `batch_size` prompts of one dataset per engine call.
 
-  With `warmup`, one batch is rolled out first and discarded (see below).
+  Records come back in the order of `questions`. With `warmup`, each dataset's first batch is
+  also rolled out once untimed before the timed pass (see below).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1 (config.eval.batch_size), got {batch_size}")
-  records: list[dict] = []
-  if warmup and questions:
-    # One untimed batch spread over every dataset compiles most shapes the timed batches use
-    # (prompt, decode and observation buckets) and settles first-call costs; compilation that
-    # still happens in a timed batch is left out of its seconds by the engine's stopwatches.
-    stride = max(1, len(questions) // batch_size)
-    engine.run([q.prompt for q in questions[::stride][:batch_size]], sampling=sampling,
-               seed=seed, group_size=1, batch_size=batch_size)
+  by_dataset: dict[str, list[int]] = {}
+  for i, q in enumerate(questions):
+    by_dataset.setdefault(q.dataset, []).append(i)
+  batches = [idx[start:start + batch_size] for idx in by_dataset.values()
+             for start in range(0, len(idx), batch_size)]
+  if warmup:
+    # The first batch of each dataset, rolled out untimed, compiles the prompt, decode and
+    # observation shapes that dataset's batches use and runs each executable once (a fresh
+    # executable's first run is slower); the engine's stopwatches leave out any compilation
+    # that still happens in a timed batch.
+    seen = set()
+    for batch in batches:
+      if questions[batch[0]].dataset not in seen:
+        seen.add(questions[batch[0]].dataset)
+        engine.run([questions[i].prompt for i in batch], sampling=sampling, seed=seed,
+                   group_size=1, batch_size=batch_size)
+  records: list[dict | None] = [None] * len(questions)
   with tqdm.tqdm(total=len(questions), desc="eval", unit="q", disable=not progress) as bar:
-    for k, start in enumerate(range(0, len(questions), batch_size)):
-      chunk = questions[start:start + batch_size]
-      rollout = engine.run([q.prompt for q in chunk], sampling=sampling,
+    for k, batch in enumerate(batches):
+      rollout = engine.run([questions[i].prompt for i in batch], sampling=sampling,
                            seed=batch_seed(seed, k), group_size=1, batch_size=batch_size)
-      assert len(rollout.records) == len(chunk), (len(rollout.records), len(chunk))
+      assert len(rollout.records) == len(batch), (len(rollout.records), len(batch))
       for row in rollout.records:
-        records.append(to_record(chunk[row.prompt_index], row))
-      bar.update(len(chunk))
+        records[batch[row.prompt_index]] = to_record(questions[batch[row.prompt_index]], row)
+      bar.update(len(batch))
   return records
 
 

@@ -90,10 +90,10 @@ def test_records_follow_the_script_one_per_question(greedy_run):
     assert r["prompt_tokens"] + r["generated_tokens"] <= r["total_tokens"]
     assert r["total_seconds"] >= r["decode_seconds"] + r["retrieval_seconds"] > 0
   assert "<information>" in records[2]["response_text"]
-  # An untimed warm-up batch spread over the datasets (questions 0 and 2 of 5), then five
-  # questions in batches of two: the last batch is padded, not shrunk; seeds differ.
-  assert [c[:2] for c in calls] == [(2, 2), (2, 2), (2, 2), (1, 2)]
-  assert len({c[2] for c in calls[1:]}) == 3
+  # Untimed warm-up: the first batch of each dataset; then each dataset in batches of two
+  # that never mix datasets (nq: 2 + 1, hotpotqa: 2); a short batch is padded, not shrunk.
+  assert [c[:2] for c in calls] == [(2, 2), (2, 2), (2, 2), (1, 2), (2, 2)]
+  assert len({c[2] for c in calls[2:]}) == 3
   assert summary["skipped_datasets"] == ["popqa"] and summary["avg"]["questions"] == 5
 
 
@@ -151,7 +151,8 @@ def test_max_questions_and_batching_do_not_change_greedy_records(toy, greedy_run
   summary = harness.evaluate(engine, tokenizer, DATASETS, prompt_variant="short_mq",
                              out_dir=str(tmp_path), run_name="cut", batch_size=2,
                              max_questions=1, progress=False)
-  assert [c[:2] for c in engine.calls] == [(2, 2), (2, 2)]  # the warm-up, then the two
+  # One question per dataset: a warm-up per dataset, then one padded batch per dataset.
+  assert [c[:2] for c in engine.calls] == [(1, 2)] * 4
   cut = summarize.read_trajectories(str(tmp_path))
   full = {r["id"]: r for r in summarize.read_trajectories(out_dir)}
   assert [r["id"] for r in cut] == ["n0", "h0"]
