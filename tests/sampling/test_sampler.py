@@ -66,10 +66,10 @@ def test_random_sampling_does_not_depend_on_the_block_size():
   assert len(np.unique(small["tokens"][0, 3:23])) > 5  # actually sampled, not greedy
 
 
-def test_bucket_widths_two_per_octave():
-  widths = [sampler_lib.bucket(n) for n in (0, 1, 16, 17, 25, 33, 49, 61, 65, 75, 97, 129, 385)]
-  assert widths == [16, 16, 16, 24, 32, 48, 64, 64, 96, 96, 128, 192, 512]
-  for n in range(1, 2049):
+def test_bucket_widths_multiples_of_16_then_two_per_octave():
+  widths = [sampler_lib.bucket(n) for n in (0, 1, 16, 17, 33, 61, 65, 75, 97, 128, 129, 193, 385)]
+  assert widths == [16, 16, 16, 32, 48, 64, 80, 80, 112, 128, 192, 256, 512]
+  for n in range(1, 4097):
     width = sampler_lib.bucket(n)
-    assert n <= width and (width == 16 or 3 * (width - n) < width), (n, width)  # < 1/3 padding
-  assert len({sampler_lib.bucket(n) for n in range(1, 4097)}) == 17  # 16, 24, ..., 3072, 4096
+    assert n <= width and (width - n < 16 if n <= 128 else 3 * (width - n) < width), (n, width)
+  assert len({sampler_lib.bucket(n) for n in range(1, 4097)}) == 18  # 16..128, 192, ..., 4096
