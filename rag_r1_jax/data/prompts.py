@@ -31,10 +31,10 @@ SHORT_SQ = (
     "read the results inside <information> </information>. Give the short final answer inside "
     "<answer> </answer>. Question: {question}\n")
 
-SHORT_MQ = (
-    "Think inside <think> </think>; to look things up write <search> query_1,query_2 </search> "
-    "(up to three queries) and read each query's results inside <information> </information>. "
-    "Give the short final answer inside <answer> </answer>. Question: {question}\n")
+SHORT_MQ = (  # as long as SHORT_SQ but 4 tokens: a two-name question's prompt fits 64 tokens
+    "Think inside <think> </think>; to look up to three things write <search> query,query "
+    "</search> and read the results inside <information> </information>. Give the short final "
+    "answer inside <answer> </answer>. Question: {question}\n")
 
 TEMPLATES = {
     "paper_sq": PAPER_SQ,

@@ -43,7 +43,7 @@ def test_paper_prompts_verbatim():
 
 
 @pytest.mark.parametrize("variant,search_tag", [
-    ("short_sq", "<search> query </search>"), ("short_mq", "<search> query_1,query_2 </search>")])
+    ("short_sq", "<search> query </search>"), ("short_mq", "<search> query,query </search>")])
 def test_short_variants_keep_the_tags(variant, search_tag):
   text = prompts.build_prompt("who wrote hamlet", variant)
   for tag in ("<think>", "</think>", "<information>", "</information>", "<answer>", "</answer>"):
