@@ -4,9 +4,9 @@ Every question of every dataset becomes a prompt (the configured variant, throug
 template); each dataset's questions run through the rollout engine in fixed-size batches that
 never mix datasets (a batch's seconds are shared by its rows, so a mixed batch would charge one
 kind for another; a dataset's last batch is padded by the engine, so compiled shapes are
-reused); each trajectory is merged
-with its question row into a record, and `summarize.write_run` scores and writes the run
-(trajectories.jsonl, summary.json, results.md, plots/). The EM table is printed under the
+reused); each trajectory is merged with its question row into a record, and
+`summarize.write_run` scores and writes the run (trajectories.jsonl, summary.json, results.md,
+plots/). The EM table is printed under the
 line "== EM by dataset ==", followed by the path of results.md.
 """
 

@@ -1,10 +1,11 @@
 """Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
 
 Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
-draw of the synthetic world searched over its own passages), roll out `rl.group_size` samples of each, reward
-the policy's final answers, run the update, log, and checkpoint every `checkpoint.every_steps`
-(state, PRNG keys, data-iterator position). A restarted run resumes from the latest complete
-checkpoint and replays exactly. The final policy is exported as a HF directory (rl/model).
+draw of the synthetic world searched over its own passages), roll out `rl.group_size` samples
+of each, reward the policy's final answers, run the update, log, and checkpoint every
+`checkpoint.every_steps` (state, PRNG keys, data-iterator position). A restarted run resumes
+from the latest complete checkpoint and replays exactly. The final policy is exported as a HF
+directory (rl/model).
 """
 
 import time
