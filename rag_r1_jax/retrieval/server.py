@@ -169,8 +169,12 @@ class RetrievalServer:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+          self.end_headers()
+          self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+          # The client gave up (its timeout passed) and will retry; nothing is lost here.
+          self.close_connection = True
 
       def do_GET(self) -> None:
         if self.path.rstrip("/") == "/health":
