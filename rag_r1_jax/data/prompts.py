@@ -31,7 +31,7 @@ SHORT_SQ = (
     "read the results inside <information> </information>. Give the short final answer inside "
     "<answer> </answer>. Question: {question}\n")
 
-SHORT_MQ = (  # as long as SHORT_SQ but 4 tokens: a two-name question's prompt fits 64 tokens
+SHORT_MQ = (  # 4 tokens longer than SHORT_SQ: a two-name question's prompt fits 64 tokens
     "Think inside <think> </think>; to look up to three things write <search> query,query "
     "</search> and read the results inside <information> </information>. Give the short final "
     "answer inside <answer> </answer>. Question: {question}\n")
