@@ -67,7 +67,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.sft.cut_subsamples = False  # same targets as the paper's cut, a third of the compute
 
   # GRPO: 32 steps of 32 questions x 8 samples, one update per step in 8 microbatches (32-row
-  # microbatches: 2.31x faster than one 256-row pass on 2 cores, bench_rl_microbatches.py). From one
+  # microbatches: 2.06x faster than one 256-row pass on 2 cores, bench_rl_microbatches.py). From one
   # SFT policy (issue 7 notes): 16 questions per step at lr 6e-4 left test EM flat or lower, and
   # lr 2e-3 (or 1e-3 with a KL penalty) drifted the policy (entropy and KL up, reward down).
   config.rl.steps = 32

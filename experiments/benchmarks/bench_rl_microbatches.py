@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
+import bench_update
 import jax
 import numpy as np
 
@@ -24,19 +25,12 @@ from rag_r1_jax.training import rl_update, train_state
 
 
 def make_batch(rows: int, seq: int, vocab: int, group: int) -> dict[str, np.ndarray]:
-  """Right-padded trajectories: a 64-token prompt, then generated tokens with an observation."""
-  rng = np.random.default_rng(0)
-  lengths = rng.integers(seq * 2 // 3, seq + 1, rows)
-  attention = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
-  mask = attention.astype(np.float32)
-  mask[:, :64] = 0
-  mask[:, 96:160] = 0
-  return {"tokens": rng.integers(1, vocab, (rows, seq)).astype(np.int32) * attention,
-          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (rows, seq)).copy(),
-          "attention_mask": attention, "loss_mask": mask,
-          "sampler_logprobs": (-rng.uniform(0.1, 3.0, (rows, seq)) * mask).astype(np.float32),
-          "rewards": rng.integers(0, 2, rows).astype(np.float32),
-          "group_ids": (np.arange(rows) // group).astype(np.int32)}
+  """bench_update's padded trajectories plus the sampler log-probs rl_update also reads."""
+  batch = bench_update.make_batch(rows, seq, vocab, group)
+  rng = np.random.default_rng(1)
+  mask = batch["loss_mask"]
+  batch["sampler_logprobs"] = (-rng.uniform(0.1, 3.0, mask.shape) * mask).astype(np.float32)
+  return batch
 
 
 def main():

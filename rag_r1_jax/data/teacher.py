@@ -16,8 +16,7 @@ import dataclasses
 import random
 from typing import Literal, Sequence
 
-from rag_r1_jax.data import synthetic_world
-from rag_r1_jax.data.synthetic_world import NEEDS, Question, World
+from rag_r1_jax.data.synthetic_world import FACT_NUMBERS, NEEDS, Question, World
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout import observation
 
@@ -138,7 +137,7 @@ def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Seg
     if rng.random() < 0.6:
       first, second = rng.choice(pools)
       return f"{rng.choice(first)} {rng.choice(second)}"
-    return str(rng.choice(synthetic_world.FACT_NUMBERS))
+    return str(rng.choice(FACT_NUMBERS))
 
   out = []
   for _ in range(count):

@@ -121,17 +121,13 @@ def rollout_records(engine: RolloutEngine, questions: Sequence[EvalQuestion], *,
     by_dataset.setdefault(q.dataset, []).append(i)
   batches = [idx[start:start + batch_size] for idx in by_dataset.values()
              for start in range(0, len(idx), batch_size)]
-  if warmup:
-    # The first batch of each dataset, rolled out untimed, compiles the prompt, decode and
-    # observation shapes that dataset's batches use and runs each executable once (a fresh
-    # executable's first run is slower); the engine's stopwatches leave out any compilation
-    # that still happens in a timed batch.
-    seen = set()
-    for batch in batches:
-      if questions[batch[0]].dataset not in seen:
-        seen.add(questions[batch[0]].dataset)
-        engine.run([questions[i].prompt for i in batch], sampling=sampling, seed=seed,
-                   group_size=1, batch_size=batch_size)
+  # With `warmup`, the first batch of each dataset, rolled out untimed, compiles the prompt,
+  # decode and observation shapes that dataset's batches use and runs each executable once (a
+  # fresh executable's first run is slower); the engine's stopwatches leave out any
+  # compilation that still happens in a timed batch.
+  for idx in by_dataset.values() if warmup else ():
+    engine.run([questions[i].prompt for i in idx[:batch_size]], sampling=sampling, seed=seed,
+               group_size=1, batch_size=batch_size)
   records: list[dict | None] = [None] * len(questions)
   with tqdm.tqdm(total=len(questions), desc="eval", unit="q", disable=not progress) as bar:
     for k, batch in enumerate(batches):

@@ -195,7 +195,8 @@ class Workspace:
     """A rollout engine for `model` searching `retriever` (default: the run's)."""
     sampler = Sampler(model, self.tokenizer, capacity=self.config.rollout.max_total_length,
                       eos_token_ids=self.eos_token_ids(model), mesh=self.mesh)
-    return RolloutEngine(sampler, self.tokenizer, retriever or self.retriever,
+    return RolloutEngine(sampler, self.tokenizer,
+                         self.retriever if retriever is None else retriever,
                          RolloutSettings.from_config(self.config))
 
   def prompt_texts(self, rows: Sequence[dict]) -> list[str]:
