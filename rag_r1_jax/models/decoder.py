@@ -217,40 +217,32 @@ def _attention(q, k, v, mask, cfg: DecoderConfig):
 def _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg: DecoderConfig):
   """Attention over the cache blocks that hold some row's valid slots, each read in place.
 
-  q: [b, t, heads, d]; k_blocks, v_blocks: [group_layers, b, block, kv_heads, d] each; mask
+  q: [b, t, heads, d]; k_blocks, v_blocks: [group_layers, b, kv_heads, block, d] each; mask
   [b, t, capacity]; attend_len: the largest valid length after this chunk. A block starting at
   or past attend_len is skipped by a `lax.cond` (its slots are masked for every row), so a
   short row set reads a short prefix with one compilation. Each block read yields its own
   softmax statistics (max, sum of exponentials, unnormalised output), which are rescaled to
-  the overall max and summed at the end.
+  the overall max and summed at the end. Both products are matmuls batched over (row, kv head)
+  on the blocks as stored, for a decode step (t = 1) and a prefill chunk alike.
   """
   batch, seq, heads, dim = q.shape
-  rows = lambda a: a.reshape(batch, a.shape[1], -1).astype(q.dtype)  # [b, s, kv_heads * d]
-  if seq == 1:  # decode: see _block_diagonal_queries
-    q_blocks = _block_diagonal_queries(q, cfg)
-    score = lambda k: jnp.einsum("bsc,bch->bsh", rows(k), q_blocks,
-                                 preferred_element_type=jnp.float32)  # [b, s, heads]
-    mix = lambda p, v: jnp.einsum("bsh,bsc->bhc", p, rows(v))  # [b, heads, kv_heads * d]
-    axis, mask = 1, mask[:, 0, :, None]
-    to_out = lambda stat: jnp.swapaxes(stat, 1, 2)  # [b, 1, heads] -> [b, heads, 1]
-  else:
-    q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
-    score = lambda k: jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                                 preferred_element_type=jnp.float32)
-    mix = lambda p, v: jnp.einsum("bkgts,bskd->btkgd", p, v.astype(q.dtype))
-    axis, mask = -1, mask[:, None, None]
-    to_out = lambda stat: jnp.moveaxis(stat, 3, 1)  # [b, kv, g, t, 1] -> [b, t, kv, g, 1]
+  q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
+  score = lambda k: jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype),
+                               preferred_element_type=jnp.float32)
+  mix = lambda p, v: jnp.einsum("bkgts,bksd->btkgd", p, v.astype(q.dtype))
+  mask = mask[:, None, None]  # [b, 1, 1, t, capacity]
+  to_out = lambda stat: jnp.moveaxis(stat, 3, 1)  # [b, kv, g, t, 1] -> [b, t, kv, g, 1]
 
   def attend(block_mask, k, v):
     scores = jnp.where(block_mask, score(k[layer]) / np.sqrt(dim), _NEG_INF)
-    top = jnp.max(scores, axis=axis, keepdims=True)
+    top = jnp.max(scores, axis=-1, keepdims=True)
     e = jnp.exp(scores - top)
-    return top, jnp.sum(e, axis=axis, keepdims=True), mix(e.astype(q.dtype), v[layer])
+    return top, jnp.sum(e, axis=-1, keepdims=True), mix(e.astype(q.dtype), v[layer])
 
   stats, start = [], 0
   for k_block, v_block in zip(k_blocks, v_blocks):
-    size = k_block.shape[2]
-    args = (jax.lax.slice_in_dim(mask, start, start + size, axis=axis), k_block, v_block)
+    size = k_block.shape[3]
+    args = (jax.lax.slice_in_dim(mask, start, start + size, axis=-1), k_block, v_block)
     if start == 0:  # always read: every row's statistics then have a positive sum
       stats.append(attend(*args))
     else:
@@ -261,9 +253,6 @@ def _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg: Decod
   total = functools.reduce(jnp.add, [w * s[1] for w, s in zip(scale, stats)])
   out = functools.reduce(jnp.add, [to_out(w) * s[2] for w, s in zip(scale, stats)])
   out = out / to_out(total)
-  if seq == 1:  # keep each head's own kv-head block of [b, heads, kv_heads * d]
-    out = out.reshape(batch, heads, cfg.num_kv_heads, dim)
-    out = jnp.sum(jnp.where(_own_kv_head(cfg).T[None, :, :, None], out, 0), axis=2)
   return out.reshape(batch, seq, heads, dim).astype(q.dtype)
 
 
@@ -272,24 +261,3 @@ def _unless_unused(used, fn, fills, *args):
   shapes = jax.eval_shape(fn, *args)
   skip = lambda *_: tuple(jnp.full(x.shape, fill, x.dtype) for x, fill in zip(shapes, fills))
   return jax.lax.cond(used, fn, skip, *args)
-
-
-def _own_kv_head(cfg: DecoderConfig) -> jax.Array:
-  """[kv_heads, heads] bool: query head h reads kv head h // num_groups."""
-  heads = cfg.num_heads
-  return jnp.arange(cfg.num_kv_heads)[:, None] == (jnp.arange(heads) // cfg.num_groups)[None, :]
-
-
-def _block_diagonal_queries(q, cfg: DecoderConfig):
-  """One query token per row [b, 1, heads, d] as a block-diagonal [b, kv_heads * d, heads].
-
-  Decode attention is then two row-batched matmuls on the cache as stored: scores are
-  [s, kv_heads * d] @ [kv_heads * d, heads] per row (the extra terms are exact zeros) and the
-  output is probs^T @ values, whose off-diagonal head blocks are dropped. The usual einsum
-  would transpose keys and values to [b, kv_heads, s, d] every step (a copy of the cache) and
-  run b * kv_heads tiny matrix-vector products, both slow on CPU.
-  """
-  batch, _, heads, dim = q.shape
-  q_t = jnp.swapaxes(q[:, 0], 1, 2)  # [b, d, heads]
-  q_blocks = jnp.where(_own_kv_head(cfg)[None, :, None, :], q_t[:, None], 0)
-  return q_blocks.reshape(batch, cfg.num_kv_heads * dim, heads)

@@ -103,7 +103,7 @@ def test_block_layout(scan):
   cache = kv_cache.init_cache(model.cfg, 2, 8, block_size=3)
   groups = (2,) if scan else (1, 1)
   assert [[b.shape for b in g] for g in cache.k] == [
-      [(n, 2, size, 2, 12) for size in (3, 3, 2)] for n in groups]
+      [(n, 2, 2, size, 12) for size in (3, 3, 2)] for n in groups]
   assert cache.capacity == 8 and cache.batch_size == 2
   tokens = jnp.asarray(np.random.RandomState(4).randint(0, 61, (2, 7)), jnp.int32)
   _, cache = model(tokens, cache=cache, chunk_lengths=jnp.asarray([7, 2], jnp.int32))

@@ -80,7 +80,7 @@ def test_cache_sharded_by_rules_and_decode_unchanged(shape):
   batch_spec = batch_axes if len(batch_axes) > 1 else (batch_axes[0] if batch_axes else None)
   tensor_spec = "tensor" if mesh.shape["tensor"] > 1 else None
   for block in jax.tree.leaves(shardings.k):
-    assert block.spec == P(None, batch_spec, None, tensor_spec, None)
+    assert block.spec == P(None, batch_spec, tensor_spec, None, None)
   cache = jax.device_put(kv_cache.init_cache(CFG, 8, 16, block_size=8), shardings)
   graphdef, state = nnx.split(model)
 
