@@ -125,6 +125,9 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.batch_size = 512  # questions per step (each sampled group_size times)
   c.rl.mini_batch_size = 128  # questions per optimizer update
   c.rl.group_size = 5
+  # Prompts rolled out per step = oversample x batch_size; the update takes batch_size groups,
+  # those whose rewards differ first (rag_r1_jax/rl/group_filter.py). 1.0: train on all.
+  c.rl.oversample = 1.0
   c.rl.epochs_per_batch = 1
   c.rl.learning_rate = 1e-6
   c.rl.critic_learning_rate = 1e-5

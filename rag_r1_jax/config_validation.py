@@ -97,6 +97,11 @@ def validate(config) -> None:
         f"must divide config.sft.batch_size={config.sft.batch_size}")
   if config.rl.algorithm == "grpo":
     check("rl.group_size", lambda v: v >= 2, "GRPO needs at least 2 samples per question")
+  check("rl.oversample", lambda v: v >= 1.0, "must be >= 1 (prompts rolled out per trained one)")
+  if config.rl.algorithm != "grpo":
+    check("rl.oversample", lambda v: v == 1.0,
+          "chooses groups by their reward spread, which only GRPO's advantages need; "
+          "keep 1.0 with PPO")
   check("rollout.max_total_length",
         lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")

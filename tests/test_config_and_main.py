@@ -44,6 +44,20 @@ def test_validation_names_every_bad_field():
   assert "config.sampling.top_p=1.5" in message
 
 
+@pytest.mark.parametrize("algorithm, oversample, problem", [
+    ("grpo", 0.5, "config.rl.oversample=0.5: must be >= 1"),
+    ("ppo", 1.5, "config.rl.oversample=1.5: chooses groups by their reward spread"),
+    ("grpo", 1.5, None), ("ppo", 1.0, None)])
+def test_oversample_needs_grpo_and_at_least_one(algorithm, oversample, problem):
+  config = rag_r1.get_config("mq")
+  config.rl.algorithm, config.rl.oversample = algorithm, oversample
+  if problem is None:
+    config_validation.validate(config)
+    return
+  with pytest.raises(config_validation.ConfigError, match=problem.replace(".", r"\.")):
+    config_validation.validate(config)
+
+
 def test_hf_source_needs_path_and_server_needs_url():
   config = rag_r1.get_config("mq")
   config.model.source = "hf"

@@ -47,6 +47,29 @@ class Rollout:
             "attention_mask": self.attention_mask, "loss_mask": self.loss_mask,
             "sampler_logprobs": self.sampler_logprobs, "group_ids": self.group_ids}
 
+  def take_groups(self, groups: np.ndarray, group_size: int) -> "Rollout":
+    """The rows of these prompt groups, renumbered 0..len(groups)-1, cut to the bucketed width
+    of their longest row (a dropped straggler no longer widens the update).
+
+    Records keep their `prompt_index`, the index into the prompts that were rolled out.
+    """
+    rows = group_rows(groups, group_size)
+    lengths = self.attention_mask[rows].sum(axis=1)
+    width = min(self.tokens.shape[1], bucket(int(lengths.max()) if len(rows) else 1))
+    cut = lambda x: x[rows, :width]
+    return Rollout(
+        tokens=cut(self.tokens), positions=cut(self.positions),
+        attention_mask=cut(self.attention_mask), loss_mask=cut(self.loss_mask),
+        sampler_logprobs=cut(self.sampler_logprobs),
+        group_ids=np.repeat(np.arange(len(groups), dtype=np.int32), group_size),
+        records=[self.records[r] for r in rows])
+
+
+def group_rows(groups: np.ndarray, group_size: int) -> np.ndarray:
+  """The row indices of these prompt groups (rows g*size .. g*size+size-1 of each), in order."""
+  groups = np.asarray(groups, np.int64)
+  return (groups[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
+
 
 def build_rollout(host: dict[str, np.ndarray], keep: list[int], records: list[RowRecord],
                   group_size: int) -> Rollout:

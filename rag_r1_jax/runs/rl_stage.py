@@ -1,11 +1,12 @@
 """Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
 
 Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
-draw of the synthetic world searched over its own passages), roll out `rl.group_size` samples
-of each, reward the policy's final answers, run the update, log, and checkpoint every
-`checkpoint.every_steps` (state, PRNG keys, data-iterator position). A restarted run resumes
-from the latest complete checkpoint and replays exactly. The final policy is exported as a HF
-directory (rl/model).
+draw of the synthetic world searched over its own passages; `rl.oversample` times as many when
+above 1), roll out `rl.group_size` samples of each, reward the policy's final answers, keep
+`rl.batch_size` groups (mixed rewards first: rl/group_filter.py), run the update, log, and
+checkpoint every `checkpoint.every_steps` (state, PRNG keys, data-iterator position). A
+restarted run resumes from the latest complete checkpoint and replays exactly. The final
+policy is exported as a HF directory (rl/model).
 """
 
 import time
@@ -15,8 +16,9 @@ import numpy as np
 
 from rag_r1_jax.data.iterator import BatchIterator
 from rag_r1_jax.eval import answer_metrics
+from rag_r1_jax.rl import group_filter
 from rag_r1_jax.rl import rewards as rewards_lib
-from rag_r1_jax.rollout.trajectories import Rollout
+from rag_r1_jax.rollout.trajectories import Rollout, group_rows
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import optimizer, rl_update, train_state
@@ -55,6 +57,11 @@ def rollout_metrics(rollout: Rollout, rewards: np.ndarray, golds) -> dict[str, f
   }
 
 
+def rollout_question_count(batch_size: int, oversample: float) -> int:
+  """Questions rolled out per step: batch_size x oversample, rounded up."""
+  return max(batch_size, int(np.ceil(batch_size * oversample - 1e-9)))
+
+
 def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   """Runs (or resumes) the RL stage; returns the exported model directory."""
   ws = workspace or Workspace(config, mesh, workdir)
@@ -69,7 +76,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     model = ws.initial_model()
   state = train_state.create_rl_state(model, config)
   rows = ws.rl_rows()
-  iterator = BatchIterator(rows, rl.batch_size, seed=config.seed)
+  rollout_questions = rollout_question_count(rl.batch_size, rl.oversample)
+  iterator = BatchIterator(rows, rollout_questions, seed=config.seed)
   manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
   if start:
@@ -89,19 +97,24 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     engine.sampler.update_params(state.params)
     rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
                          seed=config.seed * 100_003 + step, group_size=rl.group_size,
-                         batch_size=rl.batch_size)
+                         batch_size=rollout_questions)
     rollout_seconds = time.perf_counter() - t0
     rewards = trajectory_rewards(rollout, golds, rl.reward, rl.format_reward)
-    batch = dict(rollout.tensors(), rewards=rewards)
+    mixed = group_filter.mixed_groups(rewards, rl.group_size)
+    groups = group_filter.select_groups(rewards, rl.group_size, rl.batch_size)  # all if 1.0
+    trained = rollout.take_groups(groups, rl.group_size)
+    batch = dict(trained.tensors(), rewards=rewards[group_rows(groups, rl.group_size)])
     t0 = time.perf_counter()
     state, update_metrics = rl_update.rl_update(state, batch, config)
     update_seconds = time.perf_counter() - t0
     streak = streak.update(update_metrics.get("skipped", 0) == 0, step + 1)
-    metrics = rollout_metrics(rollout, rewards, golds)
-    metrics.update(update_metrics)
+    metrics = rollout_metrics(rollout, rewards, golds)  # over every row rolled out
+    metrics.update(update_metrics, mixed_groups=float(mixed.mean()),
+                   trained_mixed_groups=float(group_filter.mixed_groups(
+                       batch["rewards"], rl.group_size).mean()))
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
     metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
-                   update_seconds=update_seconds, sequence_width=float(rollout.tokens.shape[1]),
+                   update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     writer.write(step + 1, metrics)
     bar.update(1)
