@@ -100,6 +100,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
     config.rl.mini_batch_size = 4
     config.rl.microbatches = 4
     config.rl.kl_coef = 0.001  # CI exercises the reference-model path too
+    config.rl.oversample = 1.5  # and the mixed-groups-first selection (6 rolled out, 4 trained)
     config.checkpoint.every_steps = 1
     config.eval.max_questions = 8
     config.eval.batch_size = 8

@@ -8,7 +8,7 @@ on its per-turn token budget, or when its cache is full; the others keep decodin
 before a row's length is ever recomputed.
 
 Shapes are static: the batch and cache capacity are fixed per Sampler, and chunk widths are
-padded to power-of-two buckets, so the number of compilations is small and bounded.
+padded to buckets (`bucket`), so the number of compilations is small and bounded.
 """
 
 import dataclasses

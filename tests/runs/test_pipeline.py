@@ -36,6 +36,8 @@ def test_every_stage_wrote_its_outputs(smoke_run):
   assert [r["step"] for r in rows] == [1, 2]
   for key in ("reward", "em", "kl", "entropy", "grad_norm", "rollout_seconds", "searches_per_question"):
     assert key in rows[0], key
+  for row in rows:  # smoke rolls out 6 questions (rl.oversample=1.5) and trains on 4 groups
+    assert row["trained_mixed_groups"] >= row["mixed_groups"], row  # mixed groups go first
   with open(os.path.join(workdir, "metrics", "sft.jsonl")) as f:
     sft_rows = [json.loads(line) for line in f]
   assert any("validation_loss" in r for r in sft_rows)
