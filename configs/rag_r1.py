@@ -71,7 +71,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # SFT policy (issue 7 notes): 16 questions per step at lr 6e-4 left test EM flat or lower, and
   # lr 2e-3 (or 1e-3 with a KL penalty) drifted the policy (entropy and KL up, reward down).
   # Training on mixed-reward groups first (rl.oversample=1.5) moved test EM by +0.3 at this lr
-  # and -3.8 at 1e-3, doubling rollout time (DEVELOPERS.md), so it is off here.
+  # and -3.8 at 1e-3, at 1.7x the rollout time (DEVELOPERS.md), so it is off here.
   config.rl.steps = 32
   config.rl.batch_size = 32
   config.rl.mini_batch_size = 32
