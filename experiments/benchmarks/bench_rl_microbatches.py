@@ -43,8 +43,8 @@ def main():
   counts = [int(c) for c in args.microbatches.split(",")]
   if 1 not in counts:
     counts = [1] + counts
-  mesh = sharding.make_mesh(rag_r1.get_config("mq").mesh)
   base = rag_r1.get_config("mq")
+  mesh = sharding.make_mesh(base.mesh)
   group = base.rl.group_size
   if args.rows % group:
     raise SystemExit(f"--rows must be a multiple of the group size {group}")

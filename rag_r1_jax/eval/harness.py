@@ -6,8 +6,8 @@ never mix datasets (a batch's seconds are shared by its rows, so a mixed batch w
 kind for another; a dataset's last batch is padded by the engine, so compiled shapes are
 reused); each trajectory is merged with its question row into a record, and
 `summarize.write_run` scores and writes the run (trajectories.jsonl, summary.json, results.md,
-plots/). The EM table is printed under the
-line "== EM by dataset ==", followed by the path of results.md.
+plots/). The EM table is printed under the line "== EM by dataset ==", followed by the path of
+results.md.
 """
 
 import dataclasses

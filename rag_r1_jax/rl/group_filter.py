@@ -26,4 +26,3 @@ def select_groups(rewards: np.ndarray, group_size: int, keep: int) -> np.ndarray
     raise ValueError(f"cannot keep {keep} of {mixed.size} groups")
   order = np.concatenate([np.flatnonzero(mixed), np.flatnonzero(~mixed)])
   return np.sort(order[:keep])
-

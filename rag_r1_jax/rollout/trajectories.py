@@ -54,8 +54,7 @@ class Rollout:
     Records keep their `prompt_index`, the index into the prompts that were rolled out.
     """
     rows = group_rows(groups, group_size)
-    lengths = self.attention_mask[rows].sum(axis=1)
-    width = min(self.tokens.shape[1], bucket(int(lengths.max()) if len(rows) else 1))
+    width = _bucketed_width(self.attention_mask[rows].sum(axis=1), self.tokens.shape[1])
     cut = lambda x: x[rows, :width]
     return Rollout(
         tokens=cut(self.tokens), positions=cut(self.positions),
@@ -63,6 +62,11 @@ class Rollout:
         sampler_logprobs=cut(self.sampler_logprobs),
         group_ids=np.repeat(np.arange(len(groups), dtype=np.int32), group_size),
         records=[self.records[r] for r in rows])
+
+
+def _bucketed_width(lengths: np.ndarray, limit: int) -> int:
+  """The bucketed width holding the longest of these rows, at most `limit`."""
+  return min(limit, bucket(int(lengths.max()) if len(lengths) else 1))
 
 
 def group_rows(groups: np.ndarray, group_size: int) -> np.ndarray:
@@ -75,8 +79,7 @@ def build_rollout(host: dict[str, np.ndarray], keep: list[int], records: list[Ro
                   group_size: int) -> Rollout:
   """Cuts the sampler's per-row buffers down to the kept rows and a bucketed width."""
   lengths = host["lengths"][keep]
-  capacity = host["tokens"].shape[1]
-  width = min(capacity, bucket(int(lengths.max()) if len(keep) else 1))
+  width = _bucketed_width(lengths, host["tokens"].shape[1])
   cols = np.arange(width)[None, :]
   valid = cols < lengths[:, None]
   generated = host["generated"][keep, :width] & valid

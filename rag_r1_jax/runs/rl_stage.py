@@ -110,8 +110,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     streak = streak.update(update_metrics.get("skipped", 0) == 0, step + 1)
     metrics = rollout_metrics(rollout, rewards, golds)  # over every row rolled out
     metrics.update(update_metrics, mixed_groups=float(mixed.mean()),
-                   trained_mixed_groups=float(group_filter.mixed_groups(
-                       batch["rewards"], rl.group_size).mean()))
+                   trained_mixed_groups=float(mixed[groups].mean()))
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
     metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
                    update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
