@@ -37,6 +37,21 @@ def test_greedy_rows_with_non_finite_logits_match_argmax(bad, column):
   np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
 
 
+def test_greedy_near_ties_and_tiny_logits_match_argmax():
+  # Rows: all zeros (a tie everywhere), a subnormal max at the end (flushed to zero on CPU),
+  # two logits one ulp apart near 1e-30 (the later one larger), a max at the last index.
+  logits = np.zeros((4, 5000), np.float32)
+  logits[1, -1] = np.float32(1e-45)
+  logits[2, 10] = np.float32(1e-30)
+  logits[2, 20] = np.nextafter(np.float32(1e-30), np.float32(1.0))
+  logits[3] = np.random.RandomState(4).normal(0, 1, 5000)
+  logits[3, -1] = 10.0
+  tokens, logprobs = jax.jit(sampling_fns.greedy)(jnp.asarray(logits))
+  want_tokens, want_logprobs = _reference(logits)
+  np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+  np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
+
+
 def test_sampled_tokens_carry_their_policy_logprob():
   logits = jnp.asarray(np.random.RandomState(2).normal(0, 2, (64, 50)).astype(np.float32))
   params = SamplingParams(temperature=0.7, top_k=10, top_p=0.9)
