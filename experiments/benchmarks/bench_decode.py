@@ -12,6 +12,7 @@ fraction of the memory-bandwidth roofline: bytes read per decode step (weights +
 over the full capacity or only the valid length) divided by a numpy copy bandwidth measured
 here.
 Usage: python experiments/benchmarks/bench_decode.py [--models small,smollm2] [--batches 8,64]
+  [--scan_layers]
 """
 
 import argparse
@@ -97,7 +98,7 @@ class _Theirs:
 
 
 def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float) -> None:
-  ours, cfg = common.jax_model(model_dir)
+  ours, cfg = common.jax_model(model_dir, scan_layers=args.scan_layers)
   theirs = common.torch_model(model_dir)
   capacity = args.capacity
   sampler = sampler_lib.Sampler(ours, _OneCharTokenizer(), capacity=capacity,
@@ -156,6 +157,9 @@ def main():
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--capacity", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="load our model with stacked (scanned) layers, as the SmolLM2 and "
+                           "Qwen2.5-7B configs do")
   args = parser.parse_args()
   bandwidth = copy_bandwidth()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "

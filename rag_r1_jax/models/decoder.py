@@ -2,8 +2,10 @@
 
 RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, tied or
 untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
-weights are stacked along a leading `layers` axis and applied with `jax.lax.scan` (fast
-compiles for deep models); otherwise each layer is its own module, applied in a Python loop.
+weights are stacked along a leading `layers` axis and a full forward applies them with
+`jax.lax.scan` (fast compiles for deep models); otherwise each layer is its own module. A
+cached forward (prefill, decode) always applies the layers in a Python loop, each with its own
+cache blocks: reading one layer out of a stacked cache inside a scan copied it every step.
 
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
@@ -84,7 +86,8 @@ class Decoder(nnx.Module):
   def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None, cache: kvc.KVCache | None = None,
                chunk_lengths: jax.Array | None = None, logits_at: jax.Array | None = None,
-               return_hidden: bool = False, head: jax.Array | None = None):
+               return_hidden: bool = False, head: jax.Array | None = None,
+               layer_weights: list[dict[str, jax.Array]] | None = None):
     """Runs the decoder.
 
     Args:
@@ -96,6 +99,8 @@ class Decoder(nnx.Module):
       logits_at: [batch] int32; if given, only the logits at these chunk indices: [batch, vocab].
       return_hidden: also return the final normed hidden states [batch, seq, hidden].
       head: `output_head()` computed once by the caller (a decode loop hoists it).
+      layer_weights: `layer_weights()` computed once by the caller (cache mode; a decode loop
+        hoists it, so a scanned model's layers are sliced out once, not every step).
 
     Returns:
       (logits, new_cache), plus hidden states if `return_hidden`. new_cache is None without one.
@@ -131,16 +136,15 @@ class Decoder(nnx.Module):
     groups = kvc.layer_groups(cfg)
     k_groups = list(cache.k) if cache is not None else [None] * len(groups)
     v_groups = list(cache.v) if cache is not None else [None] * len(groups)
-    if cfg.scan_layers:
-      def body(carry, layer_weights):
-        x, k_blocks, v_blocks, i = carry
-        x, k_blocks, v_blocks = block(layer_weights, x, k_blocks, v_blocks, i)
-        return (x, k_blocks, v_blocks, i + 1), None
-      (x, k_groups[0], v_groups[0], _), _ = jax.lax.scan(
-          body, (x, k_groups[0], v_groups[0], jnp.int32(0)), self.layers.weights())
+    if cfg.scan_layers and cache is None:
+      def body(x, weights):
+        return block(weights, x, None, None, 0)[0], None
+      x, _ = jax.lax.scan(body, x, self.layers.weights())
     else:
-      for i, layer in enumerate(self.layers):  # layer group i holds layer i alone
-        x, k_groups[i], v_groups[i] = block(layer.weights(), x, k_groups[i], v_groups[i], 0)
+      if layer_weights is None:
+        layer_weights = self.layer_weights()
+      for i, weights in enumerate(layer_weights):  # layer group i holds layer i alone
+        x, k_groups[i], v_groups[i] = block(weights, x, k_groups[i], v_groups[i], 0)
 
     new_cache = None
     if cache is not None:
@@ -155,6 +159,13 @@ class Decoder(nnx.Module):
     if return_hidden:
       return logits, new_cache, hidden
     return logits, new_cache
+
+  def layer_weights(self) -> list[dict[str, jax.Array]]:
+    """Each layer's weights {name: array}; slices of the stacked weights for a scanned model."""
+    if not self.cfg.scan_layers:
+      return [layer.weights() for layer in self.layers]
+    stacked = self.layers.weights()
+    return [{k: v[i] for k, v in stacked.items()} for i in range(self.cfg.num_layers)]
 
   def output_head(self) -> jax.Array:
     """The output projection [hidden, vocab]: lm_head, or the tied embedding transposed."""

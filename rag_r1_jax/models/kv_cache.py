@@ -5,8 +5,12 @@ different rows (an observation to one, nothing to another). Token j of a row is 
 cache index j, so a token's cache index is also its rotary position.
 
 Layout: `k[g][j]` (and `v[g][j]`) is one array [group_layers, batch, kv_heads, block, head_dim]
-holding layer group g's cache indices [j * block_size, j * block_size + block). A layer group
-is one layer for an unrolled decoder and all layers stacked for a scanned one. Attention reads
+holding layer group g's cache indices [j * block_size, j * block_size + block). Every layer
+group is one layer, for a scanned decoder too: a scan that read its layer out of one stacked
+cache copied that layer's blocks every decode step (`experiments/benchmarks/bench_decode.py
+--scan_layers`, SmolLM2-135M: decode went from 37.3 to 29.2 ms per step at batch 8 and from
+131.7 to 124.4 at batch 64 when the cached forward stopped scanning; prefill went the other
+way, 197 to 267 ms for 8 x 32 tokens, a smaller share of a rollout). Attention reads
 each block it needs whole, in place: reading a prefix out of one [.., capacity, ..] array made
 XLA copy the prefix every decode step, which cost about as much as the attention itself.
 Heads come before positions so that attention is a matmul batched over (batch, kv head) on the
@@ -57,8 +61,8 @@ def block_sizes(capacity: int, block_size: int = BLOCK_SIZE) -> tuple[int, ...]:
 
 
 def layer_groups(cfg: DecoderConfig) -> tuple[int, ...]:
-  """Layers per group: all of them for a scanned decoder, else one per layer."""
-  return (cfg.num_layers,) if cfg.scan_layers else (1,) * cfg.num_layers
+  """Layers per group: one per layer (a cached forward never scans its layers)."""
+  return (1,) * cfg.num_layers
 
 
 def _block_shapes(cfg: DecoderConfig, batch_size: int, capacity: int, block_size: int):
