@@ -5,7 +5,9 @@ untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers`
 weights are stacked along a leading `layers` axis and a full forward applies them with
 `jax.lax.scan` (fast compiles for deep models); otherwise each layer is its own module. A
 cached forward (prefill, decode) always applies the layers in a Python loop, each with its own
-cache blocks: reading one layer out of a stacked cache inside a scan copied it every step.
+cache blocks: reading one layer out of a stacked cache inside a scan copied it every step. A
+scanned model's layer weights are then sliced out once per sampler call (`layer_weights`),
+a transient copy of them that lasts the call.
 
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
