@@ -135,23 +135,22 @@ class Decoder(nnx.Module):
     elif cfg.remat == "dots":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.checkpoint_dots)
 
-    groups = kvc.layer_groups(cfg)
-    k_groups = list(cache.k) if cache is not None else [None] * len(groups)
-    v_groups = list(cache.v) if cache is not None else [None] * len(groups)
+    k_layers = list(cache.k) if cache is not None else [None] * cfg.num_layers
+    v_layers = list(cache.v) if cache is not None else [None] * cfg.num_layers
     if cfg.scan_layers and cache is None:
       def body(x, weights):
-        return block(weights, x, None, None, 0)[0], None
+        return block(weights, x, None, None)[0], None
       x, _ = jax.lax.scan(body, x, self.layers.weights())
     else:
       if layer_weights is None:
         layer_weights = self.layer_weights()
-      for i, weights in enumerate(layer_weights):  # layer group i holds layer i alone
-        x, k_groups[i], v_groups[i] = block(weights, x, k_groups[i], v_groups[i], 0)
+      for i, weights in enumerate(layer_weights):
+        x, k_layers[i], v_layers[i] = block(weights, x, k_layers[i], v_layers[i])
 
     new_cache = None
     if cache is not None:
       new_lengths = jnp.minimum(cache.lengths + chunk_lengths, cache.capacity)
-      new_cache = kvc.KVCache(k=tuple(k_groups), v=tuple(v_groups), lengths=new_lengths)
+      new_cache = kvc.KVCache(k=tuple(k_layers), v=tuple(v_layers), lengths=new_lengths)
 
     x = _rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
     hidden = x
@@ -192,9 +191,9 @@ def _linear(x, w, b=None):
   return y if b is None else y + b.astype(x.dtype)
 
 
-def _block(w, x, k_blocks, v_blocks, layer, *, cfg, inv_freq, positions, mask, write_idx,
+def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, write_idx,
            attend_len):
-  """One decoder layer; writes this chunk's keys/values into `layer` of its cache blocks."""
+  """One decoder layer; writes this chunk's keys/values into the layer's cache blocks."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
   q = _linear(h, w["q_proj"], w.get("q_bias")).reshape(batch, seq, cfg.num_heads, cfg.head_dim)
@@ -203,9 +202,9 @@ def _block(w, x, k_blocks, v_blocks, layer, *, cfg, inv_freq, positions, mask, w
   q = rope.apply_rope(q, positions, inv_freq)
   k = rope.apply_rope(k, positions, inv_freq)
   if k_blocks is not None:
-    k_blocks = kvc.write(k_blocks, layer, write_idx, k)
-    v_blocks = kvc.write(v_blocks, layer, write_idx, v)
-    attn = _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg)
+    k_blocks = kvc.write(k_blocks, write_idx, k)
+    v_blocks = kvc.write(v_blocks, write_idx, v)
+    attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg)
   else:
     attn = _attention(q, k, v, mask, cfg)
   x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
@@ -227,10 +226,10 @@ def _attention(q, k, v, mask, cfg: DecoderConfig):
   return out.reshape(batch, seq, cfg.num_heads, dim)
 
 
-def _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg: DecoderConfig):
+def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg: DecoderConfig):
   """Attention over the cache blocks that hold some row's valid slots, each read in place.
 
-  q: [b, t, heads, d]; k_blocks, v_blocks: [group_layers, b, kv_heads, block, d] each; mask
+  q: [b, t, heads, d]; k_blocks, v_blocks: [b, kv_heads, block, d] each; mask
   [b, t, capacity]; attend_len: the largest valid length after this chunk. A block starting at
   or past attend_len is skipped by a `lax.cond` (its slots are masked for every row), so a
   short row set reads a short prefix with one compilation. Each block read yields its own
@@ -247,14 +246,14 @@ def _cached_attention(q, k_blocks, v_blocks, layer, mask, attend_len, cfg: Decod
   to_out = lambda stat: jnp.moveaxis(stat, 3, 1)  # [b, kv, g, t, 1] -> [b, t, kv, g, 1]
 
   def attend(block_mask, k, v):
-    scores = jnp.where(block_mask, score(k[layer]) / np.sqrt(dim), _NEG_INF)
+    scores = jnp.where(block_mask, score(k) / np.sqrt(dim), _NEG_INF)
     top = jnp.max(scores, axis=-1, keepdims=True)
     e = jnp.exp(scores - top)
-    return top, jnp.sum(e, axis=-1, keepdims=True), mix(e.astype(q.dtype), v[layer])
+    return top, jnp.sum(e, axis=-1, keepdims=True), mix(e.astype(q.dtype), v)
 
   stats, start = [], 0
   for k_block, v_block in zip(k_blocks, v_blocks):
-    size = k_block.shape[3]
+    size = k_block.shape[2]
     args = (jax.lax.slice_in_dim(mask, start, start + size, axis=-1), k_block, v_block)
     if start == 0:  # always read: every row's statistics then have a positive sum
       stats.append(attend(*args))

@@ -4,10 +4,10 @@ Rows of a batch sit at different lengths: the sampler appends chunks of differen
 different rows (an observation to one, nothing to another). Token j of a row is stored at
 cache index j, so a token's cache index is also its rotary position.
 
-Layout: `k[g][j]` (and `v[g][j]`) is one array [group_layers, batch, kv_heads, block, head_dim]
-holding layer group g's cache indices [j * block_size, j * block_size + block). Every layer
-group is one layer, for a scanned decoder too: a scan that read its layer out of one stacked
-cache copied that layer's blocks every decode step (`experiments/benchmarks/bench_decode.py
+Layout: `k[l][j]` (and `v[l][j]`) is one array [batch, kv_heads, block, head_dim] holding
+layer l's cache indices [j * block_size, j * block_size + block). Layers have their own
+arrays, for a scanned decoder too: a scan that read its layer out of one stacked cache
+copied that layer's blocks every decode step (`experiments/benchmarks/bench_decode.py
 --scan_layers`, SmolLM2-135M: decode went from 37.3 to 29.2 ms per step at batch 8 and from
 131.7 to 124.4 at batch 64 when the cached forward stopped scanning; prefill went the other
 way, 197 to 267 ms for 8 x 32 tokens, a smaller share of a rollout). Attention reads
@@ -26,31 +26,31 @@ import jax.numpy as jnp
 from rag_r1_jax.models.config import DecoderConfig
 
 # Logical axes of every key / value block for the sharding rules.
-CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+CACHE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")
 # Cache positions per block: attention reads whole blocks, so this is its granularity.
 BLOCK_SIZE = 128
 
-Blocks = tuple[jax.Array, ...]  # one layer group: [group_layers, batch, kv, block, head_dim]
+Blocks = tuple[jax.Array, ...]  # one layer: [batch, kv_heads, block, head_dim] each
 
 
 @flax.struct.dataclass
 class KVCache:
-  k: tuple[Blocks, ...]  # [layer group][block]: [group_layers, batch, kv_heads, block, head_dim]
-  v: tuple[Blocks, ...]  # [layer group][block]
+  k: tuple[Blocks, ...]  # [layer][block]: [batch, kv_heads, block, head_dim]
+  v: tuple[Blocks, ...]  # [layer][block]
   lengths: jax.Array  # [batch] int32: tokens written so far in each row
 
   @property
   def capacity(self) -> int:
-    return sum(block.shape[3] for block in self.k[0])
+    return sum(block.shape[2] for block in self.k[0])
 
   @property
   def batch_size(self) -> int:
-    return self.k[0][0].shape[1]
+    return self.k[0][0].shape[0]
 
   def dense(self) -> tuple[jax.Array, jax.Array]:
     """k, v as [layers, batch, capacity, kv_heads, head_dim] (a copy; for tests and debugging)."""
-    join = lambda groups: jnp.swapaxes(jnp.concatenate(
-        [jnp.concatenate(blocks, axis=3) for blocks in groups], axis=0), 2, 3)
+    join = lambda layers: jnp.swapaxes(jnp.stack(
+        [jnp.concatenate(blocks, axis=2) for blocks in layers]), 2, 3)
     return join(self.k), join(self.v)
 
 
@@ -60,15 +60,10 @@ def block_sizes(capacity: int, block_size: int = BLOCK_SIZE) -> tuple[int, ...]:
   return (block_size,) * full + ((rest,) if rest else ())
 
 
-def layer_groups(cfg: DecoderConfig) -> tuple[int, ...]:
-  """Layers per group: one per layer (a cached forward never scans its layers)."""
-  return (1,) * cfg.num_layers
-
-
 def _block_shapes(cfg: DecoderConfig, batch_size: int, capacity: int, block_size: int):
-  return tuple(tuple((layers, batch_size, cfg.num_kv_heads, size, cfg.head_dim)
-                     for size in block_sizes(capacity, block_size))
-               for layers in layer_groups(cfg))
+  layer = tuple((batch_size, cfg.num_kv_heads, size, cfg.head_dim)
+                for size in block_sizes(capacity, block_size))
+  return (layer,) * cfg.num_layers
 
 
 def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None,
@@ -76,7 +71,7 @@ def init_cache(cfg: DecoderConfig, batch_size: int, capacity: int, dtype=None,
   """An empty cache; `dtype` defaults to the model's compute dtype."""
   dtype = dtype or cfg.compute_dtype
   shapes = _block_shapes(cfg, batch_size, capacity, block_size)
-  zeros = lambda: tuple(tuple(jnp.zeros(s, dtype) for s in group) for group in shapes)
+  zeros = lambda: tuple(tuple(jnp.zeros(s, dtype) for s in layer) for layer in shapes)
   return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch_size,), jnp.int32))
 
 
@@ -85,25 +80,25 @@ def cache_shardings(mesh, cfg: DecoderConfig, batch_size: int, capacity: int,
   """NamedShardings for a cache of this size under the default rules."""
   from rag_r1_jax import sharding  # local import: sharding is a leaf module
 
-  kv = tuple(tuple(sharding.named_sharding(mesh, CACHE_AXES, s) for s in group)
-             for group in _block_shapes(cfg, batch_size, capacity, block_size))
+  kv = tuple(tuple(sharding.named_sharding(mesh, CACHE_AXES, s) for s in layer)
+             for layer in _block_shapes(cfg, batch_size, capacity, block_size))
   return KVCache(k=kv, v=kv, lengths=sharding.named_sharding(mesh, ("batch",), (batch_size,)))
 
 
-def write(blocks: Blocks, layer, indices: jax.Array, values: jax.Array) -> Blocks:
-  """Stores values [batch, chunk, kv, d] at cache indices [batch, chunk] of `layer` (in group).
+def write(blocks: Blocks, indices: jax.Array, values: jax.Array) -> Blocks:
+  """Stores values [batch, chunk, kv, d] at cache indices [batch, chunk] of one layer's blocks.
 
   An index at or past the capacity is dropped (the chunk padding, a full row).
   """
   rows = jnp.arange(indices.shape[0])[:, None]
   out, start = [], 0
   for block in blocks:
-    size = block.shape[3]
+    size = block.shape[2]
     local = indices - start
     local = jnp.where((local >= 0) & (local < size), local, size)  # size: dropped
     # Index arrays around a slice: the indexed dims [batch, chunk] lead, so the update is
     # [batch, chunk, kv, d], the layout of `values`.
-    out.append(block.at[layer, rows, :, local].set(values.astype(block.dtype), mode="drop"))
+    out.append(block.at[rows, :, local].set(values.astype(block.dtype), mode="drop"))
     start += size
   return tuple(out)
 

@@ -34,7 +34,7 @@ MIN_BUCKET = 16
 
 @flax.struct.dataclass
 class SamplerState:
-  cache: kvc.KVCache  # k, v: blocks [layers, batch, kv_heads, block, head_dim]; lengths [batch]
+  cache: kvc.KVCache  # k, v: [layer][block] [batch, kv_heads, block, head_dim]; lengths [batch]
   tokens: jax.Array  # [batch, capacity] int32: every token of the row, at its cache index
   logprobs: jax.Array  # [batch, capacity] float32: policy log-prob of generated tokens, else 0
   generated: jax.Array  # [batch, capacity] bool: True where the policy sampled the token
@@ -247,7 +247,7 @@ class Sampler:
 
   def _replicate_impl(self, state: SamplerState, rng, n: int) -> SamplerState:
     rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
-    by_batch = lambda blocks: jax.tree.map(lambda a: rep(a, 1), blocks)  # [layers, batch, ..]
+    by_batch = lambda blocks: jax.tree.map(rep, blocks)  # [batch, ..] each
     cache = kvc.KVCache(k=by_batch(state.cache.k), v=by_batch(state.cache.v),
                         lengths=rep(state.cache.lengths))
     fields = {f: rep(getattr(state, f)) for f in (

@@ -100,12 +100,12 @@ def test_chunk_past_capacity_is_dropped_not_wrapped(block_size):
 def test_block_layout(scan):
   """Blocks of 3 positions over a capacity of 8; token j of row b sits at cache index j.
 
-  One group of blocks per layer, for a scanned model too (its cached forward loops over layers).
+  Each layer has its own blocks, for a scanned model too (its cached forward loops over layers).
   """
   model = _model(scan)
   cache = kv_cache.init_cache(model.cfg, 2, 8, block_size=3)
   assert [[b.shape for b in g] for g in cache.k] == [
-      [(1, 2, 2, size, 12) for size in (3, 3, 2)] for _ in range(2)]
+      [(2, 2, size, 12) for size in (3, 3, 2)] for _ in range(2)]
   assert cache.capacity == 8 and cache.batch_size == 2
   tokens = jnp.asarray(np.random.RandomState(4).randint(0, 61, (2, 7)), jnp.int32)
   _, cache = model(tokens, cache=cache, chunk_lengths=jnp.asarray([7, 2], jnp.int32))

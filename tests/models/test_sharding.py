@@ -80,7 +80,7 @@ def test_cache_sharded_by_rules_and_decode_unchanged(shape):
   batch_spec = batch_axes if len(batch_axes) > 1 else (batch_axes[0] if batch_axes else None)
   tensor_spec = "tensor" if mesh.shape["tensor"] > 1 else None
   for block in jax.tree.leaves(shardings.k):
-    assert block.spec == P(None, batch_spec, tensor_spec, None, None)
+    assert block.spec == P(batch_spec, tensor_spec, None, None)
   cache = jax.device_put(kv_cache.init_cache(CFG, 8, 16, block_size=8), shardings)
   graphdef, state = nnx.split(model)
 
@@ -95,7 +95,7 @@ def test_cache_sharded_by_rules_and_decode_unchanged(shape):
     logits, new_cache = step(state, tokens, lengths, cache)
   for block, want in zip(jax.tree.leaves((new_cache.k, new_cache.v)),
                          jax.tree.leaves((shardings.k, shardings.v))):
-    assert block.sharding.is_equivalent_to(want, 5)
+    assert block.sharding.is_equivalent_to(want, 4)
   np.testing.assert_array_equal(np.asarray(new_cache.lengths), np.asarray(lengths))
   full, _ = model(tokens)
   for r, n in enumerate(np.asarray(lengths)):
