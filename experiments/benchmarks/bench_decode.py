@@ -108,7 +108,8 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler.params))
   kv_token_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
   print(f"{name}: params {weight_bytes / 4e6:.1f}M ({weight_bytes / 1e6:.0f} MB), "
-        f"capacity {capacity}, prompt {args.prompt}, new {args.new}", flush=True)
+        f"capacity {capacity}, prompt {args.prompt}, new {args.new}, "
+        f"scan_layers {cfg.scan_layers}", flush=True)
   for batch in batches:
     prompts = np.random.RandomState(batch).randint(
         1, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)

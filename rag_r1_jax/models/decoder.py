@@ -2,12 +2,15 @@
 
 RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, tied or
 untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
-weights are stacked along a leading `layers` axis and a full forward applies them with
-`jax.lax.scan` (fast compiles for deep models); otherwise each layer is its own module. A
-cached forward (prefill, decode) always applies the layers in a Python loop, each with its own
-cache blocks: reading one layer out of a stacked cache inside a scan copied it every step. A
-scanned model's layer weights are then sliced out once per sampler call (`layer_weights`),
-a transient copy of them that lasts the call.
+weights are stacked along a leading `layers` axis and a cache-free forward (training,
+scoring) applies them with `jax.lax.scan` (fast compiles for deep models); otherwise each
+layer is its own module. The cached forward (prefill, decode) never scans: it applies the
+layers in a Python loop, each with its own cache blocks, because on XLA:CPU slicing one layer
+out of a stacked array (cache blocks or weights) copies it, and a scan did so every decode
+step. A scanned model's layer weights are sliced out once per sampler call instead
+(`layer_weights`, hoisted out of the decode loop): a transient second copy of them for the
+call, and the sampler compiles every layer rather than one (SmolLM2's 30 layers: append and
+decode still compile in ~4 s each on CPU, as when they scanned).
 
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
@@ -101,8 +104,9 @@ class Decoder(nnx.Module):
       logits_at: [batch] int32; if given, only the logits at these chunk indices: [batch, vocab].
       return_hidden: also return the final normed hidden states [batch, seq, hidden].
       head: `output_head()` computed once by the caller (a decode loop hoists it).
-      layer_weights: `layer_weights()` computed once by the caller (cache mode; a decode loop
-        hoists it, so a scanned model's layers are sliced out once, not every step).
+      layer_weights: `layer_weights()` computed once by the caller; read by the cached forward
+        and by an unscanned cache-free one (a decode loop hoists it, so a scanned model's
+        layers are sliced out once, not every step; a scanned cache-free forward scans).
 
     Returns:
       (logits, new_cache), plus hidden states if `return_hidden`. new_cache is None without one.
@@ -144,6 +148,7 @@ class Decoder(nnx.Module):
     else:
       if layer_weights is None:
         layer_weights = self.layer_weights()
+      assert len(layer_weights) == cfg.num_layers, (len(layer_weights), cfg.num_layers)
       for i, weights in enumerate(layer_weights):
         x, k_layers[i], v_layers[i] = block(weights, x, k_layers[i], v_layers[i])
 

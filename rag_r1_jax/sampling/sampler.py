@@ -246,7 +246,7 @@ class Sampler:
     return state.replace(status=jnp.where(state.status == RUNNING, TURN_LIMIT, state.status))
 
   def _replicate_impl(self, state: SamplerState, rng, n: int) -> SamplerState:
-    rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
+    rep = lambda x: jnp.repeat(x, n, axis=0)
     by_batch = lambda blocks: jax.tree.map(rep, blocks)  # [batch, ..] each
     cache = kvc.KVCache(k=by_batch(state.cache.k), v=by_batch(state.cache.v),
                         lengths=rep(state.cache.lengths))

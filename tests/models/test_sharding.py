@@ -71,10 +71,11 @@ def test_params_sharded_by_rules_and_forward_unchanged(shape, scan):
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(reference), atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
-def test_cache_sharded_by_rules_and_decode_unchanged(shape):
+def test_cache_sharded_by_rules_and_decode_unchanged(shape, scan):
   mesh = _mesh(*shape)
-  model = params.init_on_mesh(CFG, mesh, seed=1)
+  model = params.init_on_mesh(CFG.replace(scan_layers=scan), mesh, seed=1)
   shardings = kv_cache.cache_shardings(mesh, CFG, batch_size=8, capacity=16, block_size=8)
   batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
   batch_spec = batch_axes if len(batch_axes) > 1 else (batch_axes[0] if batch_axes else None)
