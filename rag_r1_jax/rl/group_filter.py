@@ -18,10 +18,10 @@ def mixed_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
   return by_group.max(axis=1) > by_group.min(axis=1)
 
 
-def select_groups(rewards: np.ndarray, group_size: int, keep: int) -> np.ndarray:
+def select_groups(mixed: np.ndarray, keep: int) -> np.ndarray:
   """The `keep` group indices to train on, ascending: mixed groups first (in order), then
-  uniform ones (in order) to fill the batch."""
-  mixed = mixed_groups(rewards, group_size)
+  uniform ones (in order) to fill the batch. mixed: [groups] bool, from `mixed_groups`."""
+  mixed = np.asarray(mixed, bool)
   if keep > mixed.size:
     raise ValueError(f"cannot keep {keep} of {mixed.size} groups")
   order = np.concatenate([np.flatnonzero(mixed), np.flatnonzero(~mixed)])

@@ -101,7 +101,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     rollout_seconds = time.perf_counter() - t0
     rewards = trajectory_rewards(rollout, golds, rl.reward, rl.format_reward)
     mixed = group_filter.mixed_groups(rewards, rl.group_size)
-    groups = group_filter.select_groups(rewards, rl.group_size, rl.batch_size)  # all if 1.0
+    groups = group_filter.select_groups(mixed, rl.batch_size)  # all of them if oversample 1
     trained = rollout.take_groups(groups, rl.group_size)
     batch = dict(trained.tensors(), rewards=rewards[group_rows(groups, rl.group_size)])
     t0 = time.perf_counter()

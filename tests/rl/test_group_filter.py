@@ -19,12 +19,13 @@ def test_mixed_groups():
 @pytest.mark.parametrize("keep, want", [(1, [1]), (2, [1, 3]), (3, [0, 1, 3]),
                                         (4, [0, 1, 2, 3]), (5, [0, 1, 2, 3, 4])])
 def test_select_groups_mixed_first_then_in_order(keep, want):
-  np.testing.assert_array_equal(group_filter.select_groups(REWARDS, 3, keep), want)
+  mixed = group_filter.mixed_groups(REWARDS, 3)
+  np.testing.assert_array_equal(group_filter.select_groups(mixed, keep), want)
 
 
 def test_select_groups_rejects_more_than_rolled_out():
   with pytest.raises(ValueError, match="cannot keep 6 of 5 groups"):
-    group_filter.select_groups(REWARDS, 3, 6)
+    group_filter.select_groups(group_filter.mixed_groups(REWARDS, 3), 6)
 
 
 def test_group_rows():
