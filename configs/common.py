@@ -93,6 +93,9 @@ def base_config() -> config_dict.ConfigDict:
   c.rollout.max_obs_length = 1000
   c.rollout.mq_json_indent = 2  # RAG-R1's indented JSON observation; 0 writes it on one line
   c.rollout.max_total_length = 4096
+  # KV-cache positions per block; 0: automatic (128, or capacity / 16 rounded up to a power of
+  # two for long capacities, which bounds compile time: see kv_cache.auto_block_size).
+  c.rollout.cache_block_size = 0
 
   c.sampling = config_dict.ConfigDict()
   c.sampling.temperature = 1.0

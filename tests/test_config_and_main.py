@@ -36,12 +36,14 @@ def test_validation_names_every_bad_field():
   config.rl.algorithm = "a2c"
   config.model.num_kv_heads = 3
   config.sampling.top_p = 1.5
+  config.rollout.cache_block_size = -1
   with pytest.raises(config_validation.ConfigError) as e:
     config_validation.validate(config)
   message = str(e.value)
   assert "config.rl.algorithm='a2c': must be one of grpo, ppo" in message
   assert "config.model.num_heads=4: must be a multiple of config.model.num_kv_heads=3" in message
   assert "config.sampling.top_p=1.5" in message
+  assert "config.rollout.cache_block_size=-1" in message
 
 
 @pytest.mark.parametrize("algorithm, oversample, problem", [

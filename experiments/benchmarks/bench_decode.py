@@ -11,8 +11,13 @@ shared machine hits both sides alike; every figure is a median over rounds. Also
 fraction of the memory-bandwidth roofline: bytes read per decode step (weights + KV cache,
 over the full capacity or only the valid length) divided by a numpy copy bandwidth measured
 here.
+On a GPU (jax's default backend), `generate` runs on CUDA too: eager with a dynamic cache, and
+with a static cache (which transformers compiles with torch.compile); the ratio is taken against
+the faster. The bandwidth is then a device-to-device copy; use `--dtype bfloat16` for both
+sides, and `--models small,smollm2_random` where the SmolLM2 GGUF asset is not installed (random
+weights of SmolLM2-135M's shape: decode time does not depend on the values).
 Usage: python experiments/benchmarks/bench_decode.py [--models small,smollm2] [--batches 8,64]
-  [--scan_layers]
+  [--scan_layers] [--dtype float32|bfloat16]
 """
 
 import argparse
@@ -41,10 +46,16 @@ class _OneCharTokenizer:
 
 
 def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
-  """Bytes/s of a large numpy copy, counting the read and the write."""
-  src = np.ones(nbytes // 4, np.float32)
-  dst = np.empty_like(src)
-  seconds = common.median_seconds(lambda: np.copyto(dst, src), repeats)
+  """Bytes/s of a large copy, counting the read and the write: numpy on a CPU, a jitted copy
+  on an accelerator."""
+  if jax.default_backend() == "cpu":
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    seconds = common.median_seconds(lambda: np.copyto(dst, src), repeats)
+  else:
+    src = jax.random.normal(jax.random.key(0), (nbytes // 4,), np.float32)
+    copy = jax.jit(lambda x: x + 1)  # one read and one write per element
+    seconds = common.median_seconds(lambda: copy(src).block_until_ready(), repeats)
   return 2 * nbytes / seconds
 
 
@@ -80,43 +91,63 @@ class _Theirs:
 
   def __init__(self, model, prompts: np.ndarray, new: int):
     self.model, self.new = model, new
-    self.ids = torch.as_tensor(prompts, dtype=torch.long)
+    self.ids = torch.as_tensor(prompts, dtype=torch.long, device=model.device)
     self.out = None
 
-  def run(self, threads: int, new: int | None = None) -> float:
-    torch.set_num_threads(threads)
+  def run(self, setting: str, new: int | None = None) -> float:
+    """setting: a thread count on a CPU; "eager" or "static" (cache) on CUDA."""
+    extra = {}
+    if setting == "static":
+      extra = dict(cache_implementation="static")
+    elif setting != "eager":
+      torch.set_num_threads(int(setting))
     n = new or self.new
+    _sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
       self.out = self.model.generate(
           input_ids=self.ids, attention_mask=torch.ones_like(self.ids), do_sample=False,
-          max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+          max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None, **extra)
+    _sync()
     return time.perf_counter() - t0
 
   def new_tokens(self) -> np.ndarray:
-    return self.out[:, self.ids.shape[1]:].numpy()
+    return self.out[:, self.ids.shape[1]:].cpu().numpy()
+
+
+def _sync() -> None:
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
 
 
 def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float) -> None:
-  ours, cfg = common.jax_model(model_dir, scan_layers=args.scan_layers)
-  theirs = common.torch_model(model_dir)
+  ours, cfg = common.jax_model(model_dir, scan_layers=args.scan_layers, dtype=args.dtype,
+                               param_dtype=args.dtype)
+  on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+  theirs = common.torch_model(model_dir, dtype=args.dtype, device="cuda" if on_gpu else "cpu")
   capacity = args.capacity
   sampler = sampler_lib.Sampler(ours, _OneCharTokenizer(), capacity=capacity,
                                 stop_strings_=(NEVER,), eos_token_ids=())
   settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), args.new)
-  threads = sorted({os.cpu_count() or 1, 1}, reverse=True)
+  if on_gpu:
+    threads = ["eager", "static"]
+  else:
+    threads = [str(t) for t in sorted({os.cpu_count() or 1, 1}, reverse=True)]
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler.params))
-  kv_token_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
-  print(f"{name}: params {weight_bytes / 4e6:.1f}M ({weight_bytes / 1e6:.0f} MB), "
+  kv_token_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * np.dtype(
+      cfg.compute_dtype).itemsize
+  n_params = sum(x.size for x in jax.tree.leaves(sampler.params))
+  print(f"{name}: params {n_params / 1e6:.1f}M ({weight_bytes / 1e6:.0f} MB), "
         f"capacity {capacity}, prompt {args.prompt}, new {args.new}, "
-        f"scan_layers {cfg.scan_layers}", flush=True)
+        f"scan_layers {cfg.scan_layers}, dtype {args.dtype}", flush=True)
   for batch in batches:
     prompts = np.random.RandomState(batch).randint(
         1, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)
     ours_run, theirs_run = _Ours(sampler, prompts, settings), _Theirs(theirs, prompts, args.new)
     ours_run.run()  # compiles
     for t in threads:
-      theirs_run.run(t, new=4)  # warm-up
+      theirs_run.run(t, new=4)  # warm-up (a static cache compiles here)
+      theirs_run.run(t, new=4)
     prefills, decodes, hf_times = [], [], {t: [] for t in threads}
     for _ in range(args.repeats):  # alternate the sides so load changes hit both alike
       prefill, decode = ours_run.run()
@@ -141,8 +172,8 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
     print(f"  batch {batch:3d}: ours decode {n / decode_s:8.0f} tok/s ({decode_s * 1e3:7.1f} ms, "
           f"{step_s * 1e3:6.2f} ms/step), prefill {prefill_s * 1e3:6.1f} ms, "
           f"prefill+decode {n / (prefill_s + decode_s):8.0f} tok/s | hf generate "
-          + ", ".join(f"{t} threads {n / hf[t]:6.0f} tok/s ({hf[t] * 1e3:7.1f} ms)"
-                      for t in threads)
+          + ", ".join(f"{t}{'' if on_gpu else ' threads'} {n / hf[t]:6.0f} tok/s "
+                      f"({hf[t] * 1e3:7.1f} ms)" for t in threads)
           + f" | ratio decode/hf(best) {hf_s / decode_s:5.2f}x (per round {round_ratio:5.2f}x), "
           f"(prefill+decode)/hf {hf_s / (prefill_s + decode_s):5.2f}x | roofline fraction "
           f"capacity {roof(cap_bytes):.2f} valid {roof(valid_bytes):.2f} "
@@ -158,16 +189,21 @@ def main():
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--capacity", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="weights, activations and KV cache, on both sides")
   parser.add_argument("--scan_layers", action="store_true",
                       help="load our model with stacked (scanned) layers, as the SmolLM2 and "
                            "Qwen2.5-7B configs do")
   args = parser.parse_args()
   bandwidth = copy_bandwidth()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
-        f"with {os.cpu_count()} and 1 threads (the faster is the baseline); "
-        f"numpy copy bandwidth {bandwidth / 1e9:.1f} GB/s",
-        flush=True)
-  dirs = {"small": common.small_qwen2_dir, "smollm2": common.smollm2_dir}
+  if jax.default_backend() == "cpu":
+    side = f"with {os.cpu_count()} and 1 threads (the faster is the baseline)"
+  else:
+    side = "on CUDA, eager and static cache (the faster is the baseline)"
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
+        f"{side}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+  dirs = {"small": common.small_qwen2_dir, "smollm2": common.smollm2_dir,
+          "smollm2_random": common.smollm2_random_dir}
   batches = [int(b) for b in args.batches.split(",")]
   for name in args.models.split(","):
     bench(name, dirs[name](), batches, args, bandwidth)

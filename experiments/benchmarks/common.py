@@ -13,6 +13,11 @@ SMALL_QWEN2 = dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
                    tie_word_embeddings=True)
 
+# SmolLM2-135M-Instruct's shape (its config.json), for random weights where the asset is absent.
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
 
 def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
   """Median wall time of fn() over `repeats` runs after `warmup` runs."""
@@ -37,17 +42,29 @@ def small_qwen2_dir() -> str:
   return out
 
 
+def smollm2_random_dir() -> str:
+  """Random weights of SmolLM2-135M's shape (a Llama), saved with transformers."""
+  import torch
+  import transformers
+  out = os.path.join(tempfile.gettempdir(), "rag_r1_jax_bench_smollm2_random")
+  if not os.path.isfile(os.path.join(out, "config.json")):
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMOLLM2_135M)).save_pretrained(out)
+  return out
+
+
 def smollm2_dir() -> str:
   from rag_r1_jax.assets import asset_path
   from rag_r1_jax.models import gguf_import
   return gguf_import.convert_gguf(asset_path("smollm2_gguf"))
 
 
-def torch_model(model_dir: str):
+def torch_model(model_dir: str, dtype: str = "float32", device: str = "cpu"):
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count() or 1)
-  return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+  return model.to(device).eval()
 
 
 def jax_model(model_dir: str, **overrides):

@@ -194,7 +194,8 @@ class Workspace:
   def engine(self, model: Decoder, retriever: Retriever | None = None) -> RolloutEngine:
     """A rollout engine for `model` searching `retriever` (default: the run's)."""
     sampler = Sampler(model, self.tokenizer, capacity=self.config.rollout.max_total_length,
-                      eos_token_ids=self.eos_token_ids(model), mesh=self.mesh)
+                      eos_token_ids=self.eos_token_ids(model), mesh=self.mesh,
+                      block_size=self.config.rollout.cache_block_size or None)
     return RolloutEngine(sampler, self.tokenizer,
                          self.retriever if retriever is None else retriever,
                          RolloutSettings.from_config(self.config))

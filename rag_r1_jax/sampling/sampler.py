@@ -79,10 +79,11 @@ class Sampler:
   def __init__(self, model: Decoder, tokenizer, *, capacity: int,
                stop_strings_: Sequence[str] = ("</search>", "</answer>"),
                eos_token_ids: Sequence[int] = (), mesh: Mesh | None = None,
-               block_size: int = kvc.BLOCK_SIZE):
+               block_size: int | None = None):
     self.cfg = model.cfg
     self.capacity = int(capacity)
-    self.block_size = int(block_size)  # cache positions per block (attention granularity)
+    # Cache positions per block (attention granularity); None: kvc.auto_block_size(capacity).
+    self.block_size = int(block_size or kvc.auto_block_size(self.capacity))
     self.graphdef, self.params = nnx.split(model)
     self.mesh = mesh
     self.stop_strings = tuple(stop_strings_)

@@ -113,3 +113,11 @@ def test_block_layout(scan):
   assert k.shape == v.shape == (2, 2, 8, 2, 12)
   written = np.abs(np.asarray(k)).sum(axis=(0, 3, 4)) > 0  # [batch, capacity]
   np.testing.assert_array_equal(written, [[1] * 7 + [0], [1, 1] + [0] * 6])
+
+
+@pytest.mark.parametrize("capacity, block", [
+    (40, 128), (512, 128), (2048, 128), (2049, 256), (4096, 256), (8192, 512), (8193, 1024)])
+def test_auto_block_size_bounds_the_block_count(capacity, block):
+  assert kv_cache.auto_block_size(capacity) == block
+  assert len(kv_cache.block_sizes(capacity, block)) <= max(kv_cache.MAX_AUTO_BLOCKS,
+                                                           -(-capacity // kv_cache.BLOCK_SIZE))

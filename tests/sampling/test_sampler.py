@@ -73,3 +73,12 @@ def test_bucket_widths_multiples_of_16_then_two_per_octave():
     width = sampler_lib.bucket(n)
     assert n <= width and (width - n < 16 if n <= 128 else 3 * (width - n) < width), (n, width)
   assert len({sampler_lib.bucket(n) for n in range(1, 4097)}) == 18  # 16..128, 192, ..., 4096
+
+
+def test_block_size_defaults_to_the_automatic_one():
+  tokenizer = toy_tokenizer()
+  model = _model(tokenizer, scan=False)
+  for capacity, block in ((CAPACITY, 128), (8192, 512)):
+    sampler = sampler_lib.Sampler(model, tokenizer, capacity=capacity)
+    assert sampler.block_size == block
+  assert jax.eval_shape(lambda: sampler.init(2, jax.random.key(0))).cache.k[0][0].shape[2] == 512
