@@ -119,5 +119,4 @@ def test_block_layout(scan):
     (40, 128), (512, 128), (2048, 128), (2049, 256), (4096, 256), (8192, 512), (8193, 1024)])
 def test_auto_block_size_bounds_the_block_count(capacity, block):
   assert kv_cache.auto_block_size(capacity) == block
-  assert len(kv_cache.block_sizes(capacity, block)) <= max(kv_cache.MAX_AUTO_BLOCKS,
-                                                           -(-capacity // kv_cache.BLOCK_SIZE))
+  assert len(kv_cache.block_sizes(capacity, block)) <= kv_cache.MAX_AUTO_BLOCKS
