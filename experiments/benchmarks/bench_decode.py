@@ -38,13 +38,6 @@ from rag_r1_jax.sampling.sampling_fns import SamplingParams
 NEVER = "</never-appears-xyz>"
 
 
-class _OneCharTokenizer:
-  """Every token decodes to 'a': the stop string can never appear."""
-
-  def decode(self, ids, **_) -> str:
-    return "a" * len(ids)
-
-
 def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
   """Bytes/s of a large copy, counting the read and the write: numpy on a CPU, a jitted copy
   on an accelerator."""
@@ -52,11 +45,8 @@ def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
     seconds = common.median_seconds(lambda: np.copyto(dst, src), repeats)
-  else:
-    src = jax.random.normal(jax.random.key(0), (nbytes // 4,), np.float32)
-    copy = jax.jit(lambda x: x + 1)  # one read and one write per element
-    seconds = common.median_seconds(lambda: copy(src).block_until_ready(), repeats)
-  return 2 * nbytes / seconds
+    return 2 * nbytes / seconds
+  return common.device_copy_bandwidth(nbytes, repeats)
 
 
 class _Ours:
@@ -126,7 +116,7 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
   on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   theirs = common.torch_model(model_dir, dtype=args.dtype, device="cuda" if on_gpu else "cpu")
   capacity = args.capacity
-  sampler = sampler_lib.Sampler(ours, _OneCharTokenizer(), capacity=capacity,
+  sampler = sampler_lib.Sampler(ours, common.OneCharTokenizer(), capacity=capacity,
                                 stop_strings_=(NEVER,), eos_token_ids=())
   settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), args.new)
   if on_gpu:

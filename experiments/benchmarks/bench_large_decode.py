@@ -23,7 +23,6 @@ import time
 
 import common  # noqa: F401  (sets sys.path)
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -43,13 +42,8 @@ NEVER = "</never-appears-xyz>"
 GB = 1e9
 
 
-class _OneCharTokenizer:
-  def decode(self, ids, **_) -> str:
-    return "a" * len(ids)
-
-
 def _sampler(model, capacity: int, block_size: int | None = None) -> sampler_lib.Sampler:
-  return sampler_lib.Sampler(model, _OneCharTokenizer(), capacity=capacity,
+  return sampler_lib.Sampler(model, common.OneCharTokenizer(), capacity=capacity,
                              stop_strings_=(NEVER,), eos_token_ids=(), block_size=block_size)
 
 
@@ -72,12 +66,6 @@ def memory_analysis(cfg, batch: int, capacity: int, settings,
           f"{m.temp_size_in_bytes / GB:5.1f}, peak {peak / GB:5.1f} GB "
           f"(temporaries / weights {m.temp_size_in_bytes / weights:.2f}; compiled in "
           f"{seconds:.0f} s)")
-
-
-def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
-  src = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
-  copy = jax.jit(lambda x: x + 1)
-  return 2 * nbytes / common.median_seconds(lambda: copy(src).block_until_ready(), repeats)
 
 
 def speed(cfg, batches, args, settings, bandwidth: float) -> None:
@@ -159,7 +147,7 @@ def main():
             flush=True)
   if args.skip_run:
     return
-  bandwidth = copy_bandwidth()
+  bandwidth = common.device_copy_bandwidth(1 << 30)
   print(f"copy bandwidth {bandwidth / GB:.0f} GB/s; decode speed, capacity {args.capacity}, "
         f"prompt {args.prompt}, new {args.new}, weights {args.run_param_dtype}:", flush=True)
   batches = [int(b) for b in args.batches.split(",")]

@@ -31,26 +31,42 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
   return statistics.median(times)
 
 
-def small_qwen2_dir() -> str:
-  """Saves the random 12M Qwen2 config with transformers; returns the directory."""
+def _random_hf_dir(name: str, architecture: str, fields: dict) -> str:
+  """Saves a randomly initialised transformers model (seed 0) once; returns the directory."""
   import torch
   import transformers
-  out = os.path.join(tempfile.gettempdir(), "rag_r1_jax_bench_qwen2_12m")
+  out = os.path.join(tempfile.gettempdir(), f"rag_r1_jax_bench_{name}")
   if not os.path.isfile(os.path.join(out, "config.json")):
     torch.manual_seed(0)
-    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SMALL_QWEN2)).save_pretrained(out)
+    model_cls = getattr(transformers, f"{architecture}ForCausalLM")
+    config_cls = getattr(transformers, f"{architecture}Config")
+    model_cls(config_cls(**fields)).save_pretrained(out)
   return out
+
+
+def small_qwen2_dir() -> str:
+  """The random 12M Qwen2 config, saved with transformers."""
+  return _random_hf_dir("qwen2_12m", "Qwen2", SMALL_QWEN2)
 
 
 def smollm2_random_dir() -> str:
   """Random weights of SmolLM2-135M's shape (a Llama), saved with transformers."""
-  import torch
-  import transformers
-  out = os.path.join(tempfile.gettempdir(), "rag_r1_jax_bench_smollm2_random")
-  if not os.path.isfile(os.path.join(out, "config.json")):
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMOLLM2_135M)).save_pretrained(out)
-  return out
+  return _random_hf_dir("smollm2_random", "Llama", SMOLLM2_135M)
+
+
+class OneCharTokenizer:
+  """Every token decodes to 'a': a stop string of other characters can never appear."""
+
+  def decode(self, ids, **_) -> str:
+    return "a" * len(ids)
+
+
+def device_copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
+  """Bytes/s of a jitted copy on JAX's default device, counting the read and the write."""
+  import jax
+  src = jax.random.normal(jax.random.key(0), (nbytes // 4,))
+  copy = jax.jit(lambda x: x + 1)  # one read and one write per element
+  return 2 * nbytes / median_seconds(lambda: copy(src).block_until_ready(), repeats)
 
 
 def smollm2_dir() -> str:
