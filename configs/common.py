@@ -47,6 +47,7 @@ def base_config() -> config_dict.ConfigDict:
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world
   c.tokenizer.path = ""
+  c.tokenizer.split_digits = False  # world tokenizer only: one token per digit, not per number
 
   c.data = config_dict.ConfigDict()
   c.data.source = "synthetic_world"  # synthetic_world | flashrag | wiki_extracts

@@ -35,6 +35,10 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, USER, ASSISTANT)
 # space) kept as one piece and never fused with the punctuation or word around it.
 PRETOKENIZE_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\\.| ?\p{L}+| ?\p{N}+"""
                        r"""| ?[^\s\p{L}\p{N}\\]+|\s+(?!\S)|\s+|\\""")
+# The same with every digit a piece of its own (a leading space stays on the first digit), as
+# Llama's and Qwen2's tokenizers split numbers: ten digit tokens that every number trains, in
+# place of one rarely seen token per number.
+SPLIT_DIGITS_PATTERN = PRETOKENIZE_PATTERN.replace(r" ?\p{N}+", r" ?\p{N}")
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -77,12 +81,13 @@ def _strip_tags(text: str) -> str:
   return text
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int,
-              min_frequency: int = 2) -> tokenizers.Tokenizer:
+def train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int = 2,
+              split_digits: bool = False) -> tokenizers.Tokenizer:
   """A byte-level BPE over `texts`, with the special tokens first and the tags added last."""
   tok = tokenizers.Tokenizer(models.BPE())
+  pattern = SPLIT_DIGITS_PATTERN if split_digits else PRETOKENIZE_PATTERN
   tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+      pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
@@ -97,14 +102,16 @@ def train_bpe(texts: Sequence[str], vocab_size: int,
 def build_world_tokenizer(world: synthetic_world.World, out_dir: str, *,
                           extra_texts: Iterable[str] = (), extra_weight: int = 50,
                           vocab_size: int = 3072, min_frequency: int = 2,
-                          json_indent: int = 2) -> transformers.PreTrainedTokenizerFast:
+                          json_indent: int = 2,
+                          split_digits: bool = False) -> transformers.PreTrainedTokenizerFast:
   """Trains the world's tokenizer, saves it to out_dir and returns it loaded from there.
 
   `AutoTokenizer.from_pretrained(out_dir)` loads it offline. The vocabulary holds at most
-  `vocab_size` entries (fewer when the texts run out of merges).
+  `vocab_size` entries (fewer when the texts run out of merges). `split_digits` makes every
+  digit a token of its own (numbers are then copied digit by digit).
   """
   texts = training_texts(world, extra_texts, extra_weight, json_indent=json_indent)
-  tok = train_bpe(texts, vocab_size, min_frequency)
+  tok = train_bpe(texts, vocab_size, min_frequency, split_digits)
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
       extra_special_tokens=[USER, ASSISTANT], clean_up_tokenization_spaces=False,

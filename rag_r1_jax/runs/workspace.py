@@ -119,7 +119,8 @@ class Workspace:
         return factory.load_tokenizer(out)
       return world_tokenizer.build_world_tokenizer(
           self.world, out, extra_texts=list(prompts.TEMPLATES.values()),
-          json_indent=self.config.rollout.mq_json_indent)
+          json_indent=self.config.rollout.mq_json_indent,
+          split_digits=self.config.tokenizer.split_digits)
     path = self.config.tokenizer.path or self._checkpoint_dir()
     return factory.load_tokenizer(resolve_path(path))
 

@@ -149,3 +149,17 @@ def test_extra_texts_are_learnt(world, tmp_path):
   without = wt.build_world_tokenizer(sw.make_world(0, 40), str(tmp_path / "b"))
   word = " Zorbulation quintessence"
   assert len(_ids(with_extra, word)) == 2 < len(_ids(without, word))
+
+
+def test_split_digits_gives_one_token_per_digit(tmp_path):
+  world = sw.make_world(0, 40)
+  whole = wt.build_world_tokenizer(world, str(tmp_path / "whole"))
+  split = wt.build_world_tokenizer(world, str(tmp_path / "split"), split_digits=True)
+  text = "Kridu Shapa: born 1945 in Dudrol Hill, height 174 cm. Doc 12"
+  assert whole.convert_ids_to_tokens(_ids(whole, " 1945 ")) == ["\u01201945", "\u0120"]
+  assert split.convert_ids_to_tokens(_ids(split, " 1945 174")) == [
+      "\u01201", "9", "4", "5", "\u01201", "7", "4"]
+  assert split.decode(_ids(split, text)) == text
+  digit_tokens = {t for t in split.get_vocab() if t.lstrip("\u0120").isdigit()}
+  assert all(len(t.lstrip("\u0120")) == 1 for t in digit_tokens)
+  assert len(digit_tokens) <= 20  # ten digits, with and without a leading space
