@@ -122,6 +122,7 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.microbatches = 1
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024
+  c.sft.pack_length = 0  # N: pack examples into rows of N tokens (>= max_length); 0: pad
 
   c.rl = config_dict.ConfigDict()
   c.rl.algorithm = "grpo"  # grpo | ppo

@@ -37,7 +37,7 @@ _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.copy_drills", "rl.steps",
                  "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
-                 "rl.world_draw", "rollout.cache_block_size")
+                 "rl.world_draw", "rollout.cache_block_size", "sft.pack_length")
 _FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
               "rl.gae_lambda")
 
@@ -95,6 +95,9 @@ def validate(config) -> None:
         "must divide the minibatch rows (config.rl.mini_batch_size x config.rl.group_size)")
   check("sft.microbatches", lambda v: v > 0 and config.sft.batch_size % v == 0,
         f"must divide config.sft.batch_size={config.sft.batch_size}")
+  check("sft.pack_length", lambda v: v == 0 or v >= config.sft.max_length,
+        f"must be 0 (no packing) or at least config.sft.max_length={config.sft.max_length}, "
+        "so that every kept example fits in a row")
   if config.rl.algorithm == "grpo":
     check("rl.group_size", lambda v: v >= 2, "GRPO needs at least 2 samples per question")
   check("rl.oversample", lambda v: v >= 1.0, "must be >= 1 (prompts rolled out per trained one)")

@@ -37,6 +37,7 @@ def test_validation_names_every_bad_field():
   config.model.num_kv_heads = 3
   config.sampling.top_p = 1.5
   config.rollout.cache_block_size = -1
+  config.sft.max_length, config.sft.pack_length = 512, 256
   with pytest.raises(config_validation.ConfigError) as e:
     config_validation.validate(config)
   message = str(e.value)
@@ -44,6 +45,7 @@ def test_validation_names_every_bad_field():
   assert "config.model.num_heads=4: must be a multiple of config.model.num_kv_heads=3" in message
   assert "config.sampling.top_p=1.5" in message
   assert "config.rollout.cache_block_size=-1" in message
+  assert "config.sft.pack_length=256: must be 0 (no packing) or at least" in message
 
 
 @pytest.mark.parametrize("algorithm, oversample, problem", [

@@ -13,7 +13,8 @@ call, and the sampler compiles every layer rather than one (SmolLM2's 30 layers:
 decode still compile in ~4 s each on CPU, as when they scanned).
 
 Two entry modes share the attention code:
-  * `cache=None`: a full causal forward over `tokens` with a padding mask (training, scoring);
+  * `cache=None`: a full causal forward over `tokens` with a padding mask or the segment ids of
+    packed rows (training, scoring);
   * with a `KVCache`: the chunk `tokens[b, :chunk_lengths[b]]` is appended to row b of the cache
     at that row's own length, and attends to everything before it (prefill and decode alike),
     reading only the cache blocks that hold some row's valid slots.
@@ -98,7 +99,8 @@ class Decoder(nnx.Module):
     Args:
       tokens: [batch, seq] int32.
       positions: [batch, seq] int32 rotary positions (no-cache mode; default arange).
-      attention_mask: [batch, seq] padding mask (no-cache mode; default all valid).
+      attention_mask: [batch, seq] padding mask, or segment ids of packed rows (no-cache mode;
+        default all valid).
       cache: append `tokens` to this cache (cache mode).
       chunk_lengths: [batch] int32 valid tokens per row of the chunk (cache mode; default seq).
       logits_at: [batch] int32; if given, only the logits at these chunk indices: [batch, vocab].
@@ -118,9 +120,14 @@ class Decoder(nnx.Module):
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
       if attention_mask is None:
-        attention_mask = jnp.ones((batch, seq), jnp.bool_)
+        attention_mask = jnp.ones((batch, seq), jnp.int32)
+      # A padding mask (1 real, 0 padding) or, for packed rows, segment ids (k > 0: a token of
+      # the row's k-th example, 0: padding): a token attends to earlier tokens of its own
+      # segment; a padding token attends to every real token before it.
+      segment = attention_mask.astype(jnp.int32)
+      own = (segment[:, :, None] == segment[:, None, :]) | (segment[:, :, None] == 0)
       causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
-      mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]
+      mask = causal[None] & own & (segment[:, None, :] > 0)
       write_idx = None
     else:
       if chunk_lengths is None:

@@ -80,8 +80,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                                                       config.seed)
   if not train:
     raise ValueError("sft: no training examples left (check sft.data_path / sft.max_length)")
-  per_epoch = sft_data.steps_per_epoch(len(train), sft.batch_size)
-  total = per_epoch * sft.epochs
+  pack = sft.get("pack_length", 0)
+  per_epoch = [sft_data.epoch_steps(train, sft.batch_size, config.seed, e, pack)
+               for e in range(sft.epochs)]
+  first_step = [sum(per_epoch[:e]) for e in range(sft.epochs)]
+  total = sum(per_epoch)
   state = train_state.create_sft_state(ws.initial_model(), config, total)
   hp = sft_update.SFTHparams.from_config(config, total)
   manager = ws.checkpoint_manager("sft")
@@ -90,8 +93,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   if start:
     state, meta = manager.restore(train_state.abstract(state), start)
     print(f"sft: resumed at step {start} (epoch {meta['epoch']}, batch {meta['batch']})", flush=True)
-  print(f"sft: {len(train)} train / {len(validation)} validation examples, "
-        f"{per_epoch} steps per epoch x {sft.epochs} epochs", flush=True)
+  packed = f" (packed into rows of {pack} tokens)" if pack else ""
+  print(f"sft: {len(train)} train / {len(validation)} validation examples{packed}, "
+        f"{per_epoch[0]} steps per epoch x {sft.epochs} epochs", flush=True)
   writer = MetricsWriter(workdir, "sft", start_step=start + 1 if start else 0, total_steps=total)
   bar = progress_bar("sft", total, initial=start)
   step = start
@@ -101,11 +105,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     def on_step(state, metrics, epoch=epoch):
       nonlocal step
       step += 1
-      batch_index = step - epoch * per_epoch
+      batch_index = step - first_step[epoch]
       writer.write(step, dict(metrics, epoch=epoch))
       bar.update(1)
       bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-      if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch:
+      if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch[epoch]:
         manager.save(step, state, dict(meta, epoch=epoch, batch=batch_index))
 
     state, _ = sft_update.sft_epoch(state, train, hp, epoch, start_batch=first_batch,

@@ -13,7 +13,11 @@ pieces exactly. The response ends with the tokenizer's eos token (trained), as
 LLaMA-Factory does, so the model learns to stop after `</answer>`.
 
 Batches are right-padded to a multiple of `length_bucket` tokens (few distinct shapes, few
-compiles) and to a fixed number of rows (padding rows have loss mask 0).
+compiles) and to a fixed number of rows (padding rows have loss mask 0). Or, with a
+`pack_length`, several examples share a row of exactly that many tokens (one shape, one
+compile): positions restart at each example and `attention_mask` holds segment ids (1, 2, ...
+per example in the row, 0 on padding), so no example attends to another. On the default world
+padded batches were 47% real tokens.
 """
 
 import collections
@@ -157,17 +161,78 @@ def pad_batch(examples: Sequence[SFTExample], rows: int, multiple: int) -> dict[
           "loss_mask": loss_mask}
 
 
+def pack_plan(lengths: Sequence[int], rows: int, width: int, seed: int, epoch: int,
+              shuffle: bool = True) -> list[list[list[int]]]:
+  """Example indices per batch and row ([batch][row] -> indices) for packed rows of `width`.
+
+  Examples come in the (seed, epoch) order; each goes into the first row of the open batch
+  with room for it, and the batch is closed when none has.
+  """
+  plan, batch, free = [], [[] for _ in range(rows)], [width] * rows
+  for i in epoch_order(len(lengths), seed, epoch, shuffle):
+    n = int(lengths[i])
+    if n > width:
+      raise ValueError(f"an SFT example has {n} tokens, more than sft.pack_length={width}: "
+                       f"raise sft.pack_length or lower sft.max_length to drop such examples")
+    row = next((r for r in range(rows) if free[r] >= n), None)
+    if row is None:
+      plan.append(batch)
+      batch, free, row = [[] for _ in range(rows)], [width] * rows, 0
+    batch[row].append(int(i))
+    free[row] -= n
+  if any(batch):
+    plan.append(batch)
+  return plan
+
+
+def pack_batch(examples: Sequence[SFTExample], plan_rows: Sequence[Sequence[int]],
+               width: int) -> dict[str, np.ndarray]:
+  """Packed arrays [rows, width]; attention_mask holds each token's segment id (0: padding)."""
+  rows = len(plan_rows)
+  tokens = np.zeros((rows, width), np.int32)
+  positions = np.zeros((rows, width), np.int32)
+  segments = np.zeros((rows, width), np.int32)
+  loss_mask = np.zeros((rows, width), np.float32)
+  for r, indices in enumerate(plan_rows):
+    at = 0
+    for k, i in enumerate(indices, start=1):
+      e = examples[i]
+      n = len(e)
+      tokens[r, at:at + n] = e.tokens
+      positions[r, at:at + n] = np.arange(n)
+      segments[r, at:at + n] = k
+      loss_mask[r, at:at + n] = e.loss_mask
+      at += n
+  return {"tokens": tokens, "positions": positions, "attention_mask": segments,
+          "loss_mask": loss_mask}
+
+
 def batches(examples: Sequence[SFTExample], rows: int, multiple: int, seed: int, epoch: int,
-            shuffle: bool = True, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+            shuffle: bool = True, start: int = 0,
+            pack_length: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one epoch from batch `start` on, in a deterministic (seed, epoch) order.
 
-  Built lazily; the last batch is padded with empty rows.
+  Built lazily; the last batch is padded with empty rows. With `pack_length`, rows of that
+  many tokens each hold as many examples as fit (`pack_plan`).
   """
+  if pack_length:
+    plan = pack_plan([len(e) for e in examples], rows, pack_length, seed, epoch, shuffle)
+    for plan_rows in plan[start:]:
+      yield pack_batch(examples, plan_rows, pack_length)
+    return
   order = epoch_order(len(examples), seed, epoch, shuffle)
   for s in range(start * rows, len(order), rows):
     yield pad_batch([examples[i] for i in order[s:s + rows]], rows, multiple)
 
 
 def steps_per_epoch(num_examples: int, rows: int) -> int:
-  """Optimizer steps in one epoch of `num_examples` with batches of `rows`."""
+  """Optimizer steps in one epoch of `num_examples` with padded batches of `rows`."""
   return -(-num_examples // rows)
+
+
+def epoch_steps(examples: Sequence[SFTExample], rows: int, seed: int, epoch: int,
+                pack_length: int = 0) -> int:
+  """Optimizer steps in epoch `epoch` (packed epochs differ by the order's fit)."""
+  if pack_length:
+    return len(pack_plan([len(e) for e in examples], rows, pack_length, seed, epoch))
+  return steps_per_epoch(len(examples), rows)

@@ -3,7 +3,8 @@
 The loss is the mean negative log-likelihood over tokens whose loss_mask is 1 (the policy's
 response; prompt, retrieved information and padding are masked). With microbatches each
 microbatch's mean is averaged (optimizer.accumulate_gradients). Batches come from
-sft_data.batches, so their shapes are bucketed and the step compiles once per bucket.
+sft_data.batches, so their shapes are bucketed and the step compiles once per bucket (once in
+all with `sft.pack_length`).
 """
 
 import dataclasses
@@ -36,10 +37,11 @@ class SFTHparams:
   schedule: str
   seed: int
   logprob_chunk: int = 0
+  pack_length: int = 0  # 0: padded batches; N: examples packed into rows of N tokens
 
   @classmethod
   def from_config(cls, config, total_steps: int) -> "SFTHparams":
-    """total_steps: sft.epochs x sft_data.steps_per_epoch(train examples, sft.batch_size)."""
+    """total_steps: the sum of sft_data.epoch_steps over the epochs."""
     sft = config.sft
     micro = sft.get("microbatches", 1)
     if sft.batch_size % micro:
@@ -47,7 +49,8 @@ class SFTHparams:
     return cls(batch_size=sft.batch_size, length_bucket=sft.get("length_bucket", 64),
                microbatches=micro, learning_rate=sft.learning_rate, total_steps=total_steps,
                warmup_ratio=sft.warmup_ratio, schedule=sft.schedule, seed=config.seed,
-               logprob_chunk=config.model.get("logprob_chunk", 0))
+               logprob_chunk=config.model.get("logprob_chunk", 0),
+               pack_length=sft.get("pack_length", 0))
 
 
 def nll_sums(params: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
@@ -106,7 +109,7 @@ def sft_epoch(state: TrainState, examples: Sequence[sft_data.SFTExample], hp: SF
   mesh = _mesh(state)
   rows = []
   for batch in sft_data.batches(examples, hp.batch_size, hp.length_bucket, hp.seed, epoch,
-                                start=start_batch):
+                                start=start_batch, pack_length=hp.pack_length):
     state, metrics = sft_update(state, put_rows(batch, mesh), hp)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     rows.append(metrics)

@@ -113,6 +113,36 @@ def test_batches_bucketed_padded_deterministic_and_complete():
   assert dropped == 1 and [len(e) for e in kept] == [5, 3, 64, 9]
 
 
+def test_packed_batches_hold_every_example_once_in_rows_that_fit():
+  lengths = [5, 70, 3, 64, 9, 120, 33, 7, 50, 128]
+  examples = _examples(lengths)
+  epoch0 = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0,
+                                 pack_length=128))
+  assert len(epoch0) == sft_data.epoch_steps(examples, 2, 1, 0, pack_length=128)
+  assert len(epoch0) < sft_data.steps_per_epoch(len(examples), 2)  # fewer steps than padded
+  found = []
+  for b in epoch0:
+    assert b["tokens"].shape == (2, 128)
+    for r in range(2):
+      segments = b["attention_mask"][r]
+      for k in range(1, segments.max() + 1):
+        where = np.flatnonzero(segments == k)
+        assert where.size and (np.diff(where) == 1).all()  # contiguous, in order
+        np.testing.assert_array_equal(b["positions"][r, where], np.arange(where.size))
+        np.testing.assert_array_equal(b["tokens"][r, where], np.arange(1, where.size + 1))
+        found.append(where.size)
+      assert (segments[segments.argmin():] == 0).all() or segments.min() > 0  # padding at the end
+      np.testing.assert_array_equal(b["loss_mask"][r], segments > 0)
+  assert sorted(found) == sorted(lengths)
+  again = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0, pack_length=128))
+  tail = list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0, start=1,
+                               pack_length=128))
+  assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(epoch0, again))
+  assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(epoch0[1:], tail))
+  with pytest.raises(ValueError, match="sft.pack_length"):
+    list(sft_data.batches(examples, rows=2, multiple=64, seed=1, epoch=0, pack_length=100))
+
+
 def test_train_validation_split_is_deterministic_and_disjoint():
   items = list(range(100))
   train, val = sft_data.split_train_validation(items, 0.1, seed=3)
