@@ -9,11 +9,9 @@ Usage: python experiments/benchmarks/bench_rl_microbatches.py [--rows 256] [--se
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # (also puts the repository on sys.path)
 import bench_update
 import jax
 import numpy as np
@@ -59,19 +57,16 @@ def main():
   batch = make_batch(args.rows, args.seq, model.cfg.vocab_size, group)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; default world decoder, "
         f"{args.rows} rows x {args.seq} tokens per GRPO update", flush=True)
-  times = {count: [] for count in counts}
-  for round_ in range(args.repeats + 1):  # round 0 compiles
-    for count, run in runs.items():
-      start = time.perf_counter()
-      run["state"], _ = rl_update.rl_update(run["state"], batch, run["config"])
-      if round_:
-        times[count].append(time.perf_counter() - start)
-  one = statistics.median(times[1])
-  for count in counts:
-    median = statistics.median(times[count])
-    print(f"  microbatches {count:2d} ({args.rows // count:4d} rows each): {median:6.2f} s "
-          f"| one pass / this {one / median:5.2f}x", flush=True)
+  def update(run):
+    def fn():
+      run["state"], metrics = rl_update.rl_update(run["state"], batch, run["config"])
+      jax.block_until_ready(metrics)
+    return fn
 
+  seconds = common.alternating_medians({c: update(run) for c, run in runs.items()}, args.repeats)
+  for count in counts:
+    print(f"  microbatches {count:2d} ({args.rows // count:4d} rows each): {seconds[count]:6.2f} s "
+          f"| one pass / this {seconds[1] / seconds[count]:5.2f}x", flush=True)
 
 if __name__ == "__main__":
   main()

@@ -10,11 +10,9 @@ Usage: python experiments/benchmarks/bench_sft_packing.py [--steps 40] [--repeat
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # (also puts the repository on sys.path)
 import jax
 import numpy as np
 
@@ -57,20 +55,19 @@ def main():
           f"{real / slots:.0%} of batch tokens real", flush=True)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; timing the first "
         f"{args.steps} steps of each", flush=True)
-  rates = {name: [] for name in runs}
-  for round_ in range(args.repeats + 1):  # round 0 compiles
-    for name, run in runs.items():
-      start = time.perf_counter()
+  def epoch_start(run):
+    def fn():
       for batch in run["batches"]:
         run["state"], metrics = sft_update.sft_update(run["state"], batch, run["hp"])
       jax.block_until_ready(metrics)
-      if round_:
-        rates[name].append(run["examples"] / (time.perf_counter() - start))
-  padded = statistics.median(rates["padded"])
-  for name in runs:
-    median = statistics.median(rates[name])
-    print(f"  {name}: {median:7.1f} examples/s | / padded {median / padded:5.2f}x", flush=True)
+    return fn
 
+  seconds = common.alternating_medians({name: epoch_start(run) for name, run in runs.items()},
+                                       args.repeats)
+  rates = {name: runs[name]["examples"] / seconds[name] for name in runs}
+  for name in runs:
+    print(f"  {name}: {rates[name]:7.1f} examples/s | / padded "
+          f"{rates[name] / rates['padded']:5.2f}x", flush=True)
 
 def _count(batch: dict[str, np.ndarray], pack: int) -> int:
   """Examples in a batch: segments of packed rows, non-empty rows of padded ones."""

@@ -31,6 +31,19 @@ def median_seconds(fn, repeats: int = 5, warmup: int = 1) -> float:
   return statistics.median(times)
 
 
+def alternating_medians(fns: dict, repeats: int) -> dict:
+  """Median seconds of each of `fns` (name -> zero-argument callable), run in turn in every
+  round so that a noisy machine slows them alike; round 0 (compiles) is not timed."""
+  times = {name: [] for name in fns}
+  for round_ in range(repeats + 1):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      if round_:
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _random_hf_dir(name: str, architecture: str, fields: dict) -> str:
   """Saves a randomly initialised transformers model (seed 0) once; returns the directory."""
   import torch
