@@ -58,9 +58,9 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # SFT over the teacher's trajectories on the world's train split plus 12 fresh draws of it
   # (new names and facts) and list-copying drills: a from-scratch model must learn to copy
   # names and values, which it only does when memorising cannot lower the loss. Examples are
-  # packed into 8 rows of 256 tokens (~15 examples a step; padded batches were 47% real
-  # tokens, packed 84%: 1.69x the examples per second, bench_sft_packing.py), and the time
-  # saved trains on 4 more draws.
+  # packed into 8 rows of 256 tokens (~13 examples a step; with 8 draws padded batches were
+  # 47% real tokens, packed 84%: 1.69x the examples per second, bench_sft_packing.py), and the
+  # time saved trains on 4 more draws (1.52x at 12 draws; the run takes as long as before).
   config.sft.world_draws = 12
   config.sft.copy_drills = 8000
   config.sft.epochs = 1
