@@ -161,6 +161,11 @@ def base_config() -> config_dict.ConfigDict:
   # distractors. With N > sft.world_draws no entity was seen in SFT, so reward comes from
   # using what retrieval returns, never from recalling a memorised fact.
   c.rl.world_draw = 0
+  # With rl.world_draw = N > 0: RL step s takes its questions (and retriever) from draw
+  # N + s mod rl.world_draw_count. One draw's answers are skewed (its commonest bridge answer
+  # is a fifth of them), and RL on a single draw learned that prior: the policy answered the
+  # draw's favourite cities at test time whatever it had just read (DEVELOPERS.md).
+  c.rl.world_draw_count = 1
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 50

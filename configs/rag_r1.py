@@ -105,6 +105,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
     config.rl.microbatches = 4
     config.rl.kl_coef = 0.001  # CI exercises the reference-model path too
     config.rl.oversample = 1.5  # and the mixed-groups-first selection (6 rolled out, 4 trained)
+    config.rl.world_draw_count = 2  # and a resume across RL draws (step 2 uses the second)
     config.checkpoint.every_steps = 1
     config.eval.max_questions = 8
     config.eval.batch_size = 8

@@ -31,7 +31,7 @@ _POSITIVE = (
     "rollout.max_query_chars", "rollout.max_turn_tokens", "rollout.max_obs_length",
     "rollout.max_total_length", "sft.batch_size", "sft.max_length", "rl.batch_size",
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
-    "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size",
+    "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
 )
 _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.copy_drills", "rl.steps", "rl.kl_coef",
                  "rl.entropy_coef", "sft.learning_rate",
@@ -105,6 +105,10 @@ def validate(config) -> None:
     check("rl.oversample", lambda v: v == 1.0,
           "chooses groups by their reward spread, which only GRPO's advantages need; "
           "keep 1.0 with PPO")
+  check("rl.world_draw_count",
+        lambda v: v == 1 or (config.rl.world_draw > 0 and config.data.source == "synthetic_world"),
+        "cycles through fresh draws of the synthetic world, so it needs "
+        "config.data.source='synthetic_world' and config.rl.world_draw > 0 (else keep 1)")
   check("rollout.max_total_length",
         lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")

@@ -1,8 +1,8 @@
 """Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
 
 Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
-draw of the synthetic world searched over its own passages; `rl.oversample` times as many when
-above 1), roll out `rl.group_size` samples of each, reward the policy's final answers, keep
+draw of the synthetic world searched over its own passages, step s taking draw
+rl.world_draw + s mod rl.world_draw_count; `rl.oversample` times as many when above 1), roll out `rl.group_size` samples of each, reward the policy's final answers, keep
 `rl.batch_size` groups (mixed rewards first: rl/group_filter.py), run the update, log, and
 checkpoint every `checkpoint.every_steps` (state, PRNG keys, data-iterator position). A
 restarted run resumes from the latest complete checkpoint and replays exactly. The final
@@ -62,6 +62,23 @@ def rollout_question_count(batch_size: int, oversample: float) -> int:
   return max(batch_size, int(np.ceil(batch_size * oversample - 1e-9)))
 
 
+def iterator_states(iterators: Sequence[BatchIterator]) -> dict:
+  """The checkpointed data position: one iterator's state, or {"draws": [one per draw]}."""
+  if len(iterators) == 1:
+    return iterators[0].get_state()
+  return {"draws": [it.get_state() for it in iterators]}
+
+
+def set_iterator_states(iterators: Sequence[BatchIterator], state: dict) -> None:
+  states = state.get("draws", [state])
+  if len(states) != len(iterators):
+    raise ValueError(f"the RL checkpoint holds data positions for {len(states)} world draws but "
+                     f"config.rl.world_draw_count gives {len(iterators)}; resume with the "
+                     "config the run started with")
+  for it, s in zip(iterators, states):
+    it.set_state(s)
+
+
 def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   """Runs (or resumes) the RL stage; returns the exported model directory."""
   ws = workspace or Workspace(config, mesh, workdir)
@@ -75,23 +92,25 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     print("rl: no SFT policy found; starting from the configured model", flush=True)
     model = ws.initial_model()
   state = train_state.create_rl_state(model, config)
-  rows = ws.rl_rows()
   rollout_questions = rollout_question_count(rl.batch_size, rl.oversample)
-  iterator = BatchIterator(rows, rollout_questions, seed=config.seed)
+  draws = ws.rl_draw_count
+  iterators = [BatchIterator(ws.rl_rows(i), rollout_questions, seed=config.seed + 1009 * i)
+               for i in range(draws)]
   manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
   if start:
     state, meta = manager.restore(train_state.abstract(state), start)
-    iterator.set_state(meta["data"])
+    set_iterator_states(iterators, meta["data"])
     print(f"rl: resumed from step {start}", flush=True)
-  engine = ws.engine(state.model(), ws.rl_retriever)
+  engine = ws.engine(state.model(), ws.rl_retriever_at(0))
   sampling = SamplingParams.from_config(config.sampling)
   # Rows of steps after the checkpoint (written before a crash) are dropped; 0 starts afresh.
   writer = MetricsWriter(workdir, "rl", start_step=start + 1 if start else 0, total_steps=rl.steps)
   streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps)
   bar = progress_bar("rl", rl.steps, initial=start)
   for step in range(start, rl.steps):
-    batch_rows = next(iterator)
+    engine.retriever = ws.rl_retriever_at(step % draws)
+    batch_rows = next(iterators[step % draws])
     golds = [r["golden_answers"] for r in batch_rows]
     t0 = time.perf_counter()
     engine.sampler.update_params(state.params)
@@ -119,7 +138,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     bar.update(1)
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", searches=f"{metrics['searches_per_question']:.2f}")
     if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
-      manager.save(step + 1, state, {"step": step + 1, "data": iterator.get_state(),
+      manager.save(step + 1, state, {"step": step + 1, "data": iterator_states(iterators),
                                      "config": config.to_dict(), "metrics": metrics})
   bar.close()
   manager.wait_until_finished()

@@ -68,29 +68,50 @@ class Workspace:
       rows.extend(dict(r) for r in source)
     return rows
 
-  @functools.cached_property
-  def rl_world(self) -> synthetic_world.World | None:
-    """The synthetic world whose train questions RL uses (rl.world_draw), else None."""
+  @property
+  def rl_draw_count(self) -> int:
+    """How many train draws RL cycles through, one per step (1 without rl.world_draw)."""
+    return self.config.rl.world_draw_count if self.config.rl.world_draw else 1
+
+  def rl_world_at(self, index: int) -> synthetic_world.World | None:
+    """The `index`-th world RL draws questions from (rl.world_draw + index), else None."""
     if self.config.data.source != "synthetic_world" or not self.config.rl.world_draw:
       return None
-    return synthetic_world.train_draw(self.world, self.config.rl.world_draw)
+    return self._rl_draw(self.config.rl.world_draw + index)
 
-  def rl_rows(self) -> list[dict]:
-    """RL training questions: train_rows(), or those of the rl.world_draw draw."""
-    if self.rl_world is None:
+  @functools.cache
+  def _rl_draw(self, draw: int) -> synthetic_world.World:
+    return synthetic_world.train_draw(self.world, draw)
+
+  @property
+  def rl_world(self) -> synthetic_world.World | None:
+    return self.rl_world_at(0)
+
+  def rl_rows(self, index: int = 0) -> list[dict]:
+    """RL training questions: train_rows(), or those of the `index`-th RL draw."""
+    world = self.rl_world_at(index)
+    if world is None:
       return self.train_rows()
-    return [q.row() for q in self.rl_world.split_questions("train")]
+    return [q.row() for q in world.split_questions("train")]
 
-  @functools.cached_property
-  def rl_retriever(self) -> Retriever:
-    """The retriever RL searches: the run's, or one over the RL draw's passages (same backend)
-    plus the world's distractor passages."""
-    if self.rl_world is None:
+  def rl_retriever_at(self, index: int) -> Retriever:
+    """The retriever RL searches: the run's, or one over the `index`-th RL draw's passages
+    (same backend) plus the world's distractor passages. Built once per draw."""
+    world = self.rl_world_at(index)
+    if world is None:
       return self.retriever
+    return self._rl_draw_retriever(index)
+
+  @functools.cache
+  def _rl_draw_retriever(self, index: int) -> Retriever:
+    world = self.rl_world_at(index)
     distractors = {e.name for e in self.world.entities if e.split == "distractor"}
-    documents = list(self.rl_world.passages) + [p for p in self.world.passages
-                                                if p.title in distractors]
+    documents = list(world.passages) + [p for p in self.world.passages if p.title in distractors]
     return self._build_retriever(documents)
+
+  @property
+  def rl_retriever(self) -> Retriever:
+    return self.rl_retriever_at(0)
 
   def eval_datasets(self) -> dict[str, list[dict]]:
     if self.config.data.source == "wiki_extracts":

@@ -6,20 +6,22 @@ from ml_collections import ConfigDict
 
 from configs import rag_r1
 from rag_r1_jax import sharding
+from rag_r1_jax.data import synthetic_world
 from rag_r1_jax.runs.workspace import Workspace
 
 
-def _workspace(tmp_path, world_draw: int) -> Workspace:
+def _workspace(tmp_path, world_draw: int, count: int = 1) -> Workspace:
   config = rag_r1.get_config("smoke")
   config.retrieval.backend = "bm25"  # no encoder needed to test which documents are indexed
   config.rl.world_draw = world_draw
+  config.rl.world_draw_count = count
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   return Workspace(config, mesh, str(tmp_path))
 
 
 def test_rl_uses_the_train_split_by_default(tmp_path):
   ws = _workspace(tmp_path, 0)
-  assert ws.rl_world is None
+  assert ws.rl_world is None and ws.rl_draw_count == 1
   assert ws.rl_rows() == ws.train_rows()
   assert ws.rl_retriever is ws.retriever
 
@@ -41,3 +43,23 @@ def test_rl_on_a_fresh_draw_searches_that_draw(tmp_path, draw):
   assert doc.title == distractor.title
   test_names = {n for n, s in split.items() if s == "test"}
   assert not test_names & set(by_title)
+
+
+def test_rl_cycles_through_draws_each_with_its_own_retriever(tmp_path):
+  ws = _workspace(tmp_path, 4, count=3)
+  assert ws.rl_draw_count == 3
+  seen = set()
+  for i in range(3):
+    rows = ws.rl_rows(i)
+    assert all(r["id"].startswith(f"draw{4 + i}-") for r in rows)
+    world = ws.rl_world_at(i)
+    people = [e for e in world.entities if isinstance(e, synthetic_world.Person)]
+    # Each draw's retriever returns that draw's facts (a name may recur across draws with
+    # other facts, so retrieving from another draw's index would read the wrong passage).
+    by_title = {p.title: p.text for p in world.passages}
+    for entity in people[:5]:
+      [[doc]] = ws.rl_retriever_at(i).retrieve([entity.name], 1)
+      assert doc.text == by_title[entity.name]
+    assert ws.rl_retriever_at(i) is ws.rl_retriever_at(i)  # built once
+    seen.add(id(ws.rl_retriever_at(i)))
+  assert len(seen) == 3
