@@ -55,8 +55,12 @@ def index_params_from_config(cfg) -> index_lib.IndexParams:
 
 
 def build_retriever(cfg, documents: Sequence[Document] | None = None,
-                    mesh: Mesh | None = None, progress: bool = False) -> Retriever:
+                    mesh: Mesh | None = None, progress: bool = False,
+                    encoder=None) -> Retriever:
   """The Retriever `cfg` (a `config.retrieval` ConfigDict) asks for.
+
+  `encoder` (faiss only): a SentenceEncoder already loaded from cfg.encoder_path, shared by
+  several retrievers so each does not reload and recompile it.
 
   - server: RemoteRetriever(server_url) with timeout_s / max_retries.
   - bm25: over `documents`, else a saved index at index_path (built from corpus_path),
@@ -75,7 +79,7 @@ def build_retriever(cfg, documents: Sequence[Document] | None = None,
                            max_retries=int(cfg.max_retries))
   if backend == "bm25":
     return _build_bm25(cfg, documents, progress)
-  return _build_dense(cfg, documents, mesh, progress)
+  return _build_dense(cfg, documents, mesh, progress, encoder)
 
 
 def _require_corpus(cfg) -> str:
@@ -96,9 +100,9 @@ def _build_bm25(cfg, documents, progress: bool) -> Retriever:
   return BM25Retriever.from_docstore(JsonlDocStore.build(corpus_path), progress=progress)
 
 
-def _build_dense(cfg, documents, mesh, progress: bool) -> Retriever:
+def _build_dense(cfg, documents, mesh, progress: bool, encoder=None) -> Retriever:
   from rag_r1_jax.retrieval.dense import DenseRetriever
-  encoder = load_encoder(cfg, mesh)
+  encoder = encoder or load_encoder(cfg, mesh)
   params = index_params_from_config(cfg)
   if documents is not None:
     return DenseRetriever.from_documents(encoder, documents, params, progress=progress)

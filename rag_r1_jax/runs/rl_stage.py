@@ -2,8 +2,9 @@
 
 Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
 draw of the synthetic world searched over its own passages, step s taking draw
-rl.world_draw + s mod rl.world_draw_count; `rl.oversample` times as many when above 1), roll out `rl.group_size` samples of each, reward the policy's final answers, keep
-`rl.batch_size` groups (mixed rewards first: rl/group_filter.py), run the update, log, and
+rl.world_draw + s mod rl.world_draw_count; `rl.oversample` times as many when above 1), roll
+out `rl.group_size` samples of each, reward the policy's final answers, keep `rl.batch_size`
+groups (mixed rewards first: rl/group_filter.py), run the update, log, and
 checkpoint every `checkpoint.every_steps` (state, PRNG keys, data-iterator position). A
 restarted run resumes from the latest complete checkpoint and replays exactly. The final
 policy is exported as a HF directory (rl/model).

@@ -149,12 +149,23 @@ class Workspace:
   def retriever(self) -> Retriever:
     return self._build_retriever(self.documents())
 
-  def _build_retriever(self, documents: Sequence[Document] | None) -> Retriever:
+  @functools.cached_property
+  def _retrieval_config(self):
     cfg = self.config.retrieval.copy_and_resolve_references()
     with cfg.unlocked():
       for field in ("encoder_path", "corpus_path", "index_path"):
         cfg[field] = resolve_path(cfg[field]) if cfg[field] else ""
-    return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None)
+    return cfg
+
+  @functools.cached_property
+  def _encoder(self):
+    """The dense retrievers' sentence encoder, loaded (and compiled) once for all of them."""
+    return retrieval_factory.load_encoder(self._retrieval_config)
+
+  def _build_retriever(self, documents: Sequence[Document] | None) -> Retriever:
+    cfg = self._retrieval_config
+    encoder = self._encoder if cfg.backend == "faiss" else None
+    return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None, encoder=encoder)
 
   def _checkpoint_dir(self) -> str:
     model_config = self.config.model.copy_and_resolve_references()

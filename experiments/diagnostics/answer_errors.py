@@ -1,0 +1,95 @@
+"""How does a synthetic-world policy get answers wrong? Reads evaluation trajectories.
+
+For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kind:
+  - EM;
+  - `thought_ok` (single-hop and bridge): wrong answers whose last thought holds a gold
+    answer (the copy into `<answer>` failed, not the search or the reading);
+  - `whole` (comparison and fan-out): answers that are one of the names the question lists,
+    and how many of those are right (the rest mixed the words of two names, or chose wrong);
+  - the commonest wrong answers. A policy that learnt an answer prior writes the same few
+    answers whatever it read.
+With `--world_draws 13,14` (and the run's `--world_seed` / `--world_entities`), also prints the
+commonest gold answers of those train draws (the ones RL rolled out on), so a prior learnt
+from them shows up as the same names in both lists.
+
+Usage: python experiments/diagnostics/answer_errors.py runs/rag_r1_mq/eval/sft/trajectories.jsonl
+       runs/rag_r1_mq/eval/rl/trajectories.jsonl [--world_draws 13] [--top 4]
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from rag_r1_jax.data import synthetic_world  # noqa: E402
+from rag_r1_jax.eval import answer_metrics  # noqa: E402
+
+_NAME = re.compile(r"[A-Z][a-z]+ [A-Z][a-z]+")
+
+
+def listed_names(question: str) -> list[str]:
+  """The two-word names a comparison / fan-out question lists (after its first comma)."""
+  _, _, rest = question.partition(",")
+  return _NAME.findall(rest)
+
+
+def last_thought(response: str) -> str:
+  start = response.rfind("<think>")
+  end = response.find("</think>", start)
+  return response[start:end] if start >= 0 and end > start else ""
+
+
+def kind_summary(rows: list[dict], top: int) -> dict:
+  wrong = [r for r in rows if not r["em"]]
+  out = {"n": len(rows), "em": sum(r["em"] for r in rows) / len(rows), "wrong": len(wrong),
+         "common_wrong": collections.Counter(r["answer"] for r in wrong).most_common(top)}
+  if rows[0]["dataset"] in ("comparison", "fanout"):  # their thoughts name every candidate
+    whole = [r for r in rows if (r["answer"] or "").strip() in listed_names(r["question"])]
+    out["whole"] = (len(whole), int(sum(r["em"] for r in whole)))
+  else:
+    out["thought_ok"] = sum(
+        any(answer_metrics.normalize_answer(g) in
+            answer_metrics.normalize_answer(last_thought(r["response_text"]))
+            for g in r["golden_answers"]) for r in wrong)
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("trajectories", nargs="+")
+  parser.add_argument("--top", type=int, default=4)
+  parser.add_argument("--world_draws", default="", help="comma-separated train draws")
+  parser.add_argument("--world_seed", type=int, default=0)
+  parser.add_argument("--world_entities", type=int, default=240)
+  args = parser.parse_args()
+  for path in args.trajectories:
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    print(f"== {path}")
+    by_kind = collections.defaultdict(list)
+    for r in records:
+      by_kind[r["dataset"]].append(r)
+    for kind in sorted(by_kind):
+      s = kind_summary(by_kind[kind], args.top)
+      detail = (f"whole {s['whole'][0]}/{s['n']}, right {s['whole'][1]}" if "whole" in s
+                else f"thought_ok {s['thought_ok']}")
+      common = ", ".join(f"{a!r} x{n}" for a, n in s["common_wrong"])
+      print(f"{kind:<11} EM {s['em']:.3f} | wrong {s['wrong']} | {detail} | "
+            f"commonest wrong: {common}")
+  if args.world_draws:
+    world = synthetic_world.make_world(args.world_seed, args.world_entities)
+    for draw in (int(d) for d in args.world_draws.split(",")):
+      questions = synthetic_world.train_draw(world, draw).split_questions("train")
+      for kind in sorted({q.kind for q in questions}):
+        golds = collections.Counter(q.golden_answers[0] for q in questions if q.kind == kind)
+        total = sum(golds.values())
+        common = ", ".join(f"{a!r} {n / total:.0%}" for a, n in golds.most_common(args.top))
+        print(f"draw {draw} {kind:<11} commonest gold answers: {common}")
+
+
+if __name__ == "__main__":
+  main()

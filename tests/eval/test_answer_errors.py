@@ -1,0 +1,41 @@
+"""experiments/diagnostics/answer_errors.py: the failure counts it prints, on exact records."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location(
+    "answer_errors", os.path.join(ROOT, "experiments", "diagnostics", "answer_errors.py"))
+answer_errors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(answer_errors)
+
+
+def _row(kind, question, gold, answer, thought):
+  return {"dataset": kind, "question": question, "golden_answers": [gold], "answer": answer,
+          "em": float(answer == gold),
+          "response_text": f"<think> {thought} </think><answer> {answer} </answer>"}
+
+
+def test_bridge_counts_copies_that_failed_after_a_right_thought():
+  q = "In which city is the company that Netror Shese works for headquartered?"
+  rows = [_row("bridge", q, "Viro Springs", "Viro Springs", "based in Viro Springs"),
+          _row("bridge", q, "Viro Springs", "Gudro Springs", "based in Viro Springs"),
+          _row("bridge", q, "Viro Springs", "Gudro Springs", "based in Rivu Springs"),
+          _row("bridge", q, "Viro Springs", "Rivu Springs", "based in Rivu Springs")]
+  s = answer_errors.kind_summary(rows, top=1)
+  assert s["n"] == 4 and s["em"] == 0.25 and s["wrong"] == 3
+  assert s["thought_ok"] == 1  # only the second row read the right city and wrote another
+  assert s["common_wrong"] == [("Gudro Springs", 2)]
+  assert "whole" not in s
+
+
+def test_comparison_counts_whole_names_and_mixed_ones():
+  q = "Who was born earlier, Fobun Delir or Kridu Shapa?"
+  assert answer_errors.listed_names(q) == ["Fobun Delir", "Kridu Shapa"]
+  rows = [_row("comparison", q, "Fobun Delir", "Fobun Delir", ""),
+          _row("comparison", q, "Fobun Delir", "Kridu Shapa", ""),
+          _row("comparison", q, "Fobun Delir", "Fobun Shapa", ""),
+          _row("comparison", q, "Fobun Delir", None, "")]
+  s = answer_errors.kind_summary(rows, top=4)
+  assert s["whole"] == (2, 1)
+  assert "thought_ok" not in s
