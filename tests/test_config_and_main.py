@@ -48,6 +48,15 @@ def test_validation_names_every_bad_field():
   assert "config.sft.pack_length=256: must be 0 (no packing) or at least" in message
 
 
+def _validates_or_names(config, problem: str | None) -> None:
+  """Validation passes when `problem` is None, else fails with a message starting `problem`."""
+  if problem is None:
+    config_validation.validate(config)
+    return
+  with pytest.raises(config_validation.ConfigError, match=problem.replace(".", r"\.")):
+    config_validation.validate(config)
+
+
 @pytest.mark.parametrize("algorithm, oversample, problem", [
     ("grpo", 0.5, "config.rl.oversample=0.5: must be >= 1"),
     ("ppo", 1.5, "config.rl.oversample=1.5: chooses groups by their reward spread"),
@@ -55,11 +64,7 @@ def test_validation_names_every_bad_field():
 def test_oversample_needs_grpo_and_at_least_one(algorithm, oversample, problem):
   config = rag_r1.get_config("mq")
   config.rl.algorithm, config.rl.oversample = algorithm, oversample
-  if problem is None:
-    config_validation.validate(config)
-    return
-  with pytest.raises(config_validation.ConfigError, match=problem.replace(".", r"\.")):
-    config_validation.validate(config)
+  _validates_or_names(config, problem)
 
 
 @pytest.mark.parametrize("world_draw, count, problem", [
@@ -69,11 +74,7 @@ def test_oversample_needs_grpo_and_at_least_one(algorithm, oversample, problem):
 def test_world_draw_count_needs_a_draw(world_draw, count, problem):
   config = rag_r1.get_config("mq")
   config.rl.world_draw, config.rl.world_draw_count = world_draw, count
-  if problem is None:
-    config_validation.validate(config)
-    return
-  with pytest.raises(config_validation.ConfigError, match=problem.replace(".", r"\.")):
-    config_validation.validate(config)
+  _validates_or_names(config, problem)
 
 
 def test_hf_source_needs_path_and_server_needs_url():
