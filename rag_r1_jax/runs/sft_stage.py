@@ -80,7 +80,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                                                       config.seed)
   if not train:
     raise ValueError("sft: no training examples left (check sft.data_path / sft.max_length)")
-  pack = sft.get("pack_length", 0)
+  pack = sft.pack_length
   per_epoch = [sft_data.epoch_steps(train, sft.batch_size, config.seed, e, pack)
                for e in range(sft.epochs)]
   first_step = [sum(per_epoch[:e]) for e in range(sft.epochs)]

@@ -83,10 +83,6 @@ class Workspace:
   def _rl_draw(self, draw: int) -> synthetic_world.World:
     return synthetic_world.train_draw(self.world, draw)
 
-  @property
-  def rl_world(self) -> synthetic_world.World | None:
-    return self.rl_world_at(0)
-
   def rl_rows(self, index: int = 0) -> list[dict]:
     """RL training questions: train_rows(), or those of the `index`-th RL draw."""
     world = self.rl_world_at(index)
@@ -108,10 +104,6 @@ class Workspace:
     distractors = {e.name for e in self.world.entities if e.split == "distractor"}
     documents = list(world.passages) + [p for p in self.world.passages if p.title in distractors]
     return self._build_retriever(documents)
-
-  @property
-  def rl_retriever(self) -> Retriever:
-    return self.rl_retriever_at(0)
 
   def eval_datasets(self) -> dict[str, list[dict]]:
     if self.config.data.source == "wiki_extracts":

@@ -21,9 +21,9 @@ def _workspace(tmp_path, world_draw: int, count: int = 1) -> Workspace:
 
 def test_rl_uses_the_train_split_by_default(tmp_path):
   ws = _workspace(tmp_path, 0)
-  assert ws.rl_world is None and ws.rl_draw_count == 1
+  assert ws.rl_world_at(0) is None and ws.rl_draw_count == 1
   assert ws.rl_rows() == ws.train_rows()
-  assert ws.rl_retriever is ws.retriever
+  assert ws.rl_retriever_at(0) is ws.retriever
 
 
 @pytest.mark.parametrize("draw", [2, 5])
@@ -32,14 +32,14 @@ def test_rl_on_a_fresh_draw_searches_that_draw(tmp_path, draw):
   rows = ws.rl_rows()
   assert rows and all(r["id"].startswith(f"draw{draw}-") for r in rows)
   assert {r["id"] for r in rows}.isdisjoint(r["id"] for r in ws.train_rows())
-  by_title = {p.title: p for p in ws.rl_world.passages}
-  for entity in [e for e in ws.rl_world.entities if e.split == "train"][:10]:
-    [[doc]] = ws.rl_retriever.retrieve([entity.name], 1)
+  by_title = {p.title: p for p in ws.rl_world_at(0).passages}
+  for entity in [e for e in ws.rl_world_at(0).entities if e.split == "train"][:10]:
+    [[doc]] = ws.rl_retriever_at(0).retrieve([entity.name], 1)
     assert doc.title == entity.name and doc.text == by_title[entity.name].text
   # The world's distractors are indexed too; its test entities are not.
   split = {e.name: e.split for e in ws.world.entities}
   distractor = next(p for p in ws.world.passages if split.get(p.title) == "distractor")
-  [[doc]] = ws.rl_retriever.retrieve([distractor.title], 1)
+  [[doc]] = ws.rl_retriever_at(0).retrieve([distractor.title], 1)
   assert doc.title == distractor.title
   test_names = {n for n, s in split.items() if s == "test"}
   assert not test_names & set(by_title)
