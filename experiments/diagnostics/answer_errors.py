@@ -6,6 +6,12 @@ For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kin
     answer (the copy into `<answer>` failed, not the search or the reading);
   - `whole` (comparison and fan-out): answers that are one of the names the question lists,
     and how many of those are right (the rest mixed the words of two names, or chose wrong);
+  - `decision` (comparison and fan-out): questions whose last thought states a number for
+    every listed name; of those, how many state every number right (against the run's world,
+    `--world_seed` / `--world_entities`), and how many answers are the name that the thought's
+    OWN numbers make the winner (`follows`), split by whether the numbers were right. An
+    answer that follows wrong numbers is a reading error; one that does not follow right
+    numbers is a decision error;
   - the commonest wrong answers. A policy that learnt an answer prior writes the same few
     answers whatever it read.
 With `--world_draws 13,14` (and the run's `--world_seed` / `--world_entities`), also prints the
@@ -29,18 +35,44 @@ from rag_r1_jax.data import synthetic_world  # noqa: E402
 from rag_r1_jax.eval import answer_metrics  # noqa: E402
 
 _NAME = re.compile(r"[A-Z][a-z]+ [A-Z][a-z]+")
+# A comparison thought's facts ("X was born 1931", "X has height 172 cm", "X is a city of 300
+# thousand people", see synthetic_world._FACTS): the name and its number.
+_STATED = re.compile(r"([A-Z][a-z]+ [A-Z][a-z]+) (?:was born|has height|is a city of) (\d+)")
+# The question's wording -> (attribute, smallest wins?), from synthetic_world._COMPARE.
+_DECISIONS = (("born", "birth_year", True), ("tall", "height_cm", False),
+              ("inhabitants", "population_k", False))
 
 
 def listed_names(question: str) -> list[str]:
-  """The two-word names a comparison / fan-out question lists (after its first comma)."""
-  _, _, rest = question.partition(",")
-  return _NAME.findall(rest)
+  """The two-word names a comparison / fan-out question lists (its other words are lower-case
+  after the first: "Which of X, Y and Z is the tallest?")."""
+  return _NAME.findall(question)
 
 
 def last_thought(response: str) -> str:
   start = response.rfind("<think>")
   end = response.find("</think>", start)
   return response[start:end] if start >= 0 and end > start else ""
+
+
+def decision_summary(rows: list[dict], world: synthetic_world.World | None = None) -> dict:
+  """Comparison / fan-out decisions: see the module docstring's `decision`."""
+  out = {"stated": 0, "right_numbers": 0, "follows_right": 0, "follows_wrong": 0}
+  for r in rows:
+    names = listed_names(r["question"])
+    stated = dict(_STATED.findall(last_thought(r["response_text"])))
+    if not names or any(n not in stated for n in names):
+      continue
+    out["stated"] += 1
+    attribute, smallest = next((a, s) for word, a, s in _DECISIONS if word in r["question"])
+    numbers = {n: int(stated[n]) for n in names}
+    pick = (min if smallest else max)(names, key=numbers.get)
+    right = world is not None and all(
+        getattr(world.entity(n), attribute) == numbers[n] for n in names)
+    out["right_numbers"] += right
+    follows = (r["answer"] or "").strip() == pick
+    out["follows_right" if right else "follows_wrong"] += follows
+  return out
 
 
 def kind_summary(rows: list[dict], top: int) -> dict:
@@ -66,6 +98,7 @@ def main() -> None:
   parser.add_argument("--world_seed", type=int, default=0)
   parser.add_argument("--world_entities", type=int, default=240)
   args = parser.parse_args()
+  world = synthetic_world.make_world(args.world_seed, args.world_entities)
   for path in args.trajectories:
     with open(path) as f:
       records = [json.loads(line) for line in f if line.strip()]
@@ -80,8 +113,13 @@ def main() -> None:
       common = ", ".join(f"{a!r} x{n}" for a, n in s["common_wrong"])
       print(f"{kind:<11} EM {s['em']:.3f} | wrong {s['wrong']} | {detail} | "
             f"commonest wrong: {common}")
+      if "whole" in s:
+        d = decision_summary(by_kind[kind], world)
+        wrong = d["stated"] - d["right_numbers"]
+        print(f"{'':<11} decision: {d['stated']}/{s['n']} thoughts state every number; "
+              f"right numbers {d['right_numbers']} (answer follows them {d['follows_right']}), "
+              f"wrong numbers {wrong} (answer follows them {d['follows_wrong']})")
   if args.world_draws:
-    world = synthetic_world.make_world(args.world_seed, args.world_entities)
     for draw in (int(d) for d in args.world_draws.split(",")):
       questions = synthetic_world.train_draw(world, draw).split_questions("train")
       for kind in sorted({q.kind for q in questions}):

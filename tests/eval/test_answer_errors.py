@@ -39,3 +39,22 @@ def test_comparison_counts_whole_names_and_mixed_ones():
   s = answer_errors.kind_summary(rows, top=4)
   assert s["whole"] == (2, 1)
   assert "thought_ok" not in s
+
+
+def test_decisions_split_reading_errors_from_choosing_errors():
+  from rag_r1_jax.data import synthetic_world
+  world = synthetic_world.make_world(0, 240)
+  q = next(q for q in world.split_questions("test", ["comparison"]) if "born" in q.question)
+  a, b = answer_errors.listed_names(q.question)
+  ya, yb = world.entity(a).birth_year, world.entity(b).birth_year
+  early, late = (a, b) if ya < yb else (b, a)
+  right = f"{a} was born {ya}; {b} was born {yb}"
+  swapped = f"{a} was born {yb}; {b} was born {ya}"  # both numbers wrong, the order reversed
+  rows = [_row("comparison", q.question, early, early, right),   # right numbers, follows
+          _row("comparison", q.question, early, late, right),    # right numbers, chose wrong
+          _row("comparison", q.question, early, late, swapped),  # follows its wrong numbers
+          _row("comparison", q.question, early, early, f"{a} was born {ya}"),  # one unstated
+          _row("comparison", q.question, early, early, "need birth year")]
+  d = answer_errors.decision_summary(rows, world)
+  assert d == {"stated": 3, "right_numbers": 2, "follows_right": 1, "follows_wrong": 1}
+  assert answer_errors.decision_summary(rows)["right_numbers"] == 0  # no world: unknown
