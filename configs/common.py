@@ -118,6 +118,9 @@ def base_config() -> config_dict.ConfigDict:
   # Synthetic world only: teacher trajectories also over this many fresh draws of the train
   # split (new names and facts from the same word pools), so a small model must learn to copy.
   c.sft.world_draws = 0
+  # ... and over this many more draws keeping only the questions answered by reading numbers
+  # (years, heights, populations: single-hop, comparison, fan-out), drawn after those.
+  c.sft.number_draws = 0
   c.sft.copy_drills = 0  # synthetic world: how many list-repeating drills to mix into SFT
   c.sft.microbatches = 1
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens

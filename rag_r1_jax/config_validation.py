@@ -33,8 +33,8 @@ _POSITIVE = (
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
 )
-_NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.copy_drills", "rl.steps", "rl.kl_coef",
-                 "rl.entropy_coef", "sft.learning_rate",
+_NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
+                 "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
                  "rl.world_draw", "rollout.cache_block_size", "sft.pack_length")
@@ -109,6 +109,10 @@ def validate(config) -> None:
         lambda v: v == 1 or (config.rl.world_draw > 0 and config.data.source == "synthetic_world"),
         "cycles through fresh draws of the synthetic world, so it needs "
         "config.data.source='synthetic_world' and config.rl.world_draw > 0 (else keep 1)")
+  sft_draws = config.sft.world_draws + config.sft.number_draws
+  check("rl.world_draw", lambda v: v == 0 or v > sft_draws,
+        f"must be 0 (the run's own train split) or a draw SFT did not train on: above "
+        f"config.sft.world_draws + config.sft.number_draws = {sft_draws}")
   check("rollout.max_total_length",
         lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")

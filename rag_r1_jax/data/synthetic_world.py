@@ -41,6 +41,8 @@ POPULATIONS_K = tuple(range(100, 1000, 25))
 FACT_NUMBERS = tuple(sorted({*BIRTH_YEARS, *HEIGHTS_CM, *POPULATIONS_K,
                              *(y + d for y in BIRTH_YEARS for d in FOUNDING_DELAYS)}))
 _COMPANY_KINDS = ("Labs", "Works", "Group", "Motors", "Foods")
+# The attributes whose values are numbers.
+NUMBER_ATTRIBUTES = frozenset({"birth_year", "height_cm", "founded", "population_k"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,10 @@ class Question:
   def rounds(self, mode: Literal["mq", "sq"]) -> tuple[tuple[str, ...], ...]:
     """The gold queries, grouped in search rounds for `mode`."""
     return tuple(tuple(lk.entity for lk in r) for r in self.lookup_rounds(mode))
+
+  def reads_numbers(self) -> bool:
+    """Whether every lookup of the question reads a number (its answer rests on numbers)."""
+    return all(lk.attribute in NUMBER_ATTRIBUTES for r in self.plan for lk in r)
 
   def row(self) -> dict:
     """The FlashRAG JSONL row: id, question, golden_answers."""

@@ -33,7 +33,9 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
   kept, total = [], 0
-  for draw in range(config.sft.world_draws + 1):
+  number_draws = range(config.sft.world_draws + 1,
+                       config.sft.world_draws + 1 + config.sft.number_draws)
+  for draw in [*range(config.sft.world_draws + 1), *number_draws]:
     # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
     # searched exactly over their own passages. The teacher keeps only trajectories whose
     # observation holds every needed fact, so with topk=1 (the default) the observation text
@@ -41,6 +43,8 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     world = synthetic_world.train_draw(ws.world, draw)
     retriever = ws.retriever if draw == 0 else ExactRetriever(world.passages)
     questions = world.split_questions("train")
+    if draw in number_draws:
+      questions = [q for q in questions if q.reads_numbers()]
     trajectories = teacher.teacher_trajectories(
         world, questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
         truncate=truncate, max_obs_length=config.rollout.max_obs_length,
@@ -50,6 +54,8 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     total += len(questions)
   draws = (f" over {config.sft.world_draws + 1} draws of the train split"
            if config.sft.world_draws else "")
+  if config.sft.number_draws:
+    draws += f" and the number questions of {config.sft.number_draws} more"
   print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
         f"(the rest lost a fact in retrieval)", flush=True)
   if config.sft.copy_drills:

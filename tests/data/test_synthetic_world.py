@@ -163,3 +163,13 @@ def test_train_draws_are_fresh_train_splits_from_the_same_word_pools(world):
         assert retriever.retrieve([lookup.entity], 1)[0][0].title == lookup.entity
   assert len({q.id for q in a.questions} | {q.id for q in world.questions}) == (
       len(a.questions) + len(world.questions))
+
+
+def test_number_questions_are_the_ones_answered_from_numbers(world):
+  numeric = [q for q in world.questions if q.reads_numbers()]
+  assert {q.kind for q in numeric} == {"single", "comparison", "fanout"}
+  assert all(q.reads_numbers() for q in world.questions if q.kind in ("comparison", "fanout"))
+  singles = [q.question for q in numeric if q.kind == "single"]
+  assert singles and all(s.startswith(("In which year was", "How tall is")) for s in singles)
+  # A bridge reads a name first ("In which year was the founder of C born?").
+  assert not any(q.reads_numbers() for q in world.questions if q.kind == "bridge")
