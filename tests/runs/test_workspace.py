@@ -63,3 +63,23 @@ def test_rl_cycles_through_draws_each_with_its_own_retriever(tmp_path):
     assert ws.rl_retriever_at(i) is ws.rl_retriever_at(i)  # built once
     seen.add(id(ws.rl_retriever_at(i)))
   assert len(seen) == 3
+
+
+def test_sft_number_draws_add_only_number_questions_of_later_draws(tmp_path):
+  from rag_r1_jax.runs import sft_stage
+  ws = _workspace(tmp_path, 0)
+  ws.config.sft.copy_drills = 0
+  ws.config.sft.world_draws, ws.config.sft.number_draws = 1, 0
+  base = sft_stage.build_examples(ws)
+  ws.config.sft.number_draws = 2
+  more = sft_stage.build_examples(ws)
+  assert [e.tokens.tolist() for e in more[:len(base)]] == [e.tokens.tolist() for e in base]
+  prompts = [ws.tokenizer.decode(e.tokens[e.loss_mask == 0]) for e in more[len(base):]]
+  # Draws 2 and 3 (after the full draws 0 and 1), their number questions only, in order (the
+  # teacher solves every question of this small world: its retriever is exact on a draw).
+  expected = [q.question for draw in (2, 3)
+              for q in synthetic_world.train_draw(ws.world, draw).split_questions("train")
+              if q.reads_numbers()]
+  assert len(prompts) == len(expected) and {"single", "comparison", "fanout"} == {
+      q.kind for q in synthetic_world.train_draw(ws.world, 2).questions if q.reads_numbers()}
+  assert all(question in prompt for question, prompt in zip(expected, prompts))
