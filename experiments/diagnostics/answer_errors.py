@@ -38,9 +38,6 @@ _NAME = re.compile(r"[A-Z][a-z]+ [A-Z][a-z]+")
 # A comparison thought's facts ("X was born 1931", "X has height 172 cm", "X is a city of 300
 # thousand people", see synthetic_world._FACTS): the name and its number.
 _STATED = re.compile(r"([A-Z][a-z]+ [A-Z][a-z]+) (?:was born|has height|is a city of) (\d+)")
-# The question's wording -> (attribute, smallest wins?), from synthetic_world._COMPARE.
-_DECISIONS = (("born", "birth_year", True), ("tall", "height_cm", False),
-              ("inhabitants", "population_k", False))
 
 
 def listed_names(question: str) -> list[str]:
@@ -55,20 +52,26 @@ def last_thought(response: str) -> str:
   return response[start:end] if start >= 0 and end > start else ""
 
 
-def decision_summary(rows: list[dict], world: synthetic_world.World | None = None) -> dict:
-  """Comparison / fan-out decisions: see the module docstring's `decision`."""
+def decision_summary(rows: list[dict], world: synthetic_world.World) -> dict:
+  """Comparison / fan-out decisions (see the module docstring's `decision`); `world` is the
+  run's, whose questions give each row's candidates and attribute."""
+  by_text = {q.question: q for q in world.questions}
   out = {"stated": 0, "right_numbers": 0, "follows_right": 0, "follows_wrong": 0}
   for r in rows:
-    names = listed_names(r["question"])
+    q = by_text.get(r["question"])
+    if q is None:
+      raise ValueError(f"{r['question']!r} is not a question of the world with seed "
+                       f"{world.seed}: pass the run's --world_seed and --world_entities")
+    names = [lk.entity for round_ in q.plan for lk in round_]
+    attribute = q.plan[0][0].attribute
     stated = dict(_STATED.findall(last_thought(r["response_text"])))
-    if not names or any(n not in stated for n in names):
+    if any(n not in stated for n in names):
       continue
     out["stated"] += 1
-    attribute, smallest = next((a, s) for word, a, s in _DECISIONS if word in r["question"])
     numbers = {n: int(stated[n]) for n in names}
-    pick = (min if smallest else max)(names, key=numbers.get)
-    right = world is not None and all(
-        getattr(world.entity(n), attribute) == numbers[n] for n in names)
+    smallest_wins = synthetic_world.COMPARISONS[attribute][1]
+    pick = (min if smallest_wins else max)(names, key=numbers.get)
+    right = all(getattr(world.entity(n), attribute) == numbers[n] for n in names)
     out["right_numbers"] += right
     follows = (r["answer"] or "").strip() == pick
     out["follows_right" if right else "follows_wrong"] += follows

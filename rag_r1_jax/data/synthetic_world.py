@@ -293,7 +293,7 @@ def _distinct_group(rng: random.Random, items: list[Entity], size: int, key: str
   return None
 
 
-_COMPARE = {  # key -> (entity type, smallest wins?, comparison question, fan-out question)
+COMPARISONS = {  # key -> (entity type, smallest wins?, comparison question, fan-out question)
     "birth_year": (Person, True, "Who was born earlier, {0} or {1}?",
                    "Which of {0}, {1} and {2} was born earliest?"),
     "height_cm": (Person, False, "Who is taller, {0} or {1}?",
@@ -337,7 +337,7 @@ def _split_questions(rng: random.Random, split: str, entities: list[Entity]) -> 
     add("bridge", f"In which city was the founder of {c.name} born?",
         [by_name[c.founder].birth_city], [Lookup(c.name, "founder")],
         [Lookup(c.founder, "birth_city")])
-  for key, (kind_type, smallest, pair_text, fan_text) in _COMPARE.items():
+  for key, (kind_type, smallest, pair_text, fan_text) in COMPARISONS.items():
     pool = [e for e in entities if isinstance(e, kind_type)]
     count = len(pool)
     for kind, size, text in (("comparison", 2, pair_text), ("fanout", 3, fan_text)):

@@ -3,6 +3,8 @@
 import importlib.util
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
     "answer_errors", os.path.join(ROOT, "experiments", "diagnostics", "answer_errors.py"))
@@ -57,4 +59,6 @@ def test_decisions_split_reading_errors_from_choosing_errors():
           _row("comparison", q.question, early, early, "need birth year")]
   d = answer_errors.decision_summary(rows, world)
   assert d == {"stated": 3, "right_numbers": 2, "follows_right": 1, "follows_wrong": 1}
-  assert answer_errors.decision_summary(rows)["right_numbers"] == 0  # no world: unknown
+  other_world = synthetic_world.make_world(1, 240)
+  with pytest.raises(ValueError, match="pass the run's --world_seed"):
+    answer_errors.decision_summary(rows, other_world)
