@@ -6,8 +6,8 @@ For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kin
     answer (the copy into `<answer>` failed, not the search or the reading);
   - `whole` (comparison and fan-out): answers that are one of the names the question lists,
     and how many of those are right (the rest mixed the words of two names, or chose wrong);
-  - `decision` (comparison and fan-out): questions whose last thought states a number for
-    every listed name; of those, how many state every number right (against the run's world,
+  - `decision` (comparison and fan-out): questions whose thoughts state a number for every
+    listed name (in 'mq' the last thought states them all, in 'sq' one per search); of those, how many state every number right (against the run's world,
     `--world_seed` / `--world_entities`), and how many answers are the name that the thought's
     OWN numbers make the winner (`follows`), split by whether the numbers were right. An
     answer that follows wrong numbers is a reading error; one that does not follow right
@@ -52,6 +52,11 @@ def last_thought(response: str) -> str:
   return response[start:end] if start >= 0 and end > start else ""
 
 
+def thoughts(response: str) -> str:
+  """Every `<think>` block of the response, in order ('sq' states one fact per thought)."""
+  return " ; ".join(re.findall(r"<think>(.*?)</think>", response, flags=re.S))
+
+
 def decision_summary(rows: list[dict], world: synthetic_world.World) -> dict:
   """Comparison / fan-out decisions (see the module docstring's `decision`); `world` is the
   run's, whose questions give each row's candidates and attribute."""
@@ -64,7 +69,7 @@ def decision_summary(rows: list[dict], world: synthetic_world.World) -> dict:
                        f"{world.seed}: pass the run's --world_seed and --world_entities")
     names = [lk.entity for round_ in q.plan for lk in round_]
     attribute = q.plan[0][0].attribute
-    stated = dict(_STATED.findall(last_thought(r["response_text"])))
+    stated = dict(_STATED.findall(thoughts(r["response_text"])))  # the last statement wins
     if any(n not in stated for n in names):
       continue
     out["stated"] += 1

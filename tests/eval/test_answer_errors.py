@@ -57,8 +57,12 @@ def test_decisions_split_reading_errors_from_choosing_errors():
           _row("comparison", q.question, early, late, swapped),  # follows its wrong numbers
           _row("comparison", q.question, early, early, f"{a} was born {ya}"),  # one unstated
           _row("comparison", q.question, early, early, "need birth year")]
+  sq = _row("comparison", q.question, early, early, f"{b} was born {yb}")  # one fact a thought
+  sq["response_text"] = (f"<think> {a} was born {ya}; need birth year </think><search> {b} "
+                         f"</search>\n\n<information>...</information>\n\n" + sq["response_text"])
+  rows.append(sq)
   d = answer_errors.decision_summary(rows, world)
-  assert d == {"stated": 3, "right_numbers": 2, "follows_right": 1, "follows_wrong": 1}
+  assert d == {"stated": 4, "right_numbers": 3, "follows_right": 2, "follows_wrong": 1}
   other_world = synthetic_world.make_world(1, 240)
   with pytest.raises(ValueError, match="pass the run's --world_seed"):
     answer_errors.decision_summary(rows, other_world)
