@@ -69,8 +69,8 @@ def test_oversample_needs_grpo_and_at_least_one(algorithm, oversample, problem):
 
 @pytest.mark.parametrize("world_draw, count, problem", [
     (0, 2, "config.rl.world_draw_count=2: cycles through fresh draws"),
-    (13, 0, "config.rl.world_draw_count=0: must be positive"),
-    (15, 8, None), (0, 1, None)])
+    (19, 0, "config.rl.world_draw_count=0: must be positive"),
+    (19, 8, None), (0, 1, None)])
 def test_world_draw_count_needs_a_draw(world_draw, count, problem):
   config = rag_r1.get_config("mq")
   config.rl.world_draw, config.rl.world_draw_count = world_draw, count
