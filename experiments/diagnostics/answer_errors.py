@@ -14,12 +14,13 @@ For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kin
     numbers is a decision error;
   - the commonest wrong answers. A policy that learnt an answer prior writes the same few
     answers whatever it read.
-With `--world_draws 13,14` (and the run's `--world_seed` / `--world_entities`), also prints the
-commonest gold answers of those train draws (the ones RL rolled out on), so a prior learnt
-from them shows up as the same names in both lists.
+With `--world_draws 19,20` (and the run's `--world_seed` / `--world_entities`), also prints the
+commonest gold answers of those train draws (RL rolls out on draws rl.world_draw, rl.world_draw
++ 1, ...: 19, 20, ... by default), so a prior learnt from them shows up as the same names in
+both lists.
 
 Usage: python experiments/diagnostics/answer_errors.py runs/rag_r1_mq/eval/sft/trajectories.jsonl
-       runs/rag_r1_mq/eval/rl/trajectories.jsonl [--world_draws 13] [--top 4]
+       runs/rag_r1_mq/eval/rl/trajectories.jsonl [--world_draws 19] [--top 4]
 """
 
 import argparse
