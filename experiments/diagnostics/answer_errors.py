@@ -7,9 +7,10 @@ For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kin
   - `whole` (comparison and fan-out): answers that are one of the names the question lists,
     and how many of those are right (the rest mixed the words of two names, or chose wrong);
   - `decision` (comparison and fan-out): questions whose thoughts state a number for every
-    listed name (in 'mq' the last thought states them all, in 'sq' one per search); of those, how many state every number right (against the run's world,
-    `--world_seed` / `--world_entities`), and how many answers are the name that the thought's
-    OWN numbers make the winner (`follows`), split by whether the numbers were right. An
+    listed name (in 'mq' the last thought states them all, in 'sq' one per search); of those,
+    how many state every number right (against the run's world, `--world_seed` /
+    `--world_entities`), and how many answers are the name that the thoughts' OWN numbers
+    make the winner (`follows`), split by whether the numbers were right. An
     answer that follows wrong numbers is a reading error; one that does not follow right
     numbers is a decision error;
   - the commonest wrong answers. A policy that learnt an answer prior writes the same few
