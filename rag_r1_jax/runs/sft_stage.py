@@ -33,9 +33,8 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
   kept, total = [], 0
-  number_draws = range(config.sft.world_draws + 1,
-                       config.sft.world_draws + 1 + config.sft.number_draws)
-  for draw in [*range(config.sft.world_draws + 1), *number_draws]:
+  full_draws = config.sft.world_draws + 1  # draws 0..world_draws; number draws follow them
+  for draw in range(full_draws + config.sft.number_draws):
     # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
     # searched exactly over their own passages. The teacher keeps only trajectories whose
     # observation holds every needed fact, so with topk=1 (the default) the observation text
@@ -43,7 +42,7 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     world = synthetic_world.train_draw(ws.world, draw)
     retriever = ws.retriever if draw == 0 else ExactRetriever(world.passages)
     questions = world.split_questions("train")
-    if draw in number_draws:
+    if draw >= full_draws:
       questions = [q for q in questions if q.reads_numbers()]
     trajectories = teacher.teacher_trajectories(
         world, questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
