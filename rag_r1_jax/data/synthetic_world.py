@@ -138,12 +138,11 @@ class World:
 
   def value(self, lookup: Lookup) -> str:
     """The attribute's value as text ("1931", "172 cm", "Vormsa")."""
-    value = getattr(self.entity(lookup.entity), lookup.attribute)
-    return f"{value} cm" if lookup.attribute == "height_cm" else str(value)
+    return value_text(lookup.attribute, getattr(self.entity(lookup.entity), lookup.attribute))
 
   def fact(self, lookup: Lookup) -> str:
     """A short sentence stating the looked-up fact, for the teacher's thoughts."""
-    return _FACTS[lookup.attribute].format(e=lookup.entity, v=self.value(lookup))
+    return fact_text(lookup.attribute, lookup.entity, self.value(lookup))
 
   def sizes(self) -> dict[str, int]:
     """Counts of entities per split and type, passages, and questions per split and kind."""
@@ -167,6 +166,16 @@ _FACTS = {
     "founder": "{e} was founded by {v}", "founded": "{e} was founded {v}",
     "headquarters": "{e} is based in {v}", "population_k": "{e} is a city of {v} thousand people",
 }
+def value_text(attribute: str, value) -> str:
+  """An attribute value as facts and answers write it ("172 cm" for heights)."""
+  return f"{value} cm" if attribute == "height_cm" else str(value)
+
+
+def fact_text(attribute: str, entity: str, value: str) -> str:
+  """The teacher's sentence for one fact ("A has height 172 cm")."""
+  return _FACTS[attribute].format(e=entity, v=value)
+
+
 NEEDS = {
     "birth_year": "birth year", "birth_city": "birthplace", "height_cm": "height",
     "employer": "employer", "founder": "founder", "founded": "founding year",
@@ -293,6 +302,8 @@ def _distinct_group(rng: random.Random, items: list[Entity], size: int, key: str
   return None
 
 
+# The grid each compared attribute's values lie on.
+VALUE_GRIDS = {"birth_year": BIRTH_YEARS, "height_cm": HEIGHTS_CM, "population_k": POPULATIONS_K}
 COMPARISONS = {  # key -> (entity type, smallest wins?, comparison question, fan-out question)
     "birth_year": (Person, True, "Who was born earlier, {0} or {1}?",
                    "Which of {0}, {1} and {2} was born earliest?"),

@@ -16,6 +16,7 @@ import dataclasses
 import random
 from typing import Literal, Sequence
 
+from rag_r1_jax.data import synthetic_world
 from rag_r1_jax.data.synthetic_world import FACT_NUMBERS, NEEDS, Question, World
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout import observation
@@ -143,4 +144,61 @@ def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Seg
   for _ in range(count):
     listed = ", ".join(item() for _ in range(rng.randint(2, 8)))
     out.append((f"Repeat: {listed}", [Segment(f"<answer> {listed} </answer>", "policy")]))
+  return out
+
+
+def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Segment]]]:
+  """`count` (user text, segments) drills: the last step of a comparison or fan-out answer.
+
+  Each drill asks a comparison (two names) or fan-out (three) question of the world's kinds
+  about fresh names with fresh values, gives the thought a teacher trajectory ends with
+  ("A was born 1940; B was born 1925", in context, not trained) and trains only the answer:
+  the whole name of the winner. Full trajectories train this decision once per question, at
+  the end of ~200 tokens; a drill is ~40 tokens. Names combine the world's name words but are
+  never one of its test or distractor names; the user text starts with "Decide:" and has no
+  search instructions, so drills do not teach answering world questions without a search.
+  """
+  if not world.name_pools:
+    raise ValueError("decision drills need a world built by make_world (it has no name pools)")
+  rng = random.Random(seed)
+  taken = {e.name for e in world.entities if e.split != "train"}
+  pools = {}
+  for kind in ("person", "city"):
+    first, second = world.name_pools[kind]
+    pools[kind] = [f"{a} {b}" for a in first for b in second if f"{a} {b}" not in taken]
+  keys = sorted(synthetic_world.COMPARISONS)
+  out = []
+  for _ in range(count):
+    key = rng.choice(keys)
+    entity_type, smallest, pair_text, fan_text = synthetic_world.COMPARISONS[key]
+    size = rng.choice((2, 3))
+    names = rng.sample(pools["city" if entity_type is synthetic_world.City else "person"], size)
+    values = rng.sample(synthetic_world.VALUE_GRIDS[key], size)
+    winner = names[values.index((min if smallest else max)(values))]
+    question = (pair_text if size == 2 else fan_text).format(*names)
+    facts = "; ".join(synthetic_world.fact_text(key, n, synthetic_world.value_text(key, v))
+                      for n, v in zip(names, values))
+    out.append((f"Decide: {question}", [Segment(f"<think> {facts} </think>", "information"),
+                                        Segment(f"<answer> {winner} </answer>", "policy")]))
+  return out
+
+
+def order_drills(count: int, seed: int) -> list[tuple[str, list[Segment]]]:
+  """`count` (user text, segments) drills: sort 2-6 values of one compared attribute's grid.
+
+  A comparison answer needs to know which of two numbers is larger, which a model trained from
+  scratch only learns from the numbers' use: one decision per comparison question. A sort of n
+  values trains n - 1 such decisions in ~20 tokens ("Sort descending: 177, 192, 150" ->
+  "<answer> 192, 177, 150 </answer>"), on the very tokens facts and thoughts state.
+  """
+  rng = random.Random(seed)
+  grids = [synthetic_world.VALUE_GRIDS[k] for k in sorted(synthetic_world.VALUE_GRIDS)]
+  out = []
+  for _ in range(count):
+    values = rng.sample(rng.choice(grids), rng.randint(2, 6))
+    descending = rng.random() < 0.5
+    listed = ", ".join(map(str, values))
+    ordered = ", ".join(map(str, sorted(values, reverse=descending)))
+    way = "descending" if descending else "ascending"
+    out.append((f"Sort {way}: {listed}", [Segment(f"<answer> {ordered} </answer>", "policy")]))
   return out

@@ -123,3 +123,60 @@ def test_copy_drills(world):
       assert (item.isdigit() and int(item) in sw.FACT_NUMBERS) or set(item.split(" ")) <= words, item
   with pytest.raises(ValueError, match="name pools"):
     teacher.copy_drills(sw.World(0, (), (), ()), 1, seed=0)
+
+
+def test_decision_drills(world):
+  drills = teacher.decision_drills(world, 300, seed=5)
+  assert drills == teacher.decision_drills(world, 300, seed=5)
+  assert drills != teacher.decision_drills(world, 300, seed=6)
+  assert len(drills) == 300
+  not_train = {e.name for e in world.entities if e.split != "train"}
+  seen = set()
+  for user, (thought, answer) in drills:
+    assert user.startswith("Decide: ")
+    question = user[len("Decide: "):]
+    assert (thought.role, answer.role) == ("information", "policy")  # only the answer trains
+    facts = thought.text.removeprefix("<think> ").removesuffix(" </think>").split("; ")
+    winner = answer.text.removeprefix("<answer> ").removesuffix(" </answer>")
+    names = [f.split(" was ")[0].split(" has ")[0].split(" is ")[0] for f in facts]
+    values = [int(next(w for w in f.split() if w.isdigit())) for f in facts]
+    # Which attribute: the world's question wording for these names.
+    keys = [k for k, (_, _, pair, fan) in sw.COMPARISONS.items()
+            if question == (pair if len(names) == 2 else fan).format(*names)]
+    assert len(keys) == 1, question
+    key = keys[0]
+    smallest = sw.COMPARISONS[key][1]
+    assert facts == [sw.fact_text(key, n, sw.value_text(key, v)) for n, v in zip(names, values)]
+    assert len(set(values)) == len(values) and set(values) <= set(sw.VALUE_GRIDS[key])
+    assert winner == names[values.index(min(values) if smallest else max(values))]
+    assert not set(names) & not_train
+    seen.add((key, len(names)))
+  assert seen == {(k, n) for k in sw.COMPARISONS for n in (2, 3)}
+  # A drill's thought is the one a teacher trajectory ends with for the same names and values.
+  for q in world.split_questions("train", ["comparison", "fanout"])[:20]:
+    segments = teacher.teacher_trajectory(world, q, ExactRetriever(world.passages), mode="mq",
+                                          topk=1)
+    key = q.plan[0][0].attribute
+    values = [getattr(world.entity(lk.entity), key) for lk in q.plan[0]]
+    facts = "; ".join(sw.fact_text(key, lk.entity, sw.value_text(key, v))
+                      for lk, v in zip(q.plan[0], values))
+    assert segments[-1].text == f"<think> {facts} </think><answer> {q.golden_answers[0]} </answer>"
+  with pytest.raises(ValueError, match="name pools"):
+    teacher.decision_drills(sw.World(0, (), (), ()), 1, seed=0)
+
+
+def test_order_drills():
+  drills = teacher.order_drills(200, seed=2)
+  assert drills == teacher.order_drills(200, seed=2)
+  assert len(drills) == 200
+  ways, sizes = set(), set()
+  for user, [segment] in drills:
+    way, listed = user.removeprefix("Sort ").split(": ")
+    values = [int(v) for v in listed.split(", ")]
+    assert any(set(values) <= set(grid) for grid in sw.VALUE_GRIDS.values())
+    assert len(set(values)) == len(values)
+    expected = sorted(values, reverse=way == "descending")
+    assert segment == Segment(f"<answer> {', '.join(map(str, expected))} </answer>", "policy")
+    ways.add(way)
+    sizes.add(len(values))
+  assert ways == {"ascending", "descending"} and sizes == {2, 3, 4, 5, 6}

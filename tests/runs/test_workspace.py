@@ -6,7 +6,7 @@ from ml_collections import ConfigDict
 
 from configs import rag_r1
 from rag_r1_jax import sharding
-from rag_r1_jax.data import synthetic_world
+from rag_r1_jax.data import synthetic_world, teacher
 from rag_r1_jax.runs.workspace import Workspace
 
 
@@ -83,3 +83,20 @@ def test_sft_number_draws_add_only_number_questions_of_later_draws(tmp_path):
   assert len(prompts) == len(expected) and {"single", "comparison", "fanout"} == {
       q.kind for q in synthetic_world.train_draw(ws.world, 2).questions if q.reads_numbers()}
   assert all(question in prompt for question, prompt in zip(expected, prompts))
+
+
+def test_sft_decision_drills_train_only_the_answer(tmp_path):
+  from rag_r1_jax.runs import sft_stage
+  ws = _workspace(tmp_path, 0)
+  ws.config.sft.copy_drills = 0
+  ws.config.sft.world_draws, ws.config.sft.number_draws = 0, 0
+  base = sft_stage.build_examples(ws)
+  ws.config.sft.decision_drills = 5
+  more = sft_stage.build_examples(ws)
+  assert len(more) == len(base) + 5
+  drills = teacher.decision_drills(ws.world, 5, ws.config.seed)
+  for example, (user, (thought, answer)) in zip(more[len(base):], drills):
+    context = ws.tokenizer.decode(example.tokens[example.loss_mask == 0])
+    trained = ws.tokenizer.decode(example.tokens[example.loss_mask == 1])
+    assert user in context and thought.text in context  # the question and the given thought
+    assert trained.strip().startswith(answer.text)  # the answer (then the end-of-turn token)
