@@ -124,7 +124,6 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.copy_drills = 0  # synthetic world: how many list-repeating drills to mix into SFT
   # ... and how many comparison / fan-out decisions (a given thought, the winner's name trained)
   c.sft.decision_drills = 0
-  c.sft.order_drills = 0  # ... and how many sorts of a few compared values (years, heights)
   c.sft.microbatches = 1
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024

@@ -34,7 +34,7 @@ _POSITIVE = (
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
 )
 _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
-                 "sft.decision_drills", "sft.order_drills",
+                 "sft.decision_drills",
                  "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",

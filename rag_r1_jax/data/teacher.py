@@ -183,22 +183,3 @@ def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list
   return out
 
 
-def order_drills(count: int, seed: int) -> list[tuple[str, list[Segment]]]:
-  """`count` (user text, segments) drills: sort 2-6 values of one compared attribute's grid.
-
-  A comparison answer needs to know which of two numbers is larger, which a model trained from
-  scratch only learns from the numbers' use: one decision per comparison question. A sort of n
-  values trains n - 1 such decisions in ~20 tokens ("Sort descending: 177, 192, 150" ->
-  "<answer> 192, 177, 150 </answer>"), on the very tokens facts and thoughts state.
-  """
-  rng = random.Random(seed)
-  grids = [synthetic_world.VALUE_GRIDS[k] for k in sorted(synthetic_world.VALUE_GRIDS)]
-  out = []
-  for _ in range(count):
-    values = rng.sample(rng.choice(grids), rng.randint(2, 6))
-    descending = rng.random() < 0.5
-    listed = ", ".join(map(str, values))
-    ordered = ", ".join(map(str, sorted(values, reverse=descending)))
-    way = "descending" if descending else "ascending"
-    out.append((f"Sort {way}: {listed}", [Segment(f"<answer> {ordered} </answer>", "policy")]))
-  return out

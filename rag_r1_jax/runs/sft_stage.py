@@ -63,9 +63,6 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   if config.sft.decision_drills:
     kept += teacher.decision_drills(ws.world, config.sft.decision_drills, config.seed)
     print(f"sft: + {config.sft.decision_drills} decision drills", flush=True)
-  if config.sft.order_drills:
-    kept += teacher.order_drills(config.sft.order_drills, config.seed)
-    print(f"sft: + {config.sft.order_drills} order drills", flush=True)
   if config.sft.cut_subsamples:
     return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
   out = []

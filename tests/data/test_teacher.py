@@ -165,18 +165,3 @@ def test_decision_drills(world):
     teacher.decision_drills(sw.World(0, (), (), ()), 1, seed=0)
 
 
-def test_order_drills():
-  drills = teacher.order_drills(200, seed=2)
-  assert drills == teacher.order_drills(200, seed=2)
-  assert len(drills) == 200
-  ways, sizes = set(), set()
-  for user, [segment] in drills:
-    way, listed = user.removeprefix("Sort ").split(": ")
-    values = [int(v) for v in listed.split(", ")]
-    assert any(set(values) <= set(grid) for grid in sw.VALUE_GRIDS.values())
-    assert len(set(values)) == len(values)
-    expected = sorted(values, reverse=way == "descending")
-    assert segment == Segment(f"<answer> {', '.join(map(str, expected))} </answer>", "policy")
-    ways.add(way)
-    sizes.add(len(values))
-  assert ways == {"ascending", "descending"} and sizes == {2, 3, 4, 5, 6}
