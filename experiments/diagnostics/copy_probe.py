@@ -21,15 +21,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
 
-from rag_r1_jax import sharding  # noqa: E402
 from rag_r1_jax.data import prompts, synthetic_world, teacher  # noqa: E402
-from rag_r1_jax.models import factory, hf_checkpoint  # noqa: E402
 from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
+from rag_r1_jax.runs.workspace import load_exported_policy  # noqa: E402
 from rag_r1_jax.training import logprobs, sft_data  # noqa: E402
 
 
@@ -68,12 +65,7 @@ def main() -> None:
   parser.add_argument("--world_entities", type=int, default=240)
   args = parser.parse_args()
 
-  tokenizer = factory.load_tokenizer(os.path.join(args.run_dir, "tokenizer"))
-  model_dir = os.path.join(args.run_dir, args.stage, "model")
-  if not os.path.isfile(os.path.join(model_dir, "config.json")):
-    raise SystemExit(f"no exported policy at {model_dir}: did the {args.stage} stage finish?")
-  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
-  model, _ = hf_checkpoint.load_hf(model_dir, mesh)
+  tokenizer, model, model_dir = load_exported_policy(args.run_dir, args.stage)
   score = nnx.jit(logprobs.token_logprobs)
   world = synthetic_world.make_world(args.world_seed, args.world_entities)
   classes = token_classes(tokenizer, world)

@@ -108,18 +108,10 @@ def main() -> None:
   parser.add_argument("--world_entities", type=int, default=240)
   args = parser.parse_args()
 
-  import jax
   from flax import nnx
-  from ml_collections import ConfigDict
-  from rag_r1_jax import sharding
-  from rag_r1_jax.models import factory, hf_checkpoint
+  from rag_r1_jax.runs.workspace import load_exported_policy
 
-  tokenizer = factory.load_tokenizer(os.path.join(args.run_dir, "tokenizer"))
-  model_dir = os.path.join(args.run_dir, args.stage, "model")
-  if not os.path.isfile(os.path.join(model_dir, "config.json")):
-    raise SystemExit(f"no exported policy at {model_dir}: did the {args.stage} stage finish?")
-  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
-  model, _ = hf_checkpoint.load_hf(model_dir, mesh)
+  tokenizer, model, model_dir = load_exported_policy(args.run_dir, args.stage)
   forward = nnx.jit(lambda m, tokens, positions: m(tokens, positions=positions))
 
   def next_logits(ids: list[int]) -> np.ndarray:

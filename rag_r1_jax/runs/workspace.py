@@ -27,6 +27,23 @@ def resolve_path(path: str) -> str:
   return os.path.expanduser(path)
 
 
+def load_exported_policy(run_dir: str, stage: str):
+  """(tokenizer, model, model_dir) of a finished run's `<run_dir>/<stage>/model`, on one device.
+
+  For diagnostics that read a run after the fact (experiments/diagnostics/).
+  """
+  import jax
+  from ml_collections import ConfigDict
+  from rag_r1_jax import sharding
+  model_dir = os.path.join(run_dir, stage, "model")
+  if not os.path.isfile(os.path.join(model_dir, "config.json")):
+    raise FileNotFoundError(f"no exported policy at {model_dir}: did the {stage} stage finish?")
+  tokenizer = factory.load_tokenizer(os.path.join(run_dir, "tokenizer"))
+  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
+  model, _ = hf_checkpoint.load_hf(model_dir, mesh)
+  return tokenizer, model, model_dir
+
+
 class Workspace:
   """Lazily built, shared pieces of one run under `workdir`."""
 

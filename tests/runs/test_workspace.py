@@ -100,3 +100,17 @@ def test_sft_decision_drills_train_only_the_answer(tmp_path):
     trained = ws.tokenizer.decode(example.tokens[example.loss_mask == 1])
     assert user in context and thought.text in context  # the question and the given thought
     assert trained.strip().startswith(answer.text)  # the answer (then the end-of-turn token)
+
+
+def test_load_exported_policy_reads_back_a_stage_export(tmp_path):
+  import numpy as np
+  from rag_r1_jax.runs.workspace import load_exported_policy
+  ws = _workspace(tmp_path, 0)
+  with pytest.raises(FileNotFoundError, match="did the sft stage finish"):
+    load_exported_policy(str(tmp_path), "sft")
+  model = ws.initial_model()
+  ws.export_stage_model("sft", model)
+  tokenizer, loaded, model_dir = load_exported_policy(str(tmp_path), "sft")
+  assert model_dir == ws.stage_model_dir("sft")
+  assert tokenizer.get_vocab() == ws.tokenizer.get_vocab()
+  np.testing.assert_array_equal(np.asarray(loaded.embed[...]), np.asarray(model.embed[...]))
