@@ -122,7 +122,8 @@ def base_config() -> config_dict.ConfigDict:
   # (years, heights, populations: single-hop, comparison, fan-out), drawn after those.
   c.sft.number_draws = 0
   c.sft.copy_drills = 0  # synthetic world: how many list-repeating drills to mix into SFT
-  # ... and how many comparison / fan-out decisions (a given thought, the winner's name trained)
+  # ... and how many comparison / fan-out decisions (a given thought, the winner's name trained;
+  # no consistent gain on the default world: DEVELOPERS.md, session 10)
   c.sft.decision_drills = 0
   c.sft.microbatches = 1
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens

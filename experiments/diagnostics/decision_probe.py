@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from rag_r1_jax.data import prompts, synthetic_world, teacher  # noqa: E402
 from rag_r1_jax.data.teacher import Segment  # noqa: E402
+from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,6 @@ def drill_items(world: synthetic_world.World, count: int, seed: int,
 def question_items(world: synthetic_world.World, template: Callable[[str], str], *,
                    mode: str, prompt_variant: str, json_indent: int) -> list[Item]:
   """Items from the teacher's trajectories for the test comparison and fan-out questions."""
-  from rag_r1_jax.retrieval.base import ExactRetriever
   retriever = ExactRetriever(world.passages)
   out = []
   for q in world.split_questions("test", ["comparison", "fanout"]):

@@ -166,6 +166,8 @@ _FACTS = {
     "founder": "{e} was founded by {v}", "founded": "{e} was founded {v}",
     "headquarters": "{e} is based in {v}", "population_k": "{e} is a city of {v} thousand people",
 }
+
+
 def value_text(attribute: str, value) -> str:
   """An attribute value as facts and answers write it ("172 cm" for heights)."""
   return f"{value} cm" if attribute == "height_cm" else str(value)

@@ -181,5 +181,3 @@ def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list
     out.append((f"Decide: {question}", [Segment(f"<think> {facts} </think>", "information"),
                                         Segment(f"<answer> {winner} </answer>", "policy")]))
   return out
-
-

@@ -160,8 +160,7 @@ def test_decision_drills(world):
     values = [getattr(world.entity(lk.entity), key) for lk in q.plan[0]]
     facts = "; ".join(sw.fact_text(key, lk.entity, sw.value_text(key, v))
                       for lk, v in zip(q.plan[0], values))
-    assert segments[-1].text == f"<think> {facts} </think><answer> {q.golden_answers[0]} </answer>"
+    answer = q.golden_answers[0]
+    assert segments[-1].text == f"<think> {facts} </think><answer> {answer} </answer>"
   with pytest.raises(ValueError, match="name pools"):
     teacher.decision_drills(sw.World(0, (), (), ()), 1, seed=0)
-
-

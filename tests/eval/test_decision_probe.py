@@ -41,8 +41,8 @@ def _scorer(first, second):
 
 
 def test_probe_counts_first_words_and_whole_names():
-  item = decision_probe.Item(("comparison", "birth_year", 2), "xx", ("Fobun Delir", "Kridu Shapa"),
-                             "Kridu Shapa")
+  item = decision_probe.Item(("comparison", "birth_year", 2), "xx",
+                             ("Fobun Delir", "Kridu Shapa"), "Kridu Shapa")
   right = decision_probe.probe([item], _encode, _scorer(" Kridu", " Shapa"))
   assert dict(right[item.group]) == {"n": 1, "first_right": 1, "whole": 1}
   mixed = decision_probe.probe([item, item], _encode, _scorer(" Kridu", " Delir"))
