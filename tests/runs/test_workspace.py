@@ -65,14 +65,19 @@ def test_rl_cycles_through_draws_each_with_its_own_retriever(tmp_path):
   assert len(seen) == 3
 
 
-def test_sft_number_draws_add_only_number_questions_of_later_draws(tmp_path):
+def _sft_examples_before_and_after(tmp_path, world_draws: int, field: str, value: int):
+  """SFT examples of a smoke workspace without copy drills, then with `sft.<field> = value`."""
   from rag_r1_jax.runs import sft_stage
   ws = _workspace(tmp_path, 0)
   ws.config.sft.copy_drills = 0
-  ws.config.sft.world_draws, ws.config.sft.number_draws = 1, 0
+  ws.config.sft.world_draws, ws.config.sft.number_draws = world_draws, 0
   base = sft_stage.build_examples(ws)
-  ws.config.sft.number_draws = 2
-  more = sft_stage.build_examples(ws)
+  ws.config.sft[field] = value
+  return ws, base, sft_stage.build_examples(ws)
+
+
+def test_sft_number_draws_add_only_number_questions_of_later_draws(tmp_path):
+  ws, base, more = _sft_examples_before_and_after(tmp_path, 1, "number_draws", 2)
   assert [e.tokens.tolist() for e in more[:len(base)]] == [e.tokens.tolist() for e in base]
   prompts = [ws.tokenizer.decode(e.tokens[e.loss_mask == 0]) for e in more[len(base):]]
   # Draws 2 and 3 (after the full draws 0 and 1), their number questions only, in order (the
@@ -86,13 +91,7 @@ def test_sft_number_draws_add_only_number_questions_of_later_draws(tmp_path):
 
 
 def test_sft_decision_drills_train_only_the_answer(tmp_path):
-  from rag_r1_jax.runs import sft_stage
-  ws = _workspace(tmp_path, 0)
-  ws.config.sft.copy_drills = 0
-  ws.config.sft.world_draws, ws.config.sft.number_draws = 0, 0
-  base = sft_stage.build_examples(ws)
-  ws.config.sft.decision_drills = 5
-  more = sft_stage.build_examples(ws)
+  ws, base, more = _sft_examples_before_and_after(tmp_path, 0, "decision_drills", 5)
   assert len(more) == len(base) + 5
   drills = teacher.decision_drills(ws.world, 5, ws.config.seed)
   for example, (user, (thought, answer)) in zip(more[len(base):], drills):
