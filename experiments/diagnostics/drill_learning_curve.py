@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from rag_r1_jax import sharding  # noqa: E402
-from rag_r1_jax.data import prompts, teacher  # noqa: E402
+from rag_r1_jax.data import teacher  # noqa: E402
 from rag_r1_jax.runs.workspace import Workspace  # noqa: E402
 from rag_r1_jax.training import rl_update, sft_data, sft_update, train_state  # noqa: E402
 
@@ -36,12 +36,7 @@ _ANSWER_TOKENS = 4  # "<answer>", first word, second word, the space before "</a
 
 def drill_examples(tokenizer, world, count: int, seed: int) -> list[sft_data.SFTExample]:
   """`count` decision drills as SFT examples (only the answer segment trained)."""
-  out = []
-  for user, segments in teacher.decision_drills(world, count, seed):
-    prompt_text = prompts.apply_chat_template(tokenizer, user)
-    out.append(sft_data.encode_segments(tokenizer, prompt_text, segments,
-                                        [s.role == "policy" for s in segments]))
-  return out
+  return sft_data.whole_examples(tokenizer, teacher.decision_drills(world, count, seed))
 
 
 def answer_accuracy(examples: list[sft_data.SFTExample], predicted: np.ndarray) -> np.ndarray:

@@ -65,12 +65,7 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     print(f"sft: + {config.sft.decision_drills} decision drills", flush=True)
   if config.sft.cut_subsamples:
     return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
-  out = []
-  for user, segments in kept:
-    prompt_text = prompts.apply_chat_template(tokenizer, user)
-    trained = [s.role == "policy" for s in segments]
-    out.append(sft_data.encode_segments(tokenizer, prompt_text, segments, trained))
-  return out
+  return sft_data.whole_examples(tokenizer, kept)
 
 
 def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:

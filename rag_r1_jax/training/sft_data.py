@@ -118,6 +118,17 @@ def teacher_examples(tokenizer: Any, trajectories: Iterable[tuple[str, Sequence[
   return out
 
 
+def whole_examples(tokenizer: Any,
+                   trajectories: Iterable[tuple[str, Sequence[Any]]]) -> list[SFTExample]:
+  """One example per (user prompt text, segments) pair, every policy segment trained."""
+  out = []
+  for user, segments in trajectories:
+    prompt_text = prompts.apply_chat_template(tokenizer, user)
+    out.append(encode_segments(tokenizer, prompt_text, segments,
+                               [s.role == "policy" for s in segments]))
+  return out
+
+
 def drop_long(examples: Sequence[SFTExample], max_length: int) -> tuple[list[SFTExample], int]:
   """(examples of at most sft.max_length tokens, how many longer ones were dropped)."""
   kept = [e for e in examples if len(e) <= max_length]

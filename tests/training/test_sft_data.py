@@ -86,6 +86,23 @@ def test_teacher_subsamples_mask_only_the_target():
   assert len(second) - len(first) == lengths[1] + lengths[2]
 
 
+def test_whole_examples_train_every_policy_segment_and_no_information():
+  teacher = pytest.importorskip("rag_r1_jax.data.teacher")
+  tok = char_tokenizer()
+  segments = [teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
+              teacher.Segment("<information>Ann: Oslo</information>", "information"),
+              teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
+  [whole] = sft_data.whole_examples(tok, [("Where?", segments)])
+  assert _decode(tok, whole.tokens) == ("<|user|>\nWhere?<|end|>\n<|assistant|>\n"
+                                        + "".join(s.text for s in segments) + "<|end|>")
+  assert _decode(tok, whole.tokens[whole.loss_mask == 1]) == (
+      segments[0].text + segments[2].text + "<|end|>")
+  # The same tokens and targets as the last cut sub-sample, which holds the whole response.
+  last = sft_data.teacher_examples(tok, [("Where?", segments)], teacher.cut_subsamples)[-1]
+  np.testing.assert_array_equal(whole.tokens, last.tokens)
+  assert whole.loss_mask.sum() > last.loss_mask.sum()
+
+
 def _examples(lengths):
   return [sft_data.SFTExample(np.arange(1, n + 1, dtype=np.int32), np.ones(n, np.float32))
           for n in lengths]
