@@ -6,12 +6,12 @@ every value in context, the winner's name trained) and prints, every `--every` s
 teacher-forced accuracy of each answer token on held-out drills (argmax over the whole
 vocabulary): `<answer>`, the winner's first name token (the decision), its second (the
 completion: the world tokenizer writes each name word as one token), then the space before
-`</answer>`. It tells a capacity limit (no learning at any length)
-from a data-volume one (learning, given enough drills) without a full SFT run.
+`</answer>`. It tells a capacity limit (no learning at any length) from a data-volume one
+(learning, given enough drills) without a full SFT run.
 
 Usage: python experiments/diagnostics/drill_learning_curve.py --workdir runs/rag_r1_mq
-       [--steps 1000] [--every 200] [--rows 13 | --pad 64] [--config configs/rag_r1.py[:variant]]
-The world and its tokenizer are the config's: `<workdir>/tokenizer` when the workdir holds a
+       [--steps 1000] [--every 200] [--rows 13 | --pad 64] [--variant mq]
+The model, SFT settings, world and tokenizer are configs/rag_r1.py's (`--variant`): `<workdir>/tokenizer` when the workdir holds a
 run (the tokenizer that run trained with), otherwise built there. Nothing else is written.
 """
 
@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
+from configs import rag_r1  # noqa: E402
 from rag_r1_jax import sharding  # noqa: E402
 from rag_r1_jax.data import teacher  # noqa: E402
 from rag_r1_jax.runs.workspace import Workspace  # noqa: E402
@@ -55,7 +56,7 @@ def main(argv=None) -> np.ndarray:
   """Trains and prints the learning curve; returns the last held-out accuracies."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a run (its tokenizer/) or a new folder")
-  parser.add_argument("--config", default="configs/rag_r1.py")
+  parser.add_argument("--variant", default="mq", choices=("mq", "sq", "smoke"))
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--every", type=int, default=200)
   parser.add_argument("--rows", type=int, default=0,
@@ -64,8 +65,10 @@ def main(argv=None) -> np.ndarray:
                       help="N: padded batches of N drills instead of packed rows")
   parser.add_argument("--held_out", type=int, default=512)
   args = parser.parse_args(argv)
+  if args.steps < 1 or args.every < 1 or args.held_out < 1:
+    parser.error("--steps, --every and --held_out must be positive")
 
-  config = _load_config(args.config)
+  config = rag_r1.get_config(args.variant)
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   ws = Workspace(config, mesh, args.workdir)
   tokenizer, world, model = ws.tokenizer, ws.world, ws.initial_model()
@@ -103,16 +106,6 @@ def main(argv=None) -> np.ndarray:
             + " / ".join(f"{a:.3f}" for a in acc) + f"  ({time.time() - start:.0f} s)",
             flush=True)
   return acc
-
-
-def _load_config(path: str):
-  """get_config() of a config file (the variant after ':', as main.py's --config takes it)."""
-  import importlib.util
-  path, _, variant = path.partition(":")
-  spec = importlib.util.spec_from_file_location("drill_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
 from rag_r1_jax.training.sft_data import SFTExample
 
@@ -32,9 +33,8 @@ def test_answer_accuracy_reads_the_prediction_before_each_target():
 
 
 def _smoke_lines(tmp_path, capsys, *extra):
-  acc = curve.main(["--workdir", str(tmp_path), "--config", os.path.join(ROOT, "configs",
-                    "rag_r1.py:smoke"), "--steps", "2", "--every", "1", "--held_out", "8",
-                    *extra])
+  acc = curve.main(["--workdir", str(tmp_path), "--variant", "smoke", "--steps", "2",
+                    "--every", "1", "--held_out", "8", *extra])
   assert acc.shape == (4,) and np.all((acc >= 0) & (acc <= 1))
   return capsys.readouterr().out.splitlines()
 
@@ -47,3 +47,8 @@ def test_runs_at_smoke_size_packed_and_padded(tmp_path, capsys):
   padded = _smoke_lines(tmp_path, capsys, "--pad", "100")  # more drills than packing makes
   assert "100 padded drills" in padded[0]
   assert [l.split()[1] for l in padded if l.startswith("step")] == ["1", "2"]
+
+
+def test_rejects_a_run_without_steps(tmp_path):
+  with pytest.raises(SystemExit):
+    curve.main(["--workdir", str(tmp_path), "--steps", "0"])
