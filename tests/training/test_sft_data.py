@@ -67,12 +67,18 @@ def test_split_information_pieces():
   assert sft_data.split_information("plain") == [("plain", "policy")]
 
 
-def test_teacher_subsamples_mask_only_the_target():
+def _search_then_answer():
+  """(the teacher module, a search turn, its information block, then the answer turn)."""
   teacher = pytest.importorskip("rag_r1_jax.data.teacher")
+  return teacher, [
+      teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
+      teacher.Segment("<information>Ann: Oslo</information>", "information"),
+      teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
+
+
+def test_teacher_subsamples_mask_only_the_target():
+  teacher, segments = _search_then_answer()
   tok = char_tokenizer()
-  segments = [teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
-              teacher.Segment("<information>Ann: Oslo</information>", "information"),
-              teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
   examples = sft_data.teacher_examples(tok, [("Where?", segments)], teacher.cut_subsamples)
   assert len(examples) == 2
   first, second = examples
@@ -87,11 +93,8 @@ def test_teacher_subsamples_mask_only_the_target():
 
 
 def test_whole_examples_train_every_policy_segment_and_no_information():
-  teacher = pytest.importorskip("rag_r1_jax.data.teacher")
+  teacher, segments = _search_then_answer()
   tok = char_tokenizer()
-  segments = [teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
-              teacher.Segment("<information>Ann: Oslo</information>", "information"),
-              teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
   [whole] = sft_data.whole_examples(tok, [("Where?", segments)])
   assert _decode(tok, whole.tokens) == ("<|user|>\nWhere?<|end|>\n<|assistant|>\n"
                                         + "".join(s.text for s in segments) + "<|end|>")
