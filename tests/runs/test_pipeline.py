@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from rag_r1_jax import pipeline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -48,6 +50,21 @@ def test_every_stage_wrote_its_outputs(smoke_run):
     report = f.read()
   assert "rag_r1_smoke:sft" in report and "rag_r1_smoke:rl" in report
   assert "== EM by dataset ==" in result.stdout
+  with open(os.path.join(workdir, "metrics", "stages.jsonl")) as f:
+    stages = [json.loads(line) for line in f][:3]  # a later test's rerun appends rows
+  assert [r["stage"] for r in stages] == ["sft", "rl", "eval"]
+  assert all(r["seconds"] > r["compile_seconds"] > 0 for r in stages), stages
+  assert "rag_r1_jax: stage times: sft " in result.stdout
+
+
+def test_stage_times_are_printed_in_minutes_and_seconds():
+  assert pipeline.format_seconds(42.04) == "42.0s"
+  assert pipeline.format_seconds(725.4) == "12m05s"
+  assert pipeline.format_seconds(3725) == "1h02m05s"
+  rows = [{"stage": "sft", "seconds": 662.2, "compile_seconds": 21.3},
+          {"stage": "rl", "seconds": 450.0, "compile_seconds": 40.14}]
+  assert pipeline.timing_line(rows) == (
+      "stage times: sft 11m02s (compile 21.3s) | rl 7m30s (compile 40.1s) | total 18m32s")
 
 
 @pytest.mark.slow
@@ -56,6 +73,9 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
   result = _main(workdir, "--config.stages=sft,rl")
   assert result.returncode == 0, result.stderr[-4000:]
   assert "sft: finished earlier" in result.stdout and "rl: finished earlier" in result.stdout
+  with open(os.path.join(workdir, "metrics", "stages.jsonl")) as f:
+    stages = [json.loads(line)["stage"] for line in f]
+  assert stages == ["sft", "rl", "eval", "sft", "rl"]  # appended: the first run's times stay
 
 
 @pytest.mark.slow
