@@ -161,6 +161,10 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.max_grad_norm = 1.0
   c.rl.weight_decay = 0.01
   c.rl.microbatches = 1
+  # N > 0: the update sorts a minibatch's rows by length and cuts each microbatch to its own
+  # longest row, rounded up to a multiple of N tokens (one compilation per width; the loss is
+  # the minibatch's own aggregate whatever the split). 0: every microbatch at the batch width.
+  c.rl.length_bucket = 0
   c.rl.max_nonfinite_steps = 5
   # Synthetic world only: 0 rolls out the run's own train questions; N > 0 the questions of
   # synthetic_world.train_draw(world, N), searched over that draw's passages plus the world's

@@ -86,6 +86,10 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.rl.mini_batch_size = 32
   config.rl.group_size = 8
   config.rl.microbatches = 8
+  # Microbatches of rows sorted by length, each cut to its own longest row (a multiple of 64):
+  # a batch is as wide as its longest rambling row (384 of 512 columns often), most rows are
+  # ~175 tokens. Update at 256 x 384: 16.1 -> 8.5 s (1.89x, bench_rl_microbatches.py).
+  config.rl.length_bucket = 64
   config.rl.learning_rate = 5e-4
   config.rl.warmup_ratio = 0.25  # a fresh Adam's first steps are sign-like: ramp up over 8 steps
   config.rl.kl_coef = 0.0  # no reference forward pass: a quarter of each update

@@ -18,6 +18,7 @@ The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0
 optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
 """
 
+import dataclasses
 import functools
 from typing import Any, Mapping, Optional
 
@@ -158,6 +159,48 @@ def combine_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
   return out
 
 
+def microbatch_plan(minibatch: Mapping[str, np.ndarray],
+                    hp: RLHparams) -> list[tuple[dict[str, np.ndarray], float]]:
+  """The minibatch as hp.microbatches (microbatch, weight) pairs, each cut to its own width.
+
+  Rows are sorted by length, so a microbatch of short trajectories is not padded to the
+  longest of the minibatch; each keeps the columns up to its longest row rounded up to a
+  multiple of `hp.length_bucket` (at most the minibatch's width). The weights make the summed
+  loss the minibatch's own aggregate whatever the split: a microbatch's share of the masked
+  tokens (token_mean), of the sequences with a masked token (seq_mean_token_mean), or of the
+  rows (seq_sum_norm, whose constant stays the minibatch's width).
+  """
+  rows, width = minibatch["tokens"].shape
+  assert rows % hp.microbatches == 0, (rows, hp.microbatches)
+  lengths = minibatch["attention_mask"].sum(axis=1)
+  order = np.argsort(lengths, kind="stable")
+  tokens_per_row = minibatch["loss_mask"].sum(axis=1)
+  share = {"token_mean": tokens_per_row, "seq_mean_token_mean": (tokens_per_row > 0) * 1.0,
+           "seq_sum_norm": np.ones(rows)}[hp.loss_agg]
+  total = share.sum()
+  plan = []
+  for part in np.split(order, hp.microbatches):
+    cut = min(width, -(-max(int(lengths[part].max()), 1) // hp.length_bucket) * hp.length_bucket)
+    micro = {k: v[part][:, :cut] if v.ndim == 2 else v[part] for k, v in minibatch.items()}
+    weight = share[part].sum() / total if total > 0 else 1.0 / hp.microbatches
+    plan.append((micro, float(weight)))
+  return plan
+
+
+def _trimmed_update(state: TrainState, minibatch: Mapping[str, np.ndarray], hp: RLHparams,
+                    mesh: Mesh) -> tuple[TrainState, dict]:
+  """One optimizer update over `microbatch_plan`'s microbatches (rl.length_bucket > 0)."""
+  micro_hp = dataclasses.replace(hp, microbatches=1)
+  if hp.loss_agg == "seq_sum_norm" and hp.norm_length is None:  # the constant: the full width
+    micro_hp = dataclasses.replace(micro_hp, norm_length=minibatch["tokens"].shape[1])
+  grads = None
+  for micro, weight in microbatch_plan(minibatch, hp):
+    part = update.weighted_gradients(state, put_rows(micro, mesh), micro_hp,
+                                     jnp.float32(weight))
+    grads = part if grads is None else update.add_gradients(grads, part)
+  return update.apply_gradients(state, grads, hp)
+
+
 def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
               hp: Optional[RLHparams] = None) -> tuple[TrainState, dict[str, float]]:
   """All updates of one rollout batch: (new state, metrics as Python floats).
@@ -190,8 +233,11 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
     order = np.asarray(jax.random.permutation(key, size))
     for start in range(0, size, hp.mini_batch_rows):
       rows = order[start:start + hp.mini_batch_rows]
-      mb = put_rows({k: host[k][rows] for k in names}, mesh)
-      state, metrics = step_fn(state, mb, hp)
+      minibatch = {k: host[k][rows] for k in names}
+      if hp.length_bucket:
+        state, metrics = _trimmed_update(state, minibatch, hp, mesh)
+      else:
+        state, metrics = step_fn(state, put_rows(minibatch, mesh), hp)
       per_update.append(metrics)
   out = combine_metrics(jax.device_get(per_update))
   out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})

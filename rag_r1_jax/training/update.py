@@ -58,6 +58,7 @@ class RLHparams:
   warmup_ratio: float
   schedule: str
   logprob_chunk: int = 0
+  length_bucket: int = 0  # > 0: microbatches cut to their own width (rl_update.microbatch_plan)
 
   @classmethod
   def from_config(cls, config) -> "RLHparams":
@@ -77,7 +78,8 @@ class RLHparams:
         microbatches=rl.microbatches, learning_rate=rl.learning_rate,
         critic_learning_rate=rl.critic_learning_rate,
         total_updates=rl.steps * rl_updates_per_step(rl), warmup_ratio=rl.warmup_ratio,
-        schedule=rl.schedule, logprob_chunk=config.model.get("logprob_chunk", 0))
+        schedule=rl.schedule, logprob_chunk=config.model.get("logprob_chunk", 0),
+        length_bucket=rl.length_bucket)
 
   def lr(self, step: jax.Array, critic: bool = False) -> jax.Array:
     """The learning rate the optimizer applies at update `step`."""
@@ -132,50 +134,84 @@ def critic_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
                            hp.value_clip_eps, hp.loss_agg, hp.norm_length)
 
 
-def _apply(tx: optax.GradientTransformation, params, opt_state, loss_fn, mb: Batch,
-           microbatches: int):
-  """Gradients (accumulated) and one guarded optimizer update: (params, opt_state, metrics)."""
-  loss, metrics, grads = opt_lib.accumulate_gradients(loss_fn, params, mb, microbatches)
+def _loss_fns(state: TrainState, hp: RLHparams) -> dict:
+  """The losses an update differentiates: {"actor": fn} (GRPO), plus "critic" (PPO)."""
+  actor = ppo_actor_minibatch_loss if hp.algorithm == "ppo" else grpo_minibatch_loss
+  fns = {"actor": functools.partial(actor, graphdef=state.graphdef, hp=hp)}
+  if hp.algorithm == "ppo":
+    fns["critic"] = functools.partial(critic_minibatch_loss, graphdef=state.critic.graphdef,
+                                      hp=hp)
+  return fns
+
+
+def _gradients(state: TrainState, mb: Batch, hp: RLHparams, microbatches: int) -> dict:
+  """{"actor": (loss, metrics, grads)} (and "critic" for PPO), averaged over microbatches."""
+  params = {"actor": state.params}
+  if hp.algorithm == "ppo":
+    params["critic"] = state.critic.params
+  return {name: opt_lib.accumulate_gradients(fn, params[name], mb, microbatches)
+          for name, fn in _loss_fns(state, hp).items()}
+
+
+def _step(tx: optax.GradientTransformation, params, opt_state, loss, metrics, grads):
+  """One guarded optimizer update: (params, opt_state, finite, metrics)."""
   grad_norm = optax.global_norm(grads)
   params, opt_state, finite = opt_lib.nonfinite_guard(tx, grads, opt_state, params, loss)
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
   return params, opt_state, finite, metrics
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
-def grpo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
-  """One GRPO optimizer update on minibatch `mb` (see the module docstring)."""
-  loss_fn = functools.partial(grpo_minibatch_loss, graphdef=state.graphdef, hp=hp)
-  params, opt_state, finite, metrics = _apply(state.tx, state.params, state.opt_state, loss_fn,
-                                              mb, hp.microbatches)
-  metrics.update(learning_rate=hp.lr(state.step),
-                 skipped=1.0 - finite.astype(jnp.float32))
+def _apply_gradients(state: TrainState, grads: dict, hp: RLHparams) -> tuple[TrainState, Metrics]:
+  """The optimizer update(s) of `_gradients`' output, each guarded alone."""
+  params, opt_state, finite, metrics = _step(state.tx, state.params, state.opt_state,
+                                             *grads["actor"])
+  metrics.update(learning_rate=hp.lr(state.step), skipped=1.0 - finite.astype(jnp.float32))
+  if hp.algorithm == "ppo":
+    critic = state.critic
+    c_params, c_opt_state, c_finite, c_metrics = _step(critic.tx, critic.params,
+                                                       critic.opt_state, *grads["critic"])
+    metrics.update({k: v for k, v in c_metrics.items() if k.startswith(("vf_", "value_"))})
+    metrics.update(critic_grad_norm=c_metrics["grad_norm"],
+                   critic_learning_rate=hp.lr(state.step, critic=True),
+                   critic_skipped=1.0 - c_finite.astype(jnp.float32))
+    state = state.replace(critic=critic.replace(params=c_params, opt_state=c_opt_state))
   state = state.replace(params=params, opt_state=opt_state,
                         step=state.step + finite.astype(jnp.int32))
   return state, metrics
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
+def grpo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
+  """One GRPO optimizer update on minibatch `mb` (see the module docstring)."""
+  return _apply_gradients(state, _gradients(state, mb, hp, hp.microbatches), hp)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
 def ppo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
   """One PPO update of the actor and of the critic on minibatch `mb` (each guarded alone)."""
-  critic = state.critic
-  actor_fn = functools.partial(ppo_actor_minibatch_loss, graphdef=state.graphdef, hp=hp)
-  params, opt_state, finite, metrics = _apply(state.tx, state.params, state.opt_state,
-                                              actor_fn, mb, hp.microbatches)
-  critic_fn = functools.partial(critic_minibatch_loss, graphdef=critic.graphdef, hp=hp)
-  c_params, c_opt_state, c_finite, c_metrics = _apply(critic.tx, critic.params,
-                                                      critic.opt_state, critic_fn, mb,
-                                                      hp.microbatches)
-  metrics.update({k: v for k, v in c_metrics.items() if k.startswith(("vf_", "value_"))})
-  metrics.update(critic_grad_norm=c_metrics["grad_norm"],
-                 learning_rate=hp.lr(state.step),
-                 critic_learning_rate=hp.lr(state.step, critic=True),
-                 skipped=1.0 - finite.astype(jnp.float32),
-                 critic_skipped=1.0 - c_finite.astype(jnp.float32))
-  critic = critic.replace(params=c_params, opt_state=c_opt_state)
-  state = state.replace(params=params, opt_state=opt_state, critic=critic,
-                        step=state.step + finite.astype(jnp.int32))
-  return state, metrics
+  return _apply_gradients(state, _gradients(state, mb, hp, hp.microbatches), hp)
+
+
+@functools.partial(jax.jit, static_argnames="hp")
+def weighted_gradients(state: TrainState, mb: Batch, hp: RLHparams, weight: jax.Array) -> dict:
+  """`_gradients` of one microbatch (no inner split), loss, metrics and grads times `weight`.
+
+  The host-side microbatch loop of rl_update sums these over microbatches of different widths
+  (each compiles once per width) and passes the sum to `apply_gradients`.
+  """
+  scale = lambda x: x.astype(jnp.float32) * weight  # noqa: E731
+  return jax.tree.map(scale, _gradients(state, mb, hp, 1))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def add_gradients(total: dict, part: dict) -> dict:
+  return jax.tree.map(jnp.add, total, part)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
+def apply_gradients(state: TrainState, grads: dict, hp: RLHparams) -> tuple[TrainState, Metrics]:
+  """The update of summed `weighted_gradients`: the same step as grpo_update / ppo_update."""
+  return _apply_gradients(state, grads, hp)
 
 
 @functools.partial(jax.jit, static_argnames=("hp", "old"))

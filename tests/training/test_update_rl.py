@@ -174,3 +174,64 @@ def test_bad_batch_size_names_the_field():
   state = train_state.create_rl_state(h.model(h.mesh()), config)
   with pytest.raises(ValueError, match="rl.mini_batch_size"):
     rl_update.rl_update(state, h.trajectory_batch(16, 12, 64), config)
+
+
+def _ragged_batch(rows=16, seq=40):
+  """A batch whose rows are 10-40 tokens long, so sorted microbatches have different widths."""
+  batch = h.trajectory_batch(rows, seq, h.TINY.vocab_size, seed=12)
+  lengths = np.linspace(10, seq, rows).astype(int)[np.random.default_rng(1).permutation(rows)]
+  real = np.arange(seq)[None] < lengths[:, None]
+  loss_mask = real.astype(np.float32)
+  loss_mask[:, :4] = 0  # the prompt
+  loss_mask[:, 6:8] = 0  # retrieved tokens
+  tokens = np.random.default_rng(2).integers(1, h.TINY.vocab_size, (rows, seq)) * real
+  batch.update(tokens=tokens.astype(np.int32), attention_mask=real.astype(np.int32),
+               loss_mask=loss_mask,
+               sampler_logprobs=-1.5 * loss_mask)
+  return batch, lengths
+
+
+def test_microbatch_plan_sorts_cuts_and_weighs_by_the_aggregate():
+  batch, lengths = _ragged_batch()
+  hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8))
+  plan = rl_update.microbatch_plan(batch, hp)
+  widths = [micro["tokens"].shape[1] for micro, _ in plan]
+  longest = [int(micro["attention_mask"].sum(axis=1).max()) for micro, _ in plan]
+  assert widths == [-(-n // 8) * 8 for n in longest] and widths == sorted(widths)
+  assert widths[0] < 40 and widths[-1] == 40
+  tokens = [micro["loss_mask"].sum() for micro, _ in plan]
+  assert [w for _, w in plan] == pytest.approx([t / batch["loss_mask"].sum() for t in tokens])
+  kept = np.concatenate([micro["tokens"].sum(axis=1) for micro, _ in plan])
+  assert sorted(kept) == sorted(batch["tokens"].sum(axis=1))  # no real token cut
+  for agg, share in (("seq_sum_norm", 0.25), ("seq_mean_token_mean", 0.25)):
+    hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8, loss_agg=agg))
+    assert [w for _, w in rl_update.microbatch_plan(batch, hp)] == pytest.approx([share] * 4)
+
+
+@pytest.mark.parametrize("algorithm,loss_agg", [("grpo", "token_mean"),
+                                                ("grpo", "seq_mean_token_mean"),
+                                                ("grpo", "seq_sum_norm"), ("ppo", "token_mean")])
+def test_length_cut_microbatches_equal_one_full_width_pass(algorithm, loss_agg):
+  batch, _ = _ragged_batch()
+  kw = dict(batch_size=4, mini_batch_size=4, loss_agg=loss_agg, entropy_coef=0.01)
+  full, m_full = _run(h.mesh(), algorithm, batch, microbatches=1, **kw)
+  cut, m_cut = _run(h.mesh(), algorithm, batch, microbatches=4, length_bucket=8, **kw)
+  for a, b in zip(_params(full), _params(cut)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+    assert m_cut[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6), key
+  # The plain scan over equal-width microbatches weighs microbatches, not tokens: different.
+  scan, m_scan = _run(h.mesh(), algorithm, batch, microbatches=4, **kw)
+  if loss_agg == "token_mean":
+    assert m_scan["pg_loss"] != pytest.approx(m_full["pg_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_length_cut_updates_compile_once_per_width():
+  batch, _ = _ragged_batch()
+  config = h.rl_config(microbatches=4, length_bucket=8)
+  state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
+  state, _ = rl_update.rl_update(state, batch, config)
+  compiled = update.weighted_gradients._cache_size()
+  state, metrics = rl_update.rl_update(state, batch, config)
+  assert update.weighted_gradients._cache_size() == compiled
+  assert metrics["skipped"] == 0 and int(state.step) == 2
