@@ -13,6 +13,9 @@ being updated: the update uses its own detached log-probs as the old ones, and t
 pass runs only for the reference log-probs, if any (without a reference it is skipped: a
 quarter of the update's compute on the default config).
 Every minibatch has the same static shape, so the step compiles once per sequence length.
+With rl.length_bucket > 0 a minibatch's microbatches are instead rows of similar length,
+each cut to its own width (`microbatch_plan`): their weighted gradients are summed on the
+device and applied in one step, compiling once per width.
 
 The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
 optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
