@@ -225,7 +225,6 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   fields, prep_metrics = prepare(put_rows(host, mesh), hp)
   host.update(jax.device_get(fields))
-  step_fn = update.ppo_update if hp.algorithm == "ppo" else update.grpo_update
   names = ["tokens", "positions", "attention_mask", "loss_mask",
            "sampler_logprobs" if on_policy else "old_logprobs",
            *fields] + (["ref_logprobs"] if hp.algorithm == "grpo" and hp.kl_coef > 0 else [])
@@ -240,7 +239,7 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
       if hp.length_bucket:
         state, metrics = _trimmed_update(state, minibatch, hp, mesh)
       else:
-        state, metrics = step_fn(state, put_rows(minibatch, mesh), hp)
+        state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp)
       per_update.append(metrics)
   out = combine_metrics(jax.device_get(per_update))
   out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})

@@ -181,15 +181,13 @@ def _apply_gradients(state: TrainState, grads: dict, hp: RLHparams) -> tuple[Tra
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
-def grpo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
-  """One GRPO optimizer update on minibatch `mb` (see the module docstring)."""
+def minibatch_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
+  """One optimizer update on minibatch `mb` (see the module docstring): GRPO's, or PPO's of the
+  actor and of the critic (each guarded alone), as hp.algorithm says."""
   return _apply_gradients(state, _gradients(state, mb, hp, hp.microbatches), hp)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
-def ppo_update(state: TrainState, mb: Batch, hp: RLHparams) -> tuple[TrainState, Metrics]:
-  """One PPO update of the actor and of the critic on minibatch `mb` (each guarded alone)."""
-  return _apply_gradients(state, _gradients(state, mb, hp, hp.microbatches), hp)
+grpo_update = ppo_update = minibatch_update  # the names callers know; hp picks the algorithm
 
 
 @functools.partial(jax.jit, static_argnames="hp")
@@ -210,7 +208,7 @@ def add_gradients(total: dict, part: dict) -> dict:
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
 def apply_gradients(state: TrainState, grads: dict, hp: RLHparams) -> tuple[TrainState, Metrics]:
-  """The update of summed `weighted_gradients`: the same step as grpo_update / ppo_update."""
+  """The update of summed `weighted_gradients`: the same step as `minibatch_update`."""
   return _apply_gradients(state, grads, hp)
 
 
