@@ -48,26 +48,38 @@ def sample(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Arr
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+# Greedy selection reads the logits in chunks of this many entries (see `greedy`).
+GREEDY_CHUNK = 128
+
+
 def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """jnp.argmax over the last axis and its log-prob: [batch, vocab] -> [batch] int32, float32.
 
-  Three plain reductions sharing one max: the max, the first index holding it (a float min,
-  exact below 2**24 entries) and the sum of exponentials of the log-normaliser. XLA:CPU runs
-  argmax's (value, index) reduction unvectorised (~12 ms per decode step for 64 x 32000
-  logits; these three took ~1.7 ms together on a busy 2-core machine, where jnp.argmax plus
-  jax.nn.logsumexp would repeat the max). Its max reduction does not reliably propagate
-  NaN, so a row with a NaN or infinite logit (seen as a non-finite sum or no index found) is
-  redone with jnp.argmax and jax.nn.logsumexp, inside a lax.cond that finite rows skip. Ties
-  go to the first index and a NaN row to its first NaN, as in jnp.argmax.
+  Two passes over the logits: the max of each chunk of GREEDY_CHUNK entries, and the sum of
+  exponentials below the overall max; the argmax is then found among the chunk maxima (the
+  first chunk holding the max) and inside that one chunk, so no full-width index array is
+  made. jnp.argmax's (value, index) reduction runs unvectorised on XLA:CPU (~12 ms per decode
+  step for 64 x 32000 logits), and the earlier three full-width reductions (max, first index
+  as a float min over a [batch, vocab] select, sum of exponentials) made XLA write two
+  [batch, vocab] temporaries; this form was 6-9% faster per decode step on the 12M config at
+  batch 8 and 64 (DEVELOPERS.md, session 13). The argmax token's logit is the max, so its
+  log-prob is -log(sum of exponentials). XLA:CPU's max does not reliably propagate NaN, so a
+  row with a NaN or infinite logit (seen as a non-finite sum, or no index found) is redone
+  with jnp.argmax and jax.nn.logsumexp inside a lax.cond that finite rows skip. Ties go to the
+  first index and a NaN row to its first NaN, as in jnp.argmax.
   """
-  vocab = logits.shape[-1]
-  assert vocab < 2**24, vocab
-  best = jnp.max(logits, axis=-1, keepdims=True)
-  index = jnp.arange(vocab, dtype=jnp.float32)
-  tokens = jnp.min(jnp.where(logits == best, index, vocab), axis=-1).astype(jnp.int32)
-  sum_exp = jnp.sum(jnp.exp(logits - best), axis=-1)
-  picked = jnp.take_along_axis(logits, jnp.minimum(tokens, vocab - 1)[:, None], axis=-1)[:, 0]
-  logprobs = picked - (jnp.log(sum_exp) + best[:, 0])
+  batch, vocab = logits.shape
+  chunks = -(-vocab // GREEDY_CHUNK)
+  pad = chunks * GREEDY_CHUNK - vocab
+  padded = jnp.pad(logits, ((0, 0), (0, pad)), constant_values=-jnp.inf) if pad else logits
+  by_chunk = padded.reshape(batch, chunks, GREEDY_CHUNK)
+  chunk_max = jnp.max(by_chunk, axis=-1)  # [batch, chunks]
+  best = jnp.max(chunk_max, axis=-1)  # [batch]
+  chunk = jnp.argmax(chunk_max, axis=-1)  # the first chunk holding the max
+  inside = jnp.take_along_axis(by_chunk, chunk[:, None, None], axis=1)[:, 0]  # [batch, chunk]
+  tokens = (chunk * GREEDY_CHUNK + jnp.argmax(inside, axis=-1)).astype(jnp.int32)
+  sum_exp = jnp.sum(jnp.exp(logits - best[:, None]), axis=-1)
+  logprobs = -jnp.log(sum_exp)
   odd = ~jnp.isfinite(sum_exp) | (tokens >= vocab)
 
   def exact(found):

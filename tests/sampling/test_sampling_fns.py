@@ -17,10 +17,12 @@ def _reference(logits):
 
 def test_greedy_equals_argmax_and_log_softmax():
   logits = np.random.RandomState(0).normal(0, 3, (16, 3001)).astype(np.float32)
-  logits[2, [7, 900]] = logits[2].max() + 1.0  # a tie: the first index wins
+  logits[2, [7, 900]] = logits[2].max() + 1.0  # a tie across chunks: the first index wins
+  logits[5, [300, 301, 2999]] = logits[5].max() + 1.0  # a tie inside a chunk, and in the last
+  logits[6, [2999, 3000]] = logits[6].max() + 1.0  # a tie inside the last, partial chunk
   tokens, logprobs = jax.jit(sampling_fns.greedy)(jnp.asarray(logits))
   want_tokens, want_logprobs = _reference(logits)
-  assert tokens.dtype == jnp.int32 and tokens[2] == 7
+  assert tokens.dtype == jnp.int32 and tokens[2] == 7 and tokens[5] == 300 and tokens[6] == 2999
   np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
   np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
 
