@@ -10,7 +10,8 @@ defaults to PASSIVE here); the ratio is taken against the faster of the two. Eac
 shared machine hits both sides alike; every figure is a median over rounds. Also prints the
 fraction of the memory-bandwidth roofline: bytes read per decode step (weights + KV cache,
 over the full capacity or only the valid length) divided by a numpy copy bandwidth measured
-here.
+here, and the output projection's time alone (a floor under the step: the same dot
+`generate` runs) next to the step time a 3x ratio would need.
 On a GPU (jax's default backend), `generate` runs on CUDA too: eager with a dynamic cache, and
 with a static cache (which transformers compiles with torch.compile); the ratio is taken against
 the faster. The bandwidth is then a device-to-device copy; use `--dtype bfloat16` for both
@@ -36,6 +37,25 @@ from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 
 NEVER = "</never-appears-xyz>"
+
+
+def head_seconds(model, batch: int, steps: int = 64, repeats: int = 5) -> float:
+  """Seconds per step of the output projection alone ([batch, hidden] @ [hidden, vocab], the
+  decode loop's largest op and the same dot `generate` runs), in a jitted loop of `steps`:
+  a floor under our step that no change to the rest of the loop can go below."""
+  head = model.output_head()
+  x = jax.numpy.ones((batch, head.shape[0]), head.dtype) * 0.01
+
+  @jax.jit
+  def loop(x, head):
+    def body(_, carry):
+      x, acc = carry
+      logits = model.logits(x, head)
+      return x + 1e-6 * logits[:, :1], acc + logits[:, 0].sum()
+    return jax.lax.fori_loop(0, steps, body, (x, jax.numpy.float32(0)))
+
+  run = lambda: jax.block_until_ready(loop(x, head))
+  return common.median_seconds(run, repeats) / steps
 
 
 def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
@@ -159,6 +179,7 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
     cap_bytes = weight_bytes + batch * capacity * kv_token_bytes
     valid_bytes = weight_bytes + batch * mean_valid * kv_token_bytes
     roof = lambda b: (b / bandwidth) / step_s
+    head_s = head_seconds(ours, batch)
     print(f"  batch {batch:3d}: ours decode {n / decode_s:8.0f} tok/s ({decode_s * 1e3:7.1f} ms, "
           f"{step_s * 1e3:6.2f} ms/step), prefill {prefill_s * 1e3:6.1f} ms, "
           f"prefill+decode {n / (prefill_s + decode_s):8.0f} tok/s | hf generate "
@@ -169,6 +190,8 @@ def bench(name: str, model_dir: str, batches: list[int], args, bandwidth: float)
           f"capacity {roof(cap_bytes):.2f} valid {roof(valid_bytes):.2f} "
           f"({cap_bytes / 1e6:.0f} / {valid_bytes / 1e6:.0f} MB/step) | same tokens {agree:.3f}",
           flush=True)
+    print(f"             output projection alone {head_s * 1e3:.2f} ms/step ({head_s / step_s:.0%} "
+          f"of ours); 3x hf needs {hf_s / args.new / 3 * 1e3:.2f} ms/step", flush=True)
 
 
 def main():
