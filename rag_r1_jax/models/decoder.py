@@ -28,11 +28,12 @@ import numpy as np
 from flax import nnx
 
 from rag_r1_jax.models import kv_cache as kvc
+from rag_r1_jax.models import ops
 from rag_r1_jax.models import rope
 from rag_r1_jax.models.config import DecoderConfig
 
 _INIT_STD = 0.02
-_NEG_INF = -1e30
+_NEG_INF = ops.NEG_INF
 
 
 def _param(rngs, shape, axes, dtype, stacked, init="normal"):
@@ -144,7 +145,7 @@ class Decoder(nnx.Module):
     if cfg.remat == "full":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
     elif cfg.remat == "dots":
-      block = jax.checkpoint(block, policy=jax.checkpoint_policies.checkpoint_dots)
+      block = jax.checkpoint(block, policy=ops.REMAT_DOTS)
 
     k_layers = list(cache.k) if cache is not None else [None] * cfg.num_layers
     v_layers = list(cache.v) if cache is not None else [None] * cfg.num_layers
@@ -188,8 +189,7 @@ class Decoder(nnx.Module):
     """Projects hidden states [..., hidden] to float32 logits [..., vocab]."""
     head = self.output_head() if head is None else head
     dt = self.cfg.compute_dtype
-    return jnp.dot(hidden.astype(dt), head.astype(dt),
-                   preferred_element_type=jnp.float32).astype(jnp.float32)
+    return ops.matmul(hidden.astype(dt), head.astype(dt), jnp.float32).astype(jnp.float32)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -199,7 +199,7 @@ def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _linear(x, w, b=None):
-  y = jnp.dot(x, w.astype(x.dtype))
+  y = ops.matmul(x, w.astype(x.dtype))
   return y if b is None else y + b.astype(x.dtype)
 
 
@@ -230,12 +230,7 @@ def _attention(q, k, v, mask, cfg: DecoderConfig):
   """Grouped-query attention. q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask [b, t, s]."""
   batch, seq, _, dim = q.shape
   q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                      preferred_element_type=jnp.float32) / np.sqrt(dim)
-  scores = jnp.where(mask[:, None, None], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
-  return out.reshape(batch, seq, cfg.num_heads, dim)
+  return ops.attention(q, k, v, mask).reshape(batch, seq, cfg.num_heads, dim)
 
 
 def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg: DecoderConfig):
