@@ -19,6 +19,7 @@ import common  # noqa: F401  (sets sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from configs import rag_r1
@@ -97,7 +98,7 @@ def main():
 
       grad_fn = jax.jit(jax.value_and_grad(rl_loss))
       loss, grads = grad_fn(params)  # compiles
-      rl_first = (float(loss), float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))))
+      rl_first = (float(loss), float(optax.global_norm(grads)))
       start = time.perf_counter()
       for _ in range(args.steps):
         loss, grads = grad_fn(params)
