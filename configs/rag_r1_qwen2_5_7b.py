@@ -31,6 +31,19 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.model.source = "hf"
   c.model.path = "/path/to/Qwen2.5-7B-Instruct"
   c.model.architecture = "qwen2"
+  # Qwen2.5-7B-Instruct's shape (its config.json rules when model.path holds one; these let
+  # `main.py --dry_run` size the run without the checkpoint).
+  c.model.vocab_size = 152064
+  c.model.hidden_size = 3584
+  c.model.intermediate_size = 18944
+  c.model.num_layers = 28
+  c.model.num_heads = 28
+  c.model.num_kv_heads = 4
+  c.model.head_dim = 128
+  c.model.max_position_embeddings = 32768
+  c.model.rope_theta = 1000000.0
+  c.model.rms_norm_eps = 1e-6
+  c.model.qkv_bias = True
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
   c.model.scan_layers = True
@@ -56,6 +69,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.rollout.max_turn_tokens = 500
   c.rollout.max_obs_length = 1000
   c.rollout.max_total_length = 8192
+  c.rollout.rows_in_flight = 320
 
   c.sampling.temperature = 1.0
   c.sampling.top_p = 0.95
@@ -64,6 +78,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.sft.batch_size = 64
   c.sft.learning_rate = 1e-5
   c.sft.max_length = 8192
+  c.sft.micro_batch_size_per_device = 1
 
   c.rl.algorithm = "ppo" if variant == "ppo" else "grpo"
   c.rl.steps = 500
@@ -81,7 +96,8 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.rl.gamma = 1.0
   c.rl.gae_lambda = 1.0
   c.rl.reward = "em"
-  c.rl.microbatches = 8
+  c.rl.micro_batch_size_per_device = 1
+  c.rl.length_bucket = 512
 
   c.eval.max_questions = 0
   c.eval.batch_size = 256

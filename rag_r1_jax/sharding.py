@@ -5,6 +5,7 @@ name to mesh axes. A mesh axis that does not divide an array dimension is droppe
 array (the dimension is replicated instead), so any model runs on any device count.
 """
 
+import contextlib
 import math
 from typing import Mapping, Sequence
 
@@ -14,8 +15,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axes (None: replicated). The batch is split over data and fsdp; weights
-# are split over fsdp (ZeRO-3 style) and tensor (Megatron style).
+# logical axis -> mesh axes (None: replicated). Weights are split over fsdp (ZeRO-3 style) and
+# tensor (Megatron style); activations ("act_*") over data and fsdp by row, as FSDP means (each
+# device computes its own rows and gathers one layer's weights at a time), and over tensor by
+# head, MLP unit and vocabulary entry. The residual stream is replicated over tensor.
 DEFAULT_RULES: Mapping[str, tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
     "seq": None,
@@ -28,7 +31,44 @@ DEFAULT_RULES: Mapping[str, tuple[str, ...] | None] = {
     "norm": None,
     "head_dim": None,
     "cache_seq": None,
+    "act_batch": ("data", "fsdp"),
+    "act_seq": None,
+    "act_embed": None,
+    "act_heads": ("tensor",),
+    "act_kv_heads": ("tensor",),
+    "act_mlp": ("tensor",),
+    "act_vocab": ("tensor",),
+    # Rows and units of the MLP and the output projection (the same as above when training).
+    "act_mlp_batch": ("data", "fsdp"),
+    "act_mlp_vocab": ("tensor",),
 }
+
+# The sampler's layout. Weights are never split over fsdp by their input dimension, so a
+# decode step gathers no weights: attention weights are split over tensor only (fsdp devices
+# decode their own rows, each with its rows' cache), while the MLP and the vocabulary, 90% of
+# a 7B model's weights, are split over tensor x fsdp. A decode step's activations are one
+# token per row, so for those layers the rows are gathered over fsdp instead (a few MB), the
+# products computed on each device's slice of units, and the logits returned to their rows
+# split over fsdp (an all-to-all of each device's slice, never a full-batch all-reduce).
+# `Sampler` re-shards the trainer's parameters into this layout once per weight update;
+# its prefill keeps DEFAULT_RULES' activations (rows over fsdp, weights gathered per layer,
+# as a long chunk's compute outweighs one layer's gather).
+DECODE_RULES: Mapping[str, tuple[str, ...] | None] = {
+    **DEFAULT_RULES, "embed": None, "mlp": ("tensor", "fsdp"), "vocab": ("tensor", "fsdp"),
+    "act_mlp_batch": ("data",), "act_mlp": ("tensor", "fsdp"), "act_mlp_vocab": ("tensor", "fsdp"),
+}
+
+_active_rules: list[Mapping[str, tuple[str, ...] | None]] = [DEFAULT_RULES]
+
+
+@contextlib.contextmanager
+def activation_rules(rules: Mapping[str, tuple[str, ...] | None]):
+  """Within the block, `constrain` (at trace time) maps logical axes with `rules`."""
+  _active_rules.append(rules)
+  try:
+    yield
+  finally:
+    _active_rules.pop()
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
@@ -86,6 +126,25 @@ def partition_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mes
 def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None], shape: Sequence[int],
                    rules: Mapping[str, tuple[str, ...] | None] = DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, partition_spec(logical_axes, shape, mesh, rules))
+
+
+def batch_shards(mesh) -> int:
+  """How many ways the rows of a batch are split (the mesh's data x fsdp)."""
+  return int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """`x` constrained to its logical axes on the mesh set by `jax.set_mesh` (none set: x).
+
+  Used on activations inside jitted code, with the rules of the innermost `activation_rules`
+  block (default DEFAULT_RULES); a mesh axis that does not divide a dimension is dropped for
+  it, as for weights.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return x
+  spec = partition_spec(logical_axes, x.shape, mesh, _active_rules[-1])
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

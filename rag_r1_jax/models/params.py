@@ -78,6 +78,28 @@ def state_shardings(model: nnx.Module, mesh: Mesh, rules=sharding.DEFAULT_RULES)
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def constrain_like(tree, params: nnx.State):
+  """`tree` (gradients, moments: leaves in the order of `params`' Variables) constrained to the
+  parameters' shardings on the mesh set by `jax.set_mesh` (none set: unchanged).
+
+  Inside a jitted step the shardings come from each Variable's `logical_axes` metadata, so
+  values computed there (a gradient, an accumulator's zeros) stay split like the weights
+  instead of being left to XLA, which may replicate them.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or np.prod(list(mesh.shape.values())) == 1:
+    return tree
+  leaves, treedef = jax.tree.flatten(tree)
+  variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  assert len(leaves) == len(variables), (len(leaves), len(variables))
+
+  def one(x, variable):
+    axes = variable.get_metadata().get("logical_axes") or (None,) * x.ndim
+    return jax.lax.with_sharding_constraint(x, sharding.partition_spec(axes, x.shape, mesh))
+
+  return treedef.unflatten([one(x, v) for x, v in zip(leaves, variables)])
+
+
 def init_on_mesh(cfg: DecoderConfig, mesh: Mesh, seed: int = 0) -> Decoder:
   """A randomly initialised Decoder whose parameters are created already sharded."""
   graphdef, abstract_state = nnx.split(abstract_model(cfg))

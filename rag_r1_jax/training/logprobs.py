@@ -20,6 +20,18 @@ import jax.numpy as jnp
 
 from rag_r1_jax.models.decoder import Decoder
 
+# chunk = -1 (config.model.logprob_chunk's default): AUTO_CHUNK positions at a time when the
+# whole [batch, seq, vocab] float32 logits would hold more than AUTO_MAX_LOGITS entries (1 GiB).
+AUTO_CHUNK = 512
+AUTO_MAX_LOGITS = 1 << 28
+
+
+def resolve_chunk(chunk: int, batch: int, seq: int, vocab: int) -> int:
+  """The chunk `token_logprobs` uses: `chunk` itself unless it is -1 (automatic)."""
+  if chunk != -1:
+    return chunk
+  return AUTO_CHUNK if batch * seq * vocab > AUTO_MAX_LOGITS and seq > AUTO_CHUNK else 0
+
 
 def logprobs_from_logits(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(log p(target), entropy) [..., n] float32 from logits [..., n, vocab], targets [..., n]."""
@@ -69,11 +81,13 @@ def token_logprobs(model: Decoder, batch: Mapping[str, jax.Array],
   """(logprobs, entropy), both [batch, seq] float32, from one forward pass over `batch`.
 
   batch: tokens [batch, seq] int32, positions [batch, seq] int32, attention_mask [batch, seq].
-  chunk: 0 projects all logits at once; > 0 projects `chunk` positions at a time.
+  chunk: 0 projects all logits at once; > 0 projects `chunk` positions at a time; -1 chooses
+    (`resolve_chunk`) from the shapes.
   Values at padding positions are computed but meaningless; callers mask them.
   """
   tokens = batch["tokens"]
   targets = _next_tokens(tokens)
+  chunk = resolve_chunk(chunk, *tokens.shape, model.cfg.vocab_size)
   kwargs = dict(positions=batch["positions"], attention_mask=batch["attention_mask"])
   if chunk > 0:
     _, _, hidden = model(tokens, return_hidden=True, **kwargs)  # unused logits: dead code

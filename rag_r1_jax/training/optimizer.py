@@ -84,14 +84,38 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float,
   return with_float32_state(optax.chain(*parts))
 
 
+def microbatch_count(rows: int, microbatches: int, per_device: int, batch_shards: int,
+                     section: str) -> int:
+  """How many microbatches split `rows`: `microbatches`, or, with `per_device` > 0, as many as
+  make microbatches of `per_device` rows on each of `batch_shards` devices (config.<section>)."""
+  if per_device > 0:
+    per_step = per_device * batch_shards
+    if rows % per_step:
+      raise ValueError(
+          f"config.{section}.micro_batch_size_per_device={per_device} x {batch_shards} batch "
+          f"shards (mesh data x fsdp) = {per_step} rows must divide the {rows} rows of an update")
+    return rows // per_step
+  if rows % microbatches:
+    raise ValueError(f"config.{section}.microbatches={microbatches} must divide the {rows} rows "
+                     "of an update")
+  return microbatches
+
+
 def split_microbatches(batch: PyTree, num_microbatches: int) -> PyTree:
-  """Every leaf [batch, ...] reshaped to [num_microbatches, batch // num_microbatches, ...]."""
+  """Every leaf [batch, ...] reshaped to [num_microbatches, batch // num_microbatches, ...].
+
+  Under a mesh (`jax.set_mesh`) each microbatch's rows are constrained to the batch axes, so
+  every device holds its share of every microbatch (the reshape alone would leave whole
+  microbatches on some devices).
+  """
+  from rag_r1_jax import sharding  # local import: sharding is a leaf module
 
   def split(x):
     if x.shape[0] % num_microbatches:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by rl.microbatches="
                        f"{num_microbatches}")
-    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+    y = x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+    return sharding.constrain(y, (None, "act_batch") + (None,) * (x.ndim - 1))
 
   return jax.tree.map(split, batch)
 
@@ -107,20 +131,23 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, Py
   microbatches equally, not tokens); grads are accumulated and returned in float32.
   With num_microbatches == 1 it is exactly value_and_grad on the whole batch.
   """
+  from rag_r1_jax.models import params as params_lib  # local import: models import training
+
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  f32 = lambda tree: params_lib.constrain_like(  # noqa: E731
+      jax.tree.map(lambda g: g.astype(jnp.float32), tree), params)
   if num_microbatches == 1:
     (loss, aux), grads = grad_fn(params, batch)
-    return loss, aux, jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    return loss, aux, f32(grads)
 
   micro = split_microbatches(batch, num_microbatches)
 
   def body(acc, mb):
     (loss, aux), grads = grad_fn(params, mb)
-    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-    return jax.tree.map(jnp.add, acc, (loss.astype(jnp.float32), grads)), aux
+    return jax.tree.map(jnp.add, acc, (loss.astype(jnp.float32), f32(grads))), aux
 
   zeros = (jnp.zeros((), jnp.float32),
-           jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+           f32(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)))
   (loss_sum, grad_sum), aux_stack = jax.lax.scan(body, zeros, micro)
   scale = 1.0 / num_microbatches
   grads = jax.tree.map(lambda g: g * scale, grad_sum)

@@ -61,13 +61,15 @@ class RLHparams:
   length_bucket: int = 0  # > 0: microbatches cut to their own width (rl_update.microbatch_plan)
 
   @classmethod
-  def from_config(cls, config) -> "RLHparams":
-    """From config.rl (the schedule counts optimizer updates, as create_rl_state's does)."""
+  def from_config(cls, config, batch_shards: int = 1) -> "RLHparams":
+    """From config.rl (the schedule counts optimizer updates, as create_rl_state's does).
+
+    batch_shards: the mesh's data x fsdp, which rl.micro_batch_size_per_device multiplies.
+    """
     rl = config.rl
     rows = rl.mini_batch_size * rl.group_size
-    if rows % rl.microbatches:
-      raise ValueError(f"rl.microbatches={rl.microbatches} must divide the minibatch of "
-                       f"rl.mini_batch_size x rl.group_size = {rows} rows")
+    microbatches = opt_lib.microbatch_count(rows, rl.microbatches, rl.micro_batch_size_per_device,
+                                            batch_shards, "rl")
     return cls(
         algorithm=rl.algorithm, clip_low=rl.clip_eps_low, clip_high=rl.clip_eps_high,
         kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
@@ -75,10 +77,10 @@ class RLHparams:
         advantage=rl.advantage, gamma=rl.gamma, gae_lambda=rl.gae_lambda,
         whiten_advantages=rl.whiten_advantages, value_clip_eps=rl.value_clip_eps,
         group_size=rl.group_size, mini_batch_rows=rows, epochs=rl.epochs_per_batch,
-        microbatches=rl.microbatches, learning_rate=rl.learning_rate,
+        microbatches=microbatches, learning_rate=rl.learning_rate,
         critic_learning_rate=rl.critic_learning_rate,
         total_updates=rl.steps * rl_updates_per_step(rl), warmup_ratio=rl.warmup_ratio,
-        schedule=rl.schedule, logprob_chunk=config.model.get("logprob_chunk", 0),
+        schedule=rl.schedule, logprob_chunk=config.model.logprob_chunk,
         length_bucket=rl.length_bucket)
 
   def lr(self, step: jax.Array, critic: bool = False) -> jax.Array:

@@ -1,0 +1,81 @@
+"""On 8 fake devices (fsdp=8) the update steps split their rows over the devices: every
+activation a device computes holds 1/8 of the microbatch, read off the partitioned HLO."""
+
+import re
+
+import jax
+import pytest
+from ml_collections import ConfigDict
+
+from rag_r1_jax import dry_run, sharding
+from rag_r1_jax.models.config import DecoderConfig
+from rag_r1_jax.training import sft_update, update
+from tests.training.test_update_common import rl_config
+
+# Dimensions chosen to be told apart in HLO shapes: seq 40, hidden 48, MLP 80, vocab 96.
+SEQ, HIDDEN, MLP, VOCAB = 40, 48, 80, 96
+CFG = DecoderConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_layers=2,
+                    num_heads=4, num_kv_heads=2, head_dim=12, scan_layers=True, remat="full")
+
+
+def _fsdp_mesh():
+  return sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 8, "tensor": 1}))
+
+
+def _activation_rows(hlo: str) -> set[int]:
+  """Leading dims of every [rows, SEQ, feature] float array in the partitioned HLO."""
+  pattern = rf"f32\[(\d+),{SEQ},(?:{HIDDEN}|{MLP}|{VOCAB})\]"
+  return {int(m) for m in re.findall(pattern, hlo)}
+
+
+@pytest.mark.parametrize("per_device", [1, 2])
+def test_rl_update_activations_hold_an_eighth_of_each_microbatch(per_device):
+  config = rl_config(mini_batch_size=8, group_size=4, batch_size=8,
+                     micro_batch_size_per_device=per_device)
+  mesh = _fsdp_mesh()
+  hp = update.RLHparams.from_config(config, sharding.batch_shards(mesh))
+  assert hp.microbatches == 32 // (8 * per_device)
+  state = dry_run.rl_state(config, CFG, mesh)
+  fields = ("tokens", "positions", "attention_mask", "loss_mask", "advantages",
+            "sampler_logprobs", "ref_logprobs")
+  mb = dry_run.abstract_rows(mesh, 32, SEQ, fields)
+  with jax.set_mesh(mesh):
+    hlo = update.minibatch_update.lower(state, mb, hp).compile().as_text()
+  rows = _activation_rows(hlo)
+  assert rows == {per_device}, rows  # never 8 x per_device (a microbatch) or 32 (the batch)
+
+
+def test_sft_step_activations_hold_an_eighth_of_each_microbatch():
+  config = rl_config()
+  config.sft.batch_size = 32
+  config.sft.micro_batch_size_per_device = 2
+  config.sft.max_length = SEQ
+  mesh = _fsdp_mesh()
+  hp = sft_update.SFTHparams.from_config(config, 100, sharding.batch_shards(mesh))
+  assert hp.microbatches == 2
+  tx = update.opt_lib.make_optimizer(1e-3, 100, 0.0, "constant", 1.0, 0.0)
+  state = dry_run.abstract_train_state(CFG, mesh, tx, reference=False)
+  batch = dry_run.abstract_rows(mesh, 32, SEQ, dry_run.SFT_FIELDS)
+  with jax.set_mesh(mesh):
+    hlo = sft_update.sft_update.lower(state, batch, hp).compile().as_text()
+  assert _activation_rows(hlo) == {2}
+
+
+def test_gradients_stay_sharded_like_the_weights():
+  """A length-cut microbatch's gradients come out split over fsdp, as the weights are."""
+  config = rl_config(mini_batch_size=8, group_size=4, batch_size=8, micro_batch_size_per_device=1)
+  mesh = _fsdp_mesh()
+  hp = update.RLHparams.from_config(config, sharding.batch_shards(mesh))
+  state = dry_run.rl_state(config, CFG, mesh)
+  mb = dry_run.abstract_rows(mesh, 8, SEQ, ("tokens", "positions", "attention_mask", "loss_mask",
+                                            "advantages", "sampler_logprobs", "ref_logprobs"))
+  with jax.set_mesh(mesh):
+    compiled = update.weighted_gradients.lower(state, mb, hp, jax.ShapeDtypeStruct(
+        (), jax.numpy.float32)).compile()
+  grads = compiled.output_shardings["actor"][2]
+  params = jax.tree.map(lambda x: x.sharding, state.params)
+  for g, p, x in zip(jax.tree.leaves(grads), jax.tree.leaves(params),
+                     jax.tree.leaves(state.params)):
+    assert g.is_equivalent_to(p, x.ndim), (g, p)
+  assert compiled.memory_analysis().output_size_in_bytes <= dry_run.per_device_bytes(
+      state.params) + 1024
