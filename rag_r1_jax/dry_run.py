@@ -213,6 +213,14 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
           "rl update", f"{micro_rows} rows x {width} tokens, one of {hp.microbatches} "
           "length-cut microbatches, beside the summed gradients", update.weighted_gradients,
           state, mb, micro_hp, jax.ShapeDtypeStruct((), jnp.float32), resident=summed))
+      grads = jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) else x, grads)
+      summed_grads = {"actor": (grads["actor"][0], grads["actor"][1],
+                                _abstract(grads["actor"][2], shardings["actor"]))}
+      summed_grads = jax.tree.map(
+          lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(
+              x.shape, x.dtype, sharding=NamedSharding(mesh, PartitionSpec())), summed_grads)
+      parts.append(_compile("rl optimizer step", "the summed gradients applied (AdamW)",
+                            update.apply_gradients, state, summed_grads, hp))
     else:
       mb = abstract_rows(mesh, rows, width, fields)
       parts.append(_compile("rl update", f"{rows} rows x {width} tokens, {hp.microbatches} "

@@ -27,7 +27,8 @@ def parts():
 
 def test_every_part_is_compiled_and_sized(parts):
   config, mesh, compiled = parts
-  assert [p.name for p in compiled] == ["sft step", "rl scoring", "rl update", "rollout decode"]
+  assert [p.name for p in compiled] == ["sft step", "rl scoring", "rl update", "rl optimizer step",
+                                       "rollout decode"]
   cfg, source = dry_run.model_config(config)
   assert source == "the shape fields of config.model"
   state = dry_run.rl_state(config, cfg, mesh)
