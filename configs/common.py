@@ -42,6 +42,10 @@ def base_config() -> config_dict.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.scan_layers = False
   c.model.remat = "none"  # none | full | dots
+  # Cache-free forwards (training, scoring) over more than N tokens attend in [N, N] tiles
+  # with an online softmax (ops.blocked_attention: no [seq, seq] scores, forward or backward);
+  # shorter sequences, and every sequence when 0, use the dense ops.attention.
+  c.model.attention_block = 512
   c.model.logprob_chunk = 0  # training log-probs: 0 all logits at once, N positions at a time
 
   c.tokenizer = config_dict.ConfigDict()

@@ -39,7 +39,7 @@ _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
                  "rl.world_draw", "rollout.cache_block_size", "sft.pack_length",
-                 "rl.length_bucket")
+                 "rl.length_bucket", "model.attention_block")
 _FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
               "rl.gae_lambda")
 

@@ -9,6 +9,7 @@ from ml_collections import config_flags  # noqa: F401  (the CLI path under test)
 
 from configs import rag_r1
 from rag_r1_jax import config_validation
+from rag_r1_jax.models import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +38,7 @@ def test_validation_names_every_bad_field():
   config.model.num_kv_heads = 3
   config.sampling.top_p = 1.5
   config.rollout.cache_block_size = -1
+  config.model.attention_block = -1
   config.sft.max_length, config.sft.pack_length = 512, 256
   with pytest.raises(config_validation.ConfigError) as e:
     config_validation.validate(config)
@@ -45,7 +47,17 @@ def test_validation_names_every_bad_field():
   assert "config.model.num_heads=4: must be a multiple of config.model.num_kv_heads=3" in message
   assert "config.sampling.top_p=1.5" in message
   assert "config.rollout.cache_block_size=-1" in message
+  assert "config.model.attention_block=-1: must be >= 0" in message
   assert "config.sft.pack_length=256: must be 0 (no packing) or at least" in message
+
+
+def test_attention_block_reaches_the_decoder_config():
+  model = rag_r1.get_config("mq").model
+  model.vocab_size, model.attention_block = 100, 64
+  assert config_lib.from_model_config(model).attention_block == 64
+  assert rag_r1.get_config("mq").model.attention_block == 512  # the default (configs/common.py)
+  with pytest.raises(ValueError, match="attention_block must be >= 0, got -1"):
+    config_lib.from_model_config(model).replace(attention_block=-1)
 
 
 def _validates_or_names(config, problem: str | None) -> None:

@@ -42,6 +42,9 @@ class DecoderConfig:
   param_dtype: str = "float32"
   scan_layers: bool = False
   remat: str = "none"
+  # Cache-free attention over more than N tokens in [N, N] tiles (ops.blocked_attention);
+  # 0: always dense. Runtime only (not in config.json); configs/common.py sets the default.
+  attention_block: int = 512
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
 
@@ -64,6 +67,8 @@ class DecoderConfig:
         problems.append(f"{name} {getattr(self, name)!r} is not one of {sorted(DTYPES)}")
     if self.remat not in ("none", "full", "dots"):
       problems.append(f"remat {self.remat!r} is not one of none, full, dots")
+    if int(self.attention_block) < 0:
+      problems.append(f"attention_block must be >= 0, got {self.attention_block}")
     rope_type = self.rope_scaling_dict.get("rope_type", self.rope_scaling_dict.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
       problems.append(f"rope_scaling type {rope_type!r} is not supported ({SUPPORTED_ROPE_TYPES})")
@@ -131,6 +136,7 @@ def from_model_config(model_config) -> DecoderConfig:
       param_dtype=str(model_config.param_dtype),
       scan_layers=bool(model_config.scan_layers),
       remat=str(model_config.remat),
+      attention_block=int(model_config.attention_block),
   )
 
 

@@ -126,9 +126,12 @@ class Decoder(nnx.Module):
       # the row's k-th example, 0: padding): a token attends to earlier tokens of its own
       # segment; a padding token attends to every real token before it.
       segment = attention_mask.astype(jnp.int32)
-      own = (segment[:, :, None] == segment[:, None, :]) | (segment[:, :, None] == 0)
-      causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
-      mask = causal[None] & own & (segment[:, None, :] > 0)
+      if cfg.attention_block and seq > cfg.attention_block:
+        mask = None  # ops.blocked_attention builds it tile by tile from `segment`
+      else:
+        own = (segment[:, :, None] == segment[:, None, :]) | (segment[:, :, None] == 0)
+        causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
+        mask = causal[None] & own & (segment[:, None, :] > 0)
       write_idx = None
     else:
       if chunk_lengths is None:
@@ -140,7 +143,8 @@ class Decoder(nnx.Module):
       attend_len = jnp.max(jnp.minimum(cache.lengths + chunk_lengths, cache.capacity))
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     block = functools.partial(_block, cfg=cfg, inv_freq=inv_freq, positions=positions,
-                              mask=mask, write_idx=write_idx,
+                              mask=mask, segment_ids=segment if cache is None else None,
+                              write_idx=write_idx,
                               attend_len=attend_len if cache is not None else None)
     if cfg.remat == "full":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
@@ -203,8 +207,8 @@ def _linear(x, w, b=None):
   return y if b is None else y + b.astype(x.dtype)
 
 
-def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, write_idx,
-           attend_len):
+def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_ids,
+           write_idx, attend_len):
   """One decoder layer; writes this chunk's keys/values into the layer's cache blocks."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
@@ -218,7 +222,7 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, write_id
     v_blocks = kvc.write(v_blocks, write_idx, v)
     attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg)
   else:
-    attn = _attention(q, k, v, mask, cfg)
+    attn = _attention(q, k, v, mask, segment_ids, cfg)
   x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
@@ -226,11 +230,21 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, write_id
   return x, k_blocks, v_blocks
 
 
-def _attention(q, k, v, mask, cfg: DecoderConfig):
-  """Grouped-query attention. q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask [b, t, s]."""
+def _attention(q, k, v, mask, segment_ids, cfg: DecoderConfig):
+  """Grouped-query attention over the whole sequence (s = t).
+
+  q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask: [b, t, s] bool, or None for
+  `ops.blocked_attention` in blocks of `cfg.attention_block` under the causal mask of
+  `segment_ids` [b, t] int32 (never a [t, s] array).
+  """
   batch, seq, _, dim = q.shape
   q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
-  return ops.attention(q, k, v, mask).reshape(batch, seq, cfg.num_heads, dim)
+  if mask is None:
+    out = ops.blocked_attention(q, k, v, segment_ids, block_q=cfg.attention_block,
+                                block_k=cfg.attention_block)
+  else:
+    out = ops.attention(q, k, v, mask)
+  return out.reshape(batch, seq, cfg.num_heads, dim)
 
 
 def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg: DecoderConfig):

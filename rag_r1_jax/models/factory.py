@@ -10,7 +10,7 @@ from rag_r1_jax.models import gguf_import, hf_checkpoint, params
 from rag_r1_jax.models.decoder import Decoder
 
 # Fields of config.model that change how a loaded checkpoint is run, not what it is.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_block")
 
 
 def checkpoint_dir(model_config) -> str:
@@ -33,7 +33,7 @@ def build_model(model_config, mesh: Mesh, seed: int = 0,
     cfg = config_lib.from_model_config(model_config)
     return params.init_on_mesh(cfg, mesh, seed), cfg
   if model_config.source in ("hf", "gguf"):
-    runtime = {k: model_config[k] for k in _RUNTIME_FIELDS}
+    runtime = {k: model_config[k] for k in RUNTIME_FIELDS}
     return hf_checkpoint.load_hf(checkpoint_dir(model_config), mesh, **runtime)
   raise ValueError(f"config.model.source must be scratch, hf or gguf, got {model_config.source!r}")
 

@@ -204,7 +204,7 @@ class Workspace:
     path = self.stage_model_dir(stage)
     if not self.stage_finished(stage):
       return None
-    runtime = {k: self.config.model[k] for k in ("dtype", "param_dtype", "scan_layers", "remat")}
+    runtime = {k: self.config.model[k] for k in factory.RUNTIME_FIELDS}
     model, _ = hf_checkpoint.load_hf(path, self.mesh, **runtime)
     return model
 

@@ -1,13 +1,17 @@
-"""Logit parity of our decoder with the transformers PyTorch implementation."""
+"""Logit parity of our decoder with the transformers PyTorch implementation, and of its blocked
+attention with its dense one."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from ml_collections import ConfigDict
 
 from rag_r1_jax import sharding
 from rag_r1_jax.models import hf_checkpoint
+from rag_r1_jax.models.config import DecoderConfig
+from rag_r1_jax.models.decoder import Decoder
 from tests.models.hf_fixtures import tiny_hf_model, torch_logits
 
 SINGLE = ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
@@ -64,3 +68,45 @@ def test_bfloat16_compute_stays_close(tmp_path):
   expected = torch_logits(ref, tokens)
   assert np.abs(np.asarray(ours) - expected).max() < 0.1 * np.abs(expected).max()
   assert (np.asarray(ours).argmax(-1) == expected.argmax(-1)).mean() > 0.9
+
+
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "dots")])
+def test_blocked_attention_gives_the_dense_logits_and_gradients(scan, remat):
+  cfg = DecoderConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, scan_layers=scan, remat=remat,
+                      attention_block=16)
+  rs = np.random.RandomState(5)
+  tokens = jnp.asarray(rs.randint(0, 61, (2, 40)))
+  # Row 0: 29 real tokens, right-padded; row 1: three packed examples, then padding.
+  segments = np.zeros((2, 40), np.int32)
+  segments[0, :29] = 1
+  segments[1, :12], segments[1, 12:27], segments[1, 27:35] = 1, 2, 3
+  positions = np.tile(np.arange(40), (2, 1))
+  positions[1, 12:27] -= 12
+  positions[1, 27:] -= 27
+  loss_mask = jnp.asarray((segments > 0) & (rs.rand(2, 40) < 0.7), jnp.float32)
+  targets = jnp.asarray(rs.randint(0, 61, (2, 40)))
+
+  def loss_and_grads(block):
+    model = Decoder(cfg.replace(attention_block=block), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def loss(params):
+      logits, _ = nnx.merge(graphdef, params)(
+          tokens, positions=jnp.asarray(positions), attention_mask=jnp.asarray(segments))
+      lp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+      return -jnp.sum(lp * loss_mask), logits
+
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    seq_by_seq = "40,40]" in str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params))
+    assert seq_by_seq == (block == 0)  # the blocked path holds no [40, 40] array
+    return value, logits, jax.tree.leaves(grads)
+
+  blocked, dense = loss_and_grads(16), loss_and_grads(0)
+  np.testing.assert_allclose(blocked[0], dense[0], rtol=1e-5)
+  # Every padding query sees some real key, so even the padding logits agree.
+  np.testing.assert_allclose(blocked[1], dense[1], rtol=1e-5, atol=1e-5)
+  assert len(blocked[2]) == len(dense[2])
+  for got, want in zip(blocked[2], dense[2]):
+    assert np.abs(np.asarray(want)).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
