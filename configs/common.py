@@ -46,7 +46,10 @@ def base_config() -> config_dict.ConfigDict:
   # with an online softmax (ops.blocked_attention: no [seq, seq] scores, forward or backward);
   # shorter sequences, and every sequence when 0, use the dense ops.attention.
   c.model.attention_block = 512
-  c.model.logprob_chunk = 0  # training log-probs: 0 all logits at once, N positions at a time
+  # Training log-probs: N > 0 projects the logits N positions at a time; 0 all at once; -1
+  # chunks of AUTO_CHUNK positions whenever all at once would exceed AUTO_MAX_LOGITS floats
+  # (rag_r1_jax/training/logprobs.py): a 150k vocabulary over 8192 tokens never materialises.
+  c.model.logprob_chunk = -1
 
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world
@@ -98,6 +101,10 @@ def base_config() -> config_dict.ConfigDict:
   c.rollout.max_obs_length = 1000
   c.rollout.mq_json_indent = 2  # RAG-R1's indented JSON observation; 0 writes it on one line
   c.rollout.max_total_length = 4096
+  # Rows the sampler decodes at once (its batch; a multiple of rl.group_size and of the mesh's
+  # data x fsdp); an RL step's or an evaluation's rows run through it in chunks of this many,
+  # so the KV cache is sized by it, not by the batch. 0: all rows of a call at once.
+  c.rollout.rows_in_flight = 0
   # KV-cache positions per block; 0: automatic (128, or capacity / 16 rounded up to a power of
   # two for long capacities, which bounds compile time: see kv_cache.auto_block_size).
   c.rollout.cache_block_size = 0
@@ -130,6 +137,9 @@ def base_config() -> config_dict.ConfigDict:
   # no consistent gain on the default world: DEVELOPERS.md, session 10)
   c.sft.decision_drills = 0
   c.sft.microbatches = 1
+  # N > 0: microbatches of N rows per device (veRL's micro_batch_size_per_gpu), i.e.
+  # sft.batch_size / (N x mesh data x fsdp) of them; overrides sft.microbatches.
+  c.sft.micro_batch_size_per_device = 0
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024
   c.sft.pack_length = 0  # N: pack examples into rows of N tokens (>= max_length); 0: pad
@@ -165,6 +175,9 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.max_grad_norm = 1.0
   c.rl.weight_decay = 0.01
   c.rl.microbatches = 1
+  # N > 0: microbatches of N rows per device, i.e. rl.mini_batch_size x rl.group_size /
+  # (N x mesh data x fsdp) of them; overrides rl.microbatches.
+  c.rl.micro_batch_size_per_device = 0
   # N > 0: the update sorts a minibatch's rows by length and cuts each microbatch to its own
   # longest row, rounded up to a multiple of N tokens (one compilation per width; the loss is
   # the minibatch's own aggregate whatever the split). 0: every microbatch at the batch width.

@@ -39,7 +39,8 @@ _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
                  "rl.world_draw", "rollout.cache_block_size", "sft.pack_length",
-                 "rl.length_bucket", "model.attention_block")
+                 "rl.length_bucket", "model.attention_block", "rl.micro_batch_size_per_device",
+                 "sft.micro_batch_size_per_device", "rollout.rows_in_flight")
 _FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
               "rl.gae_lambda")
 
@@ -79,6 +80,10 @@ def validate(config) -> None:
   for field in _FRACTIONS:
     check(field, lambda v: 0 <= v <= 1, "must be in [0, 1]")
   check("rl.clip_eps_high", lambda v: v >= 0, "must be >= 0")
+  check("model.logprob_chunk", lambda v: v >= -1, "must be -1 (automatic), 0 or a chunk size")
+  check("rollout.rows_in_flight", lambda v: v % config.rl.group_size == 0,
+        f"must be a multiple of config.rl.group_size={config.rl.group_size} (a group shares "
+        "one prefill)")
   check("sampling.temperature", lambda v: v > 0, "must be positive (use sampling.greedy)")
   check("sampling.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
   check("stages", lambda v: v and all(s in STAGES for s in _split(v)),
@@ -120,6 +125,53 @@ def validate(config) -> None:
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def validate_mesh(config, mesh_shape) -> None:
+  """Raises ConfigError for each batch the mesh's data x fsdp axes do not split evenly.
+
+  mesh_shape: {"data": n, "fsdp": n, "tensor": n} (a Mesh's `.shape`). An axis that does not
+  divide an array is otherwise dropped for it (rag_r1_jax/sharding.py), which would replicate
+  a batch on every device instead of failing.
+  """
+  shards = int(mesh_shape["data"]) * int(mesh_shape["fsdp"])
+  where = f"the mesh's data x fsdp = {shards} devices"
+  problems = []
+  rl, sft = config.rl, config.sft
+  minibatch = rl.mini_batch_size * rl.group_size
+  batches = {"sft.batch_size": sft.batch_size,
+             "rl.mini_batch_size": minibatch,
+             "rollout.rows_in_flight": config.rollout.rows_in_flight,
+             "eval.batch_size": config.eval.batch_size if not config.rollout.rows_in_flight else 0}
+  for field, rows in batches.items():
+    if rows and rows % shards:
+      what = " x config.rl.group_size" if field == "rl.mini_batch_size" else ""
+      problems.append(f"config.{field}{what} = {rows} rows: not divisible by {where}")
+  for field, rows in (("sft", sft.batch_size), ("rl", minibatch)):
+    per_device = config[field].micro_batch_size_per_device
+    if per_device and rows % (per_device * shards):
+      problems.append(
+          f"config.{field}.micro_batch_size_per_device={per_device}: {per_device} x {shards} "
+          f"(data x fsdp) rows do not divide the {rows} rows of an update")
+    if not per_device and (rows // max(config[field].microbatches, 1)) % shards:
+      problems.append(
+          f"config.{field}.microbatches={config[field].microbatches}: microbatches of "
+          f"{rows // max(config[field].microbatches, 1)} rows are not divisible by {where}")
+  if problems:
+    raise ConfigError("config does not fit the mesh:\n  " + "\n  ".join(problems))
+
+
+def validate_model_mesh(cfg, mesh_shape) -> None:
+  """Raises ConfigError when the mesh's tensor axis does not divide the model's heads or MLP.
+
+  cfg: the DecoderConfig (known once the checkpoint's config is read).
+  """
+  tensor = int(mesh_shape["tensor"])
+  problems = [f"model {name}={getattr(cfg, name)} is not divisible by config.mesh.tensor={tensor}"
+              for name in ("num_heads", "num_kv_heads", "intermediate_size")
+              if getattr(cfg, name) % tensor]
+  if problems:
+    raise ConfigError("model does not fit the mesh:\n  " + "\n  ".join(problems))
 
 
 def stages(config) -> list[str]:

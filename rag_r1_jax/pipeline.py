@@ -1,8 +1,9 @@
 """The stages `main.py` runs, in order: sft -> rl -> eval, sharing one Workspace.
 
 Each stage's wall time (and the part of it JAX spent tracing and compiling) is printed when
-the stages are done and appended to `<workdir>/metrics/stages.jsonl`, one row per stage and
-invocation, so a resumed run keeps the times of the runs before it.
+the stages are done and appended (by process 0 of a multi-process run) to
+`<workdir>/metrics/stages.jsonl`, one row per stage and invocation, so a resumed run keeps the
+times of the runs before it.
 """
 
 import datetime
@@ -12,7 +13,7 @@ import time
 
 from jax.sharding import Mesh
 
-from rag_r1_jax import config_validation, timing
+from rag_r1_jax import config_validation, multihost, timing
 
 
 # stage name -> module under rag_r1_jax.runs with `run(config, mesh, workdir, workspace)`.
@@ -48,7 +49,8 @@ def run(config, mesh: Mesh, workdir: str) -> list[dict]:
   requested = config_validation.stages(config)
   workspace = Workspace(config, mesh, workdir)
   path = os.path.join(workdir, "metrics", "stages.jsonl")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if multihost.is_primary():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
   rows = []
   for stage in requested:
     start, compiled = time.perf_counter(), timing.compile_seconds()
@@ -57,7 +59,8 @@ def run(config, mesh: Mesh, workdir: str) -> list[dict]:
            "compile_seconds": round(timing.compile_seconds() - compiled, 3),
            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rows.append(row)
-    with open(path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if multihost.is_primary():
+      with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
   print(f"rag_r1_jax: {timing_line(rows)}", flush=True)
   return rows

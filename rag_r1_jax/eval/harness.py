@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tqdm
 
+from rag_r1_jax import multihost
 from rag_r1_jax.data import prompts
 from rag_r1_jax.eval import summarize
 from rag_r1_jax.rollout.engine import RolloutEngine
@@ -149,7 +150,8 @@ def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[M
   datasets: name -> rows with id, question, golden_answers (FlashRAG layout). Sampling is
   greedy unless given. `max_questions` keeps the first N rows of each dataset (0: all).
   Datasets without rows are skipped (listed under 'skipped_datasets' in the returned
-  summary, which is otherwise the summary.json written under out_dir).
+  summary, which is otherwise the summary.json written under out_dir). In a multi-process
+  run every process rolls out every question and process 0 writes the run.
   """
   sampling = sampling or GREEDY
   questions = build_questions(datasets, tokenizer, prompt_variant, max_questions)
@@ -161,9 +163,11 @@ def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[M
   _check_prompt_lengths(engine, questions)
   records = rollout_records(engine, questions, batch_size=batch_size, sampling=sampling,
                             seed=seed, progress=progress)
-  table = summarize.write_run(records, out_dir, run_name)
-  results_path = os.path.join(out_dir, summarize.TABLE_FILE)
-  print(f"{EM_BANNER}\n{table}\n(written to {results_path})", flush=True)
+  if multihost.is_primary():
+    table = summarize.write_run(records, out_dir, run_name)
+    results_path = os.path.join(out_dir, summarize.TABLE_FILE)
+    print(f"{EM_BANNER}\n{table}\n(written to {results_path})", flush=True)
+  multihost.barrier(f"eval run {run_name}")
   with open(os.path.join(out_dir, summarize.SUMMARY_FILE), encoding="utf-8") as f:
     summary = json.load(f)
   summary["skipped_datasets"] = skipped

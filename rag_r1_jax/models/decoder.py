@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rag_r1_jax import sharding
 from rag_r1_jax.models import kv_cache as kvc
 from rag_r1_jax.models import ops
 from rag_r1_jax.models import rope
@@ -141,7 +142,7 @@ class Decoder(nnx.Module):
       write_idx = kvc.chunk_write_indices(cache.lengths, chunk_lengths, seq, cache.capacity)
 
       attend_len = jnp.max(jnp.minimum(cache.lengths + chunk_lengths, cache.capacity))
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
+    x = _constrain_stream(jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype))
     block = functools.partial(_block, cfg=cfg, inv_freq=inv_freq, positions=positions,
                               mask=mask, segment_ids=segment if cache is None else None,
                               write_idx=write_idx,
@@ -193,7 +194,18 @@ class Decoder(nnx.Module):
     """Projects hidden states [..., hidden] to float32 logits [..., vocab]."""
     head = self.output_head() if head is None else head
     dt = self.cfg.compute_dtype
-    return ops.matmul(hidden.astype(dt), head.astype(dt), jnp.float32).astype(jnp.float32)
+    if hidden.ndim < 2:
+      return ops.matmul(hidden.astype(dt), head.astype(dt), jnp.float32).astype(jnp.float32)
+    seq = ("act_seq",) * (hidden.ndim - 2)
+    hidden = sharding.constrain(hidden, ("act_mlp_batch", *seq, "act_embed"))
+    logits = ops.matmul(hidden.astype(dt), head.astype(dt), jnp.float32).astype(jnp.float32)
+    logits = sharding.constrain(logits, ("act_mlp_batch", *seq, "act_mlp_vocab"))
+    return sharding.constrain(logits, ("act_batch", *seq, "act_vocab"))
+
+
+def _constrain_stream(x: jax.Array) -> jax.Array:
+  """The residual stream [batch, seq, hidden]: rows over the batch axes, whole on each device."""
+  return sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -212,9 +224,11 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_
   """One decoder layer; writes this chunk's keys/values into the layer's cache blocks."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-  q = _linear(h, w["q_proj"], w.get("q_bias")).reshape(batch, seq, cfg.num_heads, cfg.head_dim)
-  k = _linear(h, w["k_proj"], w.get("k_bias")).reshape(batch, seq, cfg.num_kv_heads, cfg.head_dim)
-  v = _linear(h, w["v_proj"], w.get("v_bias")).reshape(batch, seq, cfg.num_kv_heads, cfg.head_dim)
+  heads = lambda y, n: sharding.constrain(  # noqa: E731
+      y.reshape(batch, seq, n, cfg.head_dim), ("act_batch", "act_seq", "act_heads", None))
+  q = heads(_linear(h, w["q_proj"], w.get("q_bias")), cfg.num_heads)
+  k = heads(_linear(h, w["k_proj"], w.get("k_bias")), cfg.num_kv_heads)
+  v = heads(_linear(h, w["v_proj"], w.get("v_bias")), cfg.num_kv_heads)
   q = rope.apply_rope(q, positions, inv_freq)
   k = rope.apply_rope(k, positions, inv_freq)
   if k_blocks is not None:
@@ -223,10 +237,12 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_
     attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg)
   else:
     attn = _attention(q, k, v, mask, segment_ids, cfg)
-  x = x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias"))
+  x = _constrain_stream(x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias")))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+  h = sharding.constrain(h, ("act_mlp_batch", "act_seq", "act_embed"))
   mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
-  x = x + _linear(mlp, w["down_proj"])
+  mlp = sharding.constrain(mlp, ("act_mlp_batch", "act_seq", "act_mlp"))
+  x = _constrain_stream(x + _linear(mlp, w["down_proj"]))
   return x, k_blocks, v_blocks
 
 

@@ -10,11 +10,11 @@ import glob
 import json
 import os
 
-import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from rag_r1_jax import multihost
 from rag_r1_jax.models import config as config_lib
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models import safetensors_io
@@ -104,7 +104,7 @@ def model_tensors(model: Decoder) -> dict[str, np.ndarray]:
   flat = dict(nnx.to_flat_state(nnx.state(model)))
   out = {}
   for source in params_lib.param_sources(model.cfg):
-    value = np.asarray(jax.device_get(flat[source.path][...]))
+    value = np.asarray(multihost.fetch(flat[source.path][...]))
     layers = value if source.stacked else value[None]
     for name, layer in zip(source.hf_names, layers):
       out[name] = np.ascontiguousarray(layer.T if source.transpose else layer)
@@ -113,10 +113,16 @@ def model_tensors(model: Decoder) -> dict[str, np.ndarray]:
 
 def export_hf(model: Decoder, out_dir: str, tokenizer=None, dtype: str | None = None,
               max_shard_bytes: int = 2 << 30) -> None:
-  """Writes config.json, safetensors shards (+ index when several) and the tokenizer."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes config.json, safetensors shards (+ index when several) and the tokenizer.
+
+  In a multi-process run every process calls it (the parameters are gathered from all of
+  them) and process 0 alone writes.
+  """
   cfg = model.cfg
   tensors = model_tensors(model)
+  if not multihost.is_primary():
+    return
+  os.makedirs(out_dir, exist_ok=True)
   if dtype is not None:
     tensors = {k: v.astype(config_lib.DTYPES[dtype]) for k, v in tensors.items()}
   shards, current, size = [], {}, 0

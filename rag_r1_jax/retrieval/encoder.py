@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rag_r1_jax import sharding
+from rag_r1_jax import multihost, sharding
 from rag_r1_jax.retrieval import bert
 
 # E5 and BGE (English v1.5) conventions; matched on the model directory name.
@@ -106,7 +106,7 @@ class SentenceEncoder:
     self._data_ways = 1
     if mesh is not None:
       self._data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-      state = jax.device_put(state, sharding.replicated(mesh))
+      state = multihost.put(state, sharding.replicated(mesh))
     self._state = state
     self._fn = jax.jit(functools.partial(_embed, graphdef, pooling=spec.pooling,
                                          normalize=spec.normalize))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rag_r1_jax import timing
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout import observation, search_call
 from rag_r1_jax.rollout.trajectories import Rollout, RowRecord, build_rollout
@@ -36,6 +36,7 @@ class RolloutSettings:
   max_obs_length: int = 1000
   topk: int = 3
   mq_json_indent: int = 2  # the mq observation's JSON indent; 0: one line
+  rows_in_flight: int = 0  # rows decoded at once; a call's rows run in chunks of it (0: all)
 
   @classmethod
   def from_config(cls, config) -> "RolloutSettings":
@@ -44,7 +45,7 @@ class RolloutSettings:
                max_queries_per_call=r.max_queries_per_call if r.mode == "mq" else 1,
                max_query_chars=r.max_query_chars, max_turn_tokens=r.max_turn_tokens,
                max_obs_length=r.max_obs_length, topk=config.retrieval.topk,
-               mq_json_indent=r.mq_json_indent)
+               mq_json_indent=r.mq_json_indent, rows_in_flight=r.rows_in_flight)
 
 
 @dataclasses.dataclass
@@ -81,11 +82,40 @@ class RolloutEngine:
     Rows are grouped: rows q*group_size .. q*group_size+group_size-1 belong to prompts[q].
     `batch_size` pads the number of prompts to a fixed count so shapes (and compiled
     functions) stay the same across calls; padded rows are dropped from the result.
+    With `settings.rows_in_flight` = R > 0 the prompts run R / group_size at a time through a
+    sampler batch of R rows (the last chunk padded), chunk c sampling from the key
+    fold_in(key(seed), c) (chunk 0 from key(seed), so one chunk equals an unchunked call).
     """
     num_prompts = len(prompts)
     padded_prompts = batch_size or num_prompts
     if padded_prompts < num_prompts:
       raise ValueError(f"batch_size {batch_size} < {num_prompts} prompts")
+    in_flight = self.settings.rows_in_flight
+    if in_flight and in_flight % group_size:
+      raise ValueError(f"config.rollout.rows_in_flight={in_flight} must be a multiple of the "
+                       f"group size {group_size} (rl.group_size): a group shares one prefill")
+    per_chunk = in_flight // group_size if in_flight else padded_prompts
+    if padded_prompts <= per_chunk:
+      host, keep, records = self._run_chunk(list(prompts), sampling, jax.random.key(seed),
+                                            group_size, padded_prompts)
+      return build_rollout(host, keep, records, group_size)
+    hosts, keep, records = [], [], []
+    for c, start in enumerate(range(0, num_prompts, per_chunk)):
+      key = jax.random.key(seed) if c == 0 else jax.random.fold_in(jax.random.key(seed), c)
+      host, chunk_keep, chunk_records = self._run_chunk(
+          list(prompts[start:start + per_chunk]), sampling, key, group_size, per_chunk)
+      offset = sum(h["tokens"].shape[0] for h in hosts)
+      hosts.append(host)
+      keep += [b + offset for b in chunk_keep]
+      records += [dataclasses.replace(r, prompt_index=r.prompt_index + start)
+                  for r in chunk_records]
+    host = {k: np.concatenate([h[k] for h in hosts]) for k in hosts[0]}
+    return build_rollout(host, keep, records, group_size)
+
+  def _run_chunk(self, prompts: Sequence[str], sampling: SamplingParams, rng: jax.Array,
+                 group_size: int, padded_prompts: int):
+    """Rolls out `prompts` in one sampler batch: (host arrays, kept rows, their records)."""
+    num_prompts = len(prompts)
     prompt_ids = [self._encode(p) for p in prompts]
     capacity = self.sampler.capacity
     too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= capacity]
@@ -97,7 +127,6 @@ class RolloutEngine:
     # Seconds leave out JAX compilation (a new chunk width, the first call), kept apart.
     total_watch, decode_watch, retrieval_watch = (timing.Stopwatch() for _ in range(3))
     with total_watch():
-      rng = jax.random.key(seed)
       state = self.sampler.init(padded_prompts, rng)
       chunks = prompt_ids + [None] * (padded_prompts - num_prompts)
       state = self.sampler.append(state, chunks)
@@ -147,7 +176,7 @@ class RolloutEngine:
           retrieval_seconds=retrieval_watch.seconds / n,
           total_seconds=total_watch.seconds / n,
           compile_seconds=total_watch.compile_seconds / n))
-    return build_rollout(host, keep, records, group_size)
+    return host, keep, records
 
   def _reprefill(self, state: sampler_lib.SamplerState, host, chunks):
     """Baseline without cache reuse: each resumed row re-prefills its whole history.
@@ -160,7 +189,7 @@ class RolloutEngine:
     saved = (jnp.copy(state.logprobs), jnp.copy(state.generated))  # `append` donates state
     resumed = np.array([c is not None for c in chunks])
     lengths = np.where(resumed, 0, host["lengths"]).astype(np.int32)
-    lengths = jax.device_put(lengths, state.cache.lengths.sharding)
+    lengths = multihost.put(lengths, state.cache.lengths.sharding)
     state = state.replace(cache=state.cache.replace(lengths=lengths))
     full = [host["tokens"][b, :host["lengths"][b]].tolist() + list(c) if c is not None else None
             for b, c in enumerate(chunks)]

@@ -7,6 +7,7 @@ trajectories.jsonl, plots/) and one comparison table to eval/report.md.
 
 import os
 
+from rag_r1_jax import multihost
 from rag_r1_jax.eval import harness, report
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
@@ -34,6 +35,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     run_dirs.append(out_dir)
   table = report.report(run_dirs, metrics=("em", "rounds", "seconds"))
   path = os.path.join(workdir, "eval", "report.md")
+  if not multihost.is_primary():
+    return table
   with open(path, "w") as f:
     f.write(table + "\n")
   print(f"== {config.name}: policies side by side ==\n{table}\n(written to {path})", flush=True)

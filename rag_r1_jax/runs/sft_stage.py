@@ -10,6 +10,8 @@ a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-e
 
 import shutil
 
+from rag_r1_jax import multihost
+from rag_r1_jax import sharding
 from rag_r1_jax.data import prompts, synthetic_world, teacher
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
@@ -89,7 +91,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   first_step = [sum(per_epoch[:e]) for e in range(sft.epochs)]
   total = sum(per_epoch)
   state = train_state.create_sft_state(ws.initial_model(), config, total)
-  hp = sft_update.SFTHparams.from_config(config, total)
+  hp = sft_update.SFTHparams.from_config(config, total, sharding.batch_shards(mesh))
   manager = ws.checkpoint_manager("sft")
   meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
   start = manager.latest_step() or 0
@@ -131,8 +133,10 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   manager.wait_until_finished()
   writer.close()
   best_model = ws.stage_model_dir("sft_best")
-  shutil.rmtree(final_dir, ignore_errors=True)
-  shutil.copytree(best_model, final_dir)
+  if multihost.is_primary():
+    shutil.rmtree(final_dir, ignore_errors=True)
+    shutil.copytree(best_model, final_dir)
+  multihost.barrier("sft export")
   print(f"sft: best policy (validation loss {meta['best_validation_loss']:.4f}) at {final_dir}",
         flush=True)
   return final_dir

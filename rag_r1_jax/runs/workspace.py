@@ -10,7 +10,7 @@ from typing import Sequence
 
 from jax.sharding import Mesh
 
-from rag_r1_jax import assets
+from rag_r1_jax import assets, multihost
 from rag_r1_jax.data import prompts, synthetic_world, world_tokenizer
 from rag_r1_jax.models import factory, hf_checkpoint
 from rag_r1_jax.models.decoder import Decoder
@@ -145,12 +145,13 @@ class Workspace:
     kind = self.config.tokenizer.kind
     if kind == "world":
       out = os.path.join(self.workdir, "tokenizer")
-      if os.path.isfile(os.path.join(out, "tokenizer.json")):
-        return factory.load_tokenizer(out)
-      return world_tokenizer.build_world_tokenizer(
-          self.world, out, extra_texts=list(prompts.TEMPLATES.values()),
-          json_indent=self.config.rollout.mq_json_indent,
-          split_digits=self.config.tokenizer.split_digits)
+      if multihost.is_primary() and not os.path.isfile(os.path.join(out, "tokenizer.json")):
+        world_tokenizer.build_world_tokenizer(
+            self.world, out, extra_texts=list(prompts.TEMPLATES.values()),
+            json_indent=self.config.rollout.mq_json_indent,
+            split_digits=self.config.tokenizer.split_digits)
+      multihost.barrier("world tokenizer")  # process 0 wrote it; every process loads it
+      return factory.load_tokenizer(out)
     path = self.config.tokenizer.path or self._checkpoint_dir()
     return factory.load_tokenizer(resolve_path(path))
 
@@ -212,10 +213,12 @@ class Workspace:
     path = self.stage_model_dir(stage)
     tmp = path + ".partial"
     hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer)
-    if os.path.isdir(path):
-      import shutil
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+    if multihost.is_primary():
+      if os.path.isdir(path):
+        import shutil
+        shutil.rmtree(path)
+      os.replace(tmp, path)
+    multihost.barrier(f"export {stage}")
     return path
 
   def checkpoint_manager(self, stage: str):

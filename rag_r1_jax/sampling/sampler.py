@@ -9,9 +9,16 @@ before a row's length is ever recomputed.
 
 Shapes are static: the batch and cache capacity are fixed per Sampler, and chunk widths are
 padded to buckets (`bucket`), so the number of compilations is small and bounded.
+
+On a mesh the rows are split over the data and fsdp axes (each device decodes its own rows
+and holds their cache) and the weights are held in the compute dtype in the decode layout,
+`sharding.DECODE_RULES`, under which a decode step gathers no weights. The trainer's
+float32 parameters are converted to it once per `update_params` (as veRL's hybrid engine
+re-shards for vLLM).
 """
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import flax.struct
@@ -21,8 +28,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rag_r1_jax import sharding
+from rag_r1_jax import multihost, sharding
 from rag_r1_jax.models import kv_cache as kvc
+from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models.decoder import Decoder
 from rag_r1_jax.sampling import sampling_fns, stop_strings
 
@@ -84,8 +92,14 @@ class Sampler:
     self.capacity = int(capacity)
     # Cache positions per block (attention granularity); None: kvc.auto_block_size(capacity).
     self.block_size = int(block_size or kvc.auto_block_size(self.capacity))
-    self.graphdef, self.params = nnx.split(model)
+    self.graphdef, params = nnx.split(model)
     self.mesh = mesh
+    self._to_decode_layout = None
+    if mesh is not None:
+      self._to_decode_layout = jax.jit(
+          functools.partial(decode_dtypes, dtype=self.cfg.compute_dtype),
+          out_shardings=params_lib.state_shardings(model, mesh, sharding.DECODE_RULES))
+    self.params = self._decode_params(params)
     self.stop_strings = tuple(stop_strings_)
     vocab = self.cfg.vocab_size
     tables = stop_strings.cached_stop_tables(
@@ -100,10 +114,19 @@ class Sampler:
     self._replicate = jax.jit(self._replicate_impl, static_argnums=(2,))
 
   def update_params(self, model_or_params) -> None:
-    """Points the sampler at new weights (after an optimizer step); no recompilation."""
+    """Points the sampler at new weights (after an optimizer step); no recompilation.
+
+    On a mesh the sampler holds its own copy in the decode layout (see the module docstring).
+    """
     if isinstance(model_or_params, nnx.Module):
       model_or_params = nnx.state(model_or_params)
-    self.params = model_or_params
+    self.params = self._decode_params(model_or_params)
+
+  def _decode_params(self, params):
+    if self._to_decode_layout is None:
+      return params
+    with self._mesh_context():
+      return self._to_decode_layout(params)
 
   # ---- host-side API -------------------------------------------------------------------------
 
@@ -139,7 +162,7 @@ class Sampler:
 
   def decode(self, state: SamplerState, settings: DecodeSettings) -> SamplerState:
     """Samples until every row has stopped (one jitted while_loop)."""
-    with self._mesh_context():
+    with self._mesh_context(), sharding.activation_rules(sharding.DECODE_RULES):
       return self._decode(self.params, state, settings)
 
   def replicate(self, state: SamplerState, n: int) -> SamplerState:
@@ -152,7 +175,7 @@ class Sampler:
   def fetch(self, state: SamplerState) -> dict[str, np.ndarray]:
     """The small per-row arrays the host needs (never the cache)."""
     keys = ("tokens", "logprobs", "generated", "status", "stop_index")
-    out = jax.device_get({k: getattr(state, k) for k in keys} | {"lengths": state.lengths})
+    out = multihost.fetch({k: getattr(state, k) for k in keys} | {"lengths": state.lengths})
     return {k: np.asarray(v) for k, v in out.items()}
 
   # ---- jitted implementations ----------------------------------------------------------------
@@ -281,7 +304,16 @@ class Sampler:
   def _place(self, state: SamplerState) -> SamplerState:
     if self.mesh is None:
       return state
-    return jax.device_put(state, self._shardings(state.status.shape[0]))
+    return multihost.put(state, self._shardings(state.status.shape[0]))
+
+
+def decode_dtypes(params, dtype):
+  """Floating weights wider than the compute `dtype` cast to it (the decoder casts each weight
+  to the compute dtype where it reads it, so the values it computes are unchanged)."""
+  def cast(x):
+    wider = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize > jnp.dtype(dtype).itemsize
+    return x.astype(dtype) if wider else x
+  return jax.tree.map(cast, params)
 
 
 def compile_count(sampler: Sampler) -> dict[str, int]:

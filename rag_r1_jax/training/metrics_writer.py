@@ -2,7 +2,8 @@
 
 Layout under workdir: `metrics/<stage>.jsonl` (one `{"step": s, ...scalars}` row per step,
 appended and flushed) and `tensorboard/<stage>/` (tensorboardX event files). Host-side
-only: pass device scalars after the step (they are converted with float()).
+only: pass device scalars after the step (they are converted with float()). In a
+multi-process run only process 0 logs; elsewhere the writer and the bar do nothing.
 """
 
 import json
@@ -12,6 +13,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
+
+from rag_r1_jax import multihost
 
 
 def _scalar(value: Any) -> float:
@@ -61,10 +64,12 @@ class MetricsWriter:
     self.total_steps = total_steps
     self.console_every = console_every
     self.path = os.path.join(workdir, "metrics", f"{stage}.jsonl")
+    self._file = self._tb = None
+    if not multihost.is_primary():
+      return
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self._truncate(start_step)
     self._file = open(self.path, "a")
-    self._tb = None
     if tensorboard:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage),
                                purge_step=start_step if start_step > 0 else None)
@@ -82,6 +87,8 @@ class MetricsWriter:
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs one step's scalars (JSON keeps NaN / inf as NaN / Infinity)."""
+    if self._file is None:
+      return
     values = {k: _scalar(v) for k, v in scalars.items()}
     self._file.write(json.dumps({"step": int(step), **values}) + "\n")
     self._file.flush()
@@ -93,6 +100,8 @@ class MetricsWriter:
 
   def flush(self) -> None:
     """Flushes the JSONL file to the OS and TensorBoard's event queue to disk."""
+    if self._file is None:
+      return
     self._file.flush()
     if self._tb is not None:
       self._tb.flush()
@@ -100,7 +109,8 @@ class MetricsWriter:
   def close(self) -> None:
     """Flushes and closes both outputs."""
     self.flush()
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -113,6 +123,9 @@ class MetricsWriter:
 
 def progress_bar(stage: str, total: int, initial: int = 0,
                  disable: Optional[bool] = None) -> tqdm.tqdm:
-  """A tqdm bar over steps [initial, total) named after the stage; disable=None: off if no TTY."""
+  """A tqdm bar over steps [initial, total) named after the stage; disable=None: off if no TTY
+  (and off on every process but 0)."""
+  if disable is None and not multihost.is_primary():
+    disable = True
   return tqdm.tqdm(total=total, initial=initial, desc=stage, unit="step", dynamic_ncols=True,
                    disable=disable)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rag_r1_jax import sharding
+from rag_r1_jax import multihost, sharding
 from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training import update
@@ -53,7 +53,7 @@ def put_rows(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   out = {}
   for name, x in arrays.items():
     axes = ("batch",) + (None,) * (x.ndim - 1)
-    out[name] = jax.device_put(x, sharding.named_sharding(mesh, axes, x.shape))
+    out[name] = sharding.put_on_mesh(x, mesh, axes)
   return out
 
 
@@ -79,12 +79,14 @@ def _host_batch(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
 
 def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
                mesh: Mesh, old: bool = True) -> dict[str, np.ndarray]:
-  """update.score over the batch in chunks of minibatch rows, gathered on the host."""
+  """update.score over the batch in chunks of microbatch rows (forward passes hold as many
+  activations as a microbatch's backward does), gathered on the host."""
   model_fields = ("tokens", "positions", "attention_mask", "loss_mask")
+  rows = hp.mini_batch_rows // hp.microbatches
   chunks = []
-  for start in range(0, host["tokens"].shape[0], hp.mini_batch_rows):
-    part = {k: host[k][start:start + hp.mini_batch_rows] for k in model_fields}
-    chunks.append(jax.device_get(update.score(state, put_rows(part, mesh), hp, old)))
+  for start in range(0, host["tokens"].shape[0], rows):
+    part = {k: host[k][start:start + rows] for k in model_fields}
+    chunks.append(multihost.fetch(update.score(state, put_rows(part, mesh), hp, old)))
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
@@ -211,20 +213,27 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   config: the run's ConfigDict (its rl section); or pass hp. The state is donated: use only
   the returned one. Minibatch order comes from state.rng, so a restored state replays it.
   """
-  hp = hp or RLHparams.from_config(config)
+  mesh = _mesh(state)
+  hp = hp or RLHparams.from_config(config, sharding.batch_shards(mesh))
   if hp.algorithm == "ppo" and state.critic is None:
     raise ValueError("rl.algorithm='ppo' needs a TrainState with a critic (create_rl_state)")
   if hp.kl_coef > 0 and state.ref_params is None:
     raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
-  mesh = _mesh(state)
+  with jax.set_mesh(mesh):
+    return _rl_update(state, batch, hp, mesh)
+
+
+def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams,
+               mesh: Mesh) -> tuple[TrainState, dict[str, float]]:
   host = _host_batch(batch, hp.mini_batch_rows)
+  multihost.check_same(host, "the rollout batch")
   size = host["tokens"].shape[0]
   on_policy = single_on_policy_update(hp, size)
   if not on_policy or state.ref_params is not None:
     host.update(_score_all(state, host, hp, mesh, old=not on_policy))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   fields, prep_metrics = prepare(put_rows(host, mesh), hp)
-  host.update(jax.device_get(fields))
+  host.update(multihost.fetch(fields))
   names = ["tokens", "positions", "attention_mask", "loss_mask",
            "sampler_logprobs" if on_policy else "old_logprobs",
            *fields] + (["ref_logprobs"] if hp.algorithm == "grpo" and hp.kl_coef > 0 else [])
@@ -241,6 +250,6 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
       else:
         state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp)
       per_update.append(metrics)
-  out = combine_metrics(jax.device_get(per_update))
-  out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})
+  out = combine_metrics(multihost.fetch(per_update))
+  out.update({k: float(v) for k, v in multihost.fetch(prep_metrics).items()})
   return state, out

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rag_r1_jax import multihost
 from rag_r1_jax.training import logprobs as logprobs_lib
 from rag_r1_jax.training import optimizer as opt_lib
 from rag_r1_jax.training import sft_data
@@ -40,17 +41,16 @@ class SFTHparams:
   pack_length: int = 0  # 0: padded batches; N: examples packed into rows of N tokens
 
   @classmethod
-  def from_config(cls, config, total_steps: int) -> "SFTHparams":
-    """total_steps: the sum of sft_data.epoch_steps over the epochs."""
+  def from_config(cls, config, total_steps: int, batch_shards: int = 1) -> "SFTHparams":
+    """total_steps: the sum of sft_data.epoch_steps over the epochs; batch_shards: the mesh's
+    data x fsdp, which sft.micro_batch_size_per_device multiplies."""
     sft = config.sft
-    micro = sft.get("microbatches", 1)
-    if sft.batch_size % micro:
-      raise ValueError(f"sft.microbatches={micro} must divide sft.batch_size={sft.batch_size}")
-    return cls(batch_size=sft.batch_size, length_bucket=sft.get("length_bucket", 64),
+    micro = opt_lib.microbatch_count(sft.batch_size, sft.microbatches,
+                                     sft.micro_batch_size_per_device, batch_shards, "sft")
+    return cls(batch_size=sft.batch_size, length_bucket=sft.length_bucket,
                microbatches=micro, learning_rate=sft.learning_rate, total_steps=total_steps,
                warmup_ratio=sft.warmup_ratio, schedule=sft.schedule, seed=config.seed,
-               logprob_chunk=config.model.get("logprob_chunk", 0),
-               pack_length=sft.get("pack_length", 0))
+               logprob_chunk=config.model.logprob_chunk, pack_length=sft.pack_length)
 
 
 def nll_sums(params: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
@@ -110,8 +110,9 @@ def sft_epoch(state: TrainState, examples: Sequence[sft_data.SFTExample], hp: SF
   rows = []
   for batch in sft_data.batches(examples, hp.batch_size, hp.length_bucket, hp.seed, epoch,
                                 start=start_batch, pack_length=hp.pack_length):
-    state, metrics = sft_update(state, put_rows(batch, mesh), hp)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    with jax.set_mesh(mesh):
+      state, metrics = sft_update(state, put_rows(batch, mesh), hp)
+    metrics = {k: float(v) for k, v in multihost.fetch(metrics).items()}
     rows.append(metrics)
     if on_step is not None:
       on_step(state, metrics)
@@ -125,6 +126,8 @@ def sft_validation_loss(state: TrainState, examples: Sequence[sft_data.SFTExampl
   total, count = 0.0, 0.0
   for batch in sft_data.batches(examples, hp.batch_size, hp.length_bucket, hp.seed, 0,
                                 shuffle=False):
-    s, c = jax.device_get(_eval_sums(state, put_rows(batch, mesh), hp.logprob_chunk))
+    with jax.set_mesh(mesh):
+      sums = _eval_sums(state, put_rows(batch, mesh), hp.logprob_chunk)
+    s, c = multihost.fetch(sums)
     total, count = total + float(s), count + float(c)
   return total / max(count, 1.0)

@@ -21,6 +21,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rag_r1_jax import multihost
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.models.decoder import Decoder
@@ -110,7 +111,7 @@ def init_opt_state(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
 
 
 def _replicated_key(seed: int, mesh: Mesh) -> jax.Array:
-  return jax.device_put(jax.random.key(seed), NamedSharding(mesh, PartitionSpec()))
+  return multihost.put(jax.random.key(seed), NamedSharding(mesh, PartitionSpec()))
 
 
 def critic_from_policy(policy: Decoder, seed: int) -> Critic:
@@ -144,7 +145,7 @@ def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
     c_graphdef, c_params = nnx.split(critic)
     critic_state = CriticState(graphdef=c_graphdef, tx=critic_tx, params=c_params,
                                opt_state=init_opt_state(critic_tx, c_params))
-  step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
+  step = multihost.put(np.zeros((), np.int32), NamedSharding(mesh, PartitionSpec()))
   return TrainState(graphdef=graphdef, tx=tx, params=params,
                     opt_state=init_opt_state(tx, params), step=step,
                     rng=_replicated_key(seed, mesh),
