@@ -183,6 +183,10 @@ def base_config() -> config_dict.ConfigDict:
   # the minibatch's own aggregate whatever the split). 0: every microbatch at the batch width.
   c.rl.length_bucket = 0
   c.rl.max_nonfinite_steps = 5
+  # Keep the optimizer state and the reference model in host memory while rolling out (they are
+  # read only by scoring and the update), leaving the device's memory to the sampler's weights
+  # and KV cache (veRL offloads likewise). Costs two host <-> device copies of them per step.
+  c.rl.offload_during_rollout = False
   # Synthetic world only: 0 rolls out the run's own train questions; N > 0 the questions of
   # synthetic_world.train_draw(world, N), searched over that draw's passages plus the world's
   # distractors. With N > sft.world_draws no entity was seen in SFT, so reward comes from

@@ -98,6 +98,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.rl.reward = "em"
   c.rl.micro_batch_size_per_device = 1
   c.rl.length_bucket = 512
+  c.rl.offload_during_rollout = True
 
   c.eval.max_questions = 0
   c.eval.batch_size = 256

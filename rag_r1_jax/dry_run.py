@@ -166,7 +166,8 @@ def sft_part(config, cfg, mesh: Mesh) -> Part:
   state = abstract_train_state(cfg, mesh, tx, reference=False)
   batch = abstract_rows(mesh, sft.batch_size, width, SFT_FIELDS)
   shape = f"{sft.batch_size} rows x {width} tokens, {hp.microbatches} microbatch(es)"
-  return _compile("sft step", shape, sft_update.sft_update, state, batch, hp)
+  with jax.set_mesh(mesh):
+    return _compile("sft step", shape, sft_update.sft_update, state, batch, hp)
 
 
 def rl_state(config, cfg, mesh: Mesh):
@@ -177,6 +178,13 @@ def rl_state(config, cfg, mesh: Mesh):
   critic_tx = make(rl.critic_learning_rate) if rl.algorithm == "ppo" else None
   return abstract_train_state(cfg, mesh, make(rl.learning_rate), reference=rl.kl_coef > 0,
                               critic_tx=critic_tx)
+
+
+def rollout_resident(config, cfg, mesh: Mesh) -> int:
+  """Per-device bytes of the RL state the device holds while the sampler runs: all of it, or
+  the policy's parameters alone with rl.offload_during_rollout."""
+  state = rl_state(config, cfg, mesh)
+  return per_device_bytes(state.params if config.rl.offload_during_rollout else state)
 
 
 def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
@@ -280,7 +288,7 @@ def run(config, mesh: Mesh, stages=("sft", "rl"), log=print) -> list[Part]:
     for part in rl_parts(config, cfg, mesh):
       add(part)
   if "rl" in stages or "eval" in stages:
-    resident = per_device_bytes(rl_state(config, cfg, mesh)) if "rl" in stages else 0
+    resident = rollout_resident(config, cfg, mesh) if "rl" in stages else 0
     add(rollout_part(config, cfg, mesh, resident))
   return parts
 

@@ -32,8 +32,12 @@ def test_every_part_is_compiled_and_sized(parts):
   cfg, source = dry_run.model_config(config)
   assert source == "the shape fields of config.model"
   state = dry_run.rl_state(config, cfg, mesh)
-  # The RL state (policy, two Adam moments, reference) split 8 ways stays resident in rollouts.
+  # The RL state (policy, two Adam moments, reference) split 8 ways stays resident in rollouts,
+  # or only the policy with rl.offload_during_rollout.
   assert compiled[-1].resident == dry_run.per_device_bytes(state)
+  config.rl.offload_during_rollout = True
+  assert dry_run.rollout_resident(config, cfg, mesh) == dry_run.per_device_bytes(state.params)
+  config.rl.offload_during_rollout = False
   params = sum(x.size for x in jax.tree.leaves(state.params))
   assert dry_run.per_device_bytes(state) <= 1.1 * (4 * params * 4) / 8  # norms replicated
   for p in compiled:

@@ -36,6 +36,7 @@ def make_config(args):
   c.rl.batch_size = c.rl.mini_batch_size = args.rows // 4
   c.rl.micro_batch_size_per_device = args.micro
   c.rl.length_bucket = 0
+  c.rl.offload_during_rollout = False  # the whole RL state stays on the device in both parts
   c.rl.steps = 10
   c.rollout.max_total_length = args.seq
   c.rollout.rows_in_flight = args.rows

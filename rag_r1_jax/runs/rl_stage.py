@@ -115,9 +115,13 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     golds = [r["golden_answers"] for r in batch_rows]
     t0 = time.perf_counter()
     engine.sampler.update_params(state.params)
+    if rl.offload_during_rollout:
+      state = train_state.move_unused_in_rollouts(state, "pinned_host")
     rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
                          seed=config.seed * 100_003 + step, group_size=rl.group_size,
                          batch_size=rollout_questions)
+    if rl.offload_during_rollout:
+      state = train_state.move_unused_in_rollouts(state, "device")
     rollout_seconds = time.perf_counter() - t0
     rewards = trajectory_rewards(rollout, golds, rl.reward, rl.format_reward)
     mixed = group_filter.mixed_groups(rewards, rl.group_size)

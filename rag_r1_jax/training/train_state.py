@@ -160,6 +160,22 @@ def rl_updates_per_step(rl_config) -> int:
   return rl_config.epochs_per_batch * (rl_config.batch_size // rl_config.mini_batch_size)
 
 
+def move_unused_in_rollouts(state: TrainState, memory_kind: str) -> TrainState:
+  """The optimizer state and the reference (and the critic's optimizer state) moved to
+  `memory_kind`: "pinned_host" while the sampler holds the device's memory, "device" before
+  scoring and the update. Each array keeps its sharding; only the memory it lives in changes.
+  """
+  def move(tree):
+    return jax.tree.map(
+        lambda x: jax.device_put(x, x.sharding.with_memory_kind(memory_kind)), tree)
+
+  critic = state.critic
+  if critic is not None:
+    critic = critic.replace(opt_state=move(critic.opt_state))
+  ref = move(state.ref_params) if state.ref_params is not None else None
+  return state.replace(opt_state=move(state.opt_state), ref_params=ref, critic=critic)
+
+
 def create_rl_state(model: Decoder, config) -> TrainState:
   """The RL state from config.rl: AdamW policy, reference when kl_coef > 0, critic for PPO.
 

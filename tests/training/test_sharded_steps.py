@@ -79,3 +79,35 @@ def test_gradients_stay_sharded_like_the_weights():
     assert g.is_equivalent_to(p, x.ndim), (g, p)
   assert compiled.memory_analysis().output_size_in_bytes <= dry_run.per_device_bytes(
       state.params) + 1024
+
+
+def test_offloading_during_rollouts_keeps_shardings_and_the_update_exact():
+  """rl.offload_during_rollout: optimizer state and reference go to host memory and back, with
+  their shardings, and the next update equals one whose state never moved."""
+  import numpy as np
+  from rag_r1_jax.models import params as params_lib
+  from rag_r1_jax.training import rl_update, train_state
+  from tests.training.test_update_common import trajectory_batch
+
+  config = rl_config(mini_batch_size=2, group_size=4, batch_size=2, kl_coef=0.01)
+  mesh = _fsdp_mesh()
+  cfg = CFG.replace(scan_layers=False, remat="none")
+  batch = trajectory_batch(8, 24, VOCAB)
+  results = []
+  for offload in (False, True):
+    state = train_state.create_rl_state(params_lib.init_on_mesh(cfg, mesh, seed=3), config)
+    before = jax.tree.map(lambda x: x.sharding, state.opt_state)
+    if offload:
+      state = train_state.move_unused_in_rollouts(state, "pinned_host")
+      kinds = {x.sharding.memory_kind for x in jax.tree.leaves((state.opt_state,
+                                                                state.ref_params))}
+      assert kinds == {"pinned_host"}
+      assert {x.sharding.memory_kind for x in jax.tree.leaves(state.params)} == {"device"}
+      state = train_state.move_unused_in_rollouts(state, "device")
+      after = jax.tree.map(lambda x: x.sharding, state.opt_state)
+      assert jax.tree.leaves(after) == jax.tree.leaves(before)
+    state, metrics = rl_update.rl_update(state, batch, config)
+    results.append((jax.tree.map(np.asarray, state.params), metrics["loss"]))
+  for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+    np.testing.assert_array_equal(a, b)
+  assert results[0][1] == results[1][1]
