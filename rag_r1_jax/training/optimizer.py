@@ -175,8 +175,31 @@ def nonfinite_guard(tx: optax.GradientTransformation, grads: PyTree, opt_state: 
   updates, new_state = tx.update(safe_grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-  return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state),
-          finite)
+  new_params = jax.tree.map(keep, new_params, params)
+  new_state = jax.tree.map(keep, new_state, opt_state)
+  return (*constrain_like_params(new_params, new_state, params), finite)
+
+
+def constrain_like_params(new_params: PyTree, opt_state: PyTree,
+                          params: PyTree) -> tuple[PyTree, PyTree]:
+  """New parameters and every params-shaped part of the optimizer state (moments) constrained
+  to the parameters' shardings under the current mesh, so that a step's outputs come back laid
+  out as its inputs were and the next call does not compile again (XLA chose other layouts for
+  the norm weights, a second compilation of each update step)."""
+  from rag_r1_jax.models import params as params_lib  # local import: models import training
+
+  param_def = jax.tree.structure(params)
+
+  def like_params(x):
+    try:
+      return jax.tree.structure(x) == param_def
+    except TypeError:
+      return False
+
+  pin = lambda tree: params_lib.constrain_like(tree, params)  # noqa: E731
+  opt_state = jax.tree.map(lambda x: pin(x) if like_params(x) else x, opt_state,
+                           is_leaf=like_params)
+  return pin(new_params), opt_state
 
 
 class NonfiniteStreak(NamedTuple):
