@@ -97,22 +97,9 @@ def abstract_params(cfg, mesh: Mesh, rules=sharding.DEFAULT_RULES):
   return graphdef, _abstract(state, params_lib.state_shardings(model, mesh, rules))
 
 
-def _abstract_opt_state(tx, params, mesh: Mesh):
+def _abstract_opt_state(tx, params):
   """tx.init(params) as ShapeDtypeStructs, sharded as train_state.init_opt_state shards it."""
-  param_def = jax.tree.structure(params)
-  shardings = jax.tree.map(lambda x: x.sharding, params)
-  replicated = NamedSharding(mesh, PartitionSpec())
-
-  def like_params(x):
-    try:
-      return jax.tree.structure(x) == param_def
-    except TypeError:
-      return False
-
-  abstract = jax.eval_shape(tx.init, params)
-  target = jax.tree.map(lambda x: shardings if like_params(x) else replicated, abstract,
-                        is_leaf=like_params)
-  return _abstract(abstract, target)
+  return _abstract(*train_state.opt_state_shardings(tx, params))
 
 
 def abstract_train_state(cfg, mesh: Mesh, tx, *, reference: bool, critic_tx=None):
@@ -127,9 +114,9 @@ def abstract_train_state(cfg, mesh: Mesh, tx, *, reference: bool, critic_tx=None
     c_graphdef, c_state = nnx.split(c_model)
     c_params = _abstract(c_state, params_lib.state_shardings(c_model, mesh))
     critic = train_state.CriticState(graphdef=c_graphdef, tx=critic_tx, params=c_params,
-                                     opt_state=_abstract_opt_state(critic_tx, c_params, mesh))
+                                     opt_state=_abstract_opt_state(critic_tx, c_params))
   return train_state.TrainState(
-      graphdef=graphdef, tx=tx, params=params, opt_state=_abstract_opt_state(tx, params, mesh),
+      graphdef=graphdef, tx=tx, params=params, opt_state=_abstract_opt_state(tx, params),
       step=scalar(jax.ShapeDtypeStruct((), jnp.int32)),
       rng=scalar(jax.eval_shape(lambda: jax.random.key(0))),
       ref_params=params if reference else None, critic=critic)

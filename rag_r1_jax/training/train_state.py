@@ -94,6 +94,12 @@ def _copy(tree: PyTree) -> PyTree:
 
 def init_opt_state(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
   """tx.init(params) on the mesh: params-shaped subtrees sharded like params, rest replicated."""
+  return jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params)[1])(params)
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params: PyTree) -> tuple[PyTree, PyTree]:
+  """(tx.init(params) as ShapeDtypeStructs, its shardings): params-shaped subtrees (moments)
+  sharded like `params` (arrays or sharded ShapeDtypeStructs), the rest replicated."""
   param_def = jax.tree.structure(params)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   replicated = NamedSharding(_mesh_of(params), PartitionSpec())
@@ -107,7 +113,7 @@ def init_opt_state(tx: optax.GradientTransformation, params: PyTree) -> PyTree:
   abstract = jax.eval_shape(tx.init, params)
   out = jax.tree.map(lambda x: param_shardings if like_params(x) else replicated, abstract,
                      is_leaf=like_params)
-  return jax.jit(tx.init, out_shardings=out)(params)
+  return abstract, out
 
 
 def _replicated_key(seed: int, mesh: Mesh) -> jax.Array:
