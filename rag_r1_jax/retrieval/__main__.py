@@ -78,7 +78,10 @@ def _local_retriever(args):
 def cmd_serve(args) -> None:
   from rag_r1_jax.retrieval.server import RetrievalServer, ServerLimits
   retriever = _local_retriever(args)
-  limits = ServerLimits(max_queries=args.max_queries, max_query_chars=args.max_query_chars)
+  limits = ServerLimits(max_queries=args.max_queries, max_query_chars=args.max_query_chars,
+                        max_connections=args.max_connections,
+                        request_timeout_s=args.request_timeout_s,
+                        idle_timeout_s=args.idle_timeout_s)
   server = RetrievalServer(retriever, args.host, args.port, limits,
                            num_documents=len(retriever.docs))
   print(f"serving {len(retriever.docs)} passages at {server.url}/retrieve", flush=True)
@@ -149,6 +152,12 @@ def main(argv=None) -> None:
   p.add_argument("--port", type=int, default=8000)
   p.add_argument("--max_queries", type=int, default=1024)
   p.add_argument("--max_query_chars", type=int, default=2048)
+  p.add_argument("--max_connections", type=int, default=512,
+                 help="open connections at most; a further one is answered 503")
+  p.add_argument("--request_timeout_s", type=float, default=30.0,
+                 help="a request must arrive whole within this time of its first byte")
+  p.add_argument("--idle_timeout_s", type=float, default=120.0,
+                 help="an idle keep-alive connection is closed after this time")
   p.set_defaults(fn=cmd_serve)
   p = sub.add_parser("query", help="query a server or a local index")
   _add_retriever_args(p, need_index=False)

@@ -1,6 +1,8 @@
 """The real HTTP server on a loopback port: Search-R1's API, limits, and the retrying client."""
 
+import dataclasses
 import json
+import socket
 import threading
 import time
 
@@ -146,3 +148,143 @@ def test_retriever_exception_is_a_500_then_client_error():
     client = RemoteRetriever(server.url, timeout_s=5, max_retries=1, backoff_s=0.01)
     with pytest.raises(RetrievalServerError, match="HTTP 500"):
       client.retrieve(["a"], 1)
+
+
+def _raw(server, data: bytes, timeout: float = 5.0) -> socket.socket:
+  """A raw connection to the server that has sent `data`."""
+  host, port = server.url[len("http://"):].split(":")
+  sock = socket.create_connection((host, int(port)), timeout=timeout)
+  if data:
+    sock.sendall(data)
+  return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+  """Everything the server sends until it closes the connection."""
+  out = b""
+  try:
+    while chunk := sock.recv(65536):
+      out += chunk
+  except ConnectionResetError:
+    pass
+  return out
+
+
+def test_negative_content_length_is_refused_at_once(server):
+  sock = _raw(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+  reply = _read_all(sock)  # times out (socket.timeout) if the server waits for a body
+  assert reply.startswith(b"HTTP/1.1 400 ")
+  assert b"Content-Length must be a non-negative integer, got '-1'" in reply
+  sock = _raw(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+  assert _read_all(sock).startswith(b"HTTP/1.1 411 ")
+
+
+def test_deeply_nested_json_is_a_400_not_a_500():
+  limits = dataclasses.replace(LIMITS, max_body_bytes=1 << 16)
+  with RetrievalServer(ExactRetriever(DOCS), limits=limits) as server:
+    body = b"[" * 20000 + b"]" * 20000  # deeper than the interpreter's recursion limit
+    resp = requests.post(server.url + "/retrieve", data=body, timeout=10)
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["error"]
+
+
+def test_oversized_body_gets_its_413_before_the_connection_closes(server):
+  body = b"x" * (50 << 20)  # 50 MB against a 4096-byte limit
+  message = f"request body of {len(body)} bytes exceeds the limit of 4096".encode()
+  # A client that sends its whole body before reading (as http.client does) must not meet a
+  # closed connection (broken pipe / reset) half way through.
+  sock = _raw(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+              % len(body), timeout=30)
+  sock.sendall(body)
+  reply = _read_all(sock)
+  assert reply.startswith(b"HTTP/1.1 413 ") and message in reply
+  resp = requests.post(server.url + "/retrieve", data=body, timeout=30)
+  assert resp.status_code == 413 and resp.json()["error"] == message.decode()
+  assert requests.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_connections_beyond_the_limit_are_refused_with_503():
+  limits = dataclasses.replace(LIMITS, max_connections=4)
+  with RetrievalServer(ExactRetriever(DOCS), limits=limits) as server:
+    held = [_raw(server, b"POST /retrieve HTTP/1.1\r\n") for _ in range(4)]
+    _wait_for(lambda: requests_open(server) == 4)
+    extra = _read_all(_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
+    assert extra.startswith(b"HTTP/1.1 503 ") and b"4 open connections, its limit" in extra
+    held.pop().close()
+    _wait_for(lambda: requests_open(server) == 3)
+    client = RemoteRetriever(server.url, timeout_s=5, max_retries=0)
+    assert [d.id for d in client.retrieve(["Rome"], 1)[0]] == ["3"]
+    assert server.counters["refused"] == 1
+    for sock in held:
+      sock.close()
+
+
+def requests_open(server) -> int:
+  return server.health()["server"]["connections"]
+
+
+def _wait_for(condition, timeout: float = 5.0) -> None:
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, "condition not reached"
+    time.sleep(0.01)
+
+
+def test_load_stalled_connections_and_normal_traffic():
+  """100 stalled connections (a head that never ends, a body that never ends, silence) while
+  8 clients send 200 normal requests: every normal request is answered at once, and the server
+  drops each stalled connection once its timeout passes."""
+  timeout_s = 8.0
+  limits = dataclasses.replace(LIMITS, max_connections=256, request_timeout_s=timeout_s,
+                               idle_timeout_s=timeout_s)
+  start = time.monotonic()
+  with RetrievalServer(ExactRetriever(DOCS), limits=limits) as server:
+    stalled = []
+    for i in range(100):
+      data = [b"POST /retrieve HTTP/1.1\r\nHost: x\r\n",
+              b"POST /retrieve HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"queries\":",
+              b""][i % 3]
+      stalled.append(_raw(server, data, timeout=timeout_s + 20))
+    opened = time.monotonic()
+    _wait_for(lambda: requests_open(server) == 100)
+
+    latencies, errors = [], []
+
+    def client_loop():
+      client = RemoteRetriever(server.url, timeout_s=5, max_retries=0)
+      for _ in range(25):
+        t = time.perf_counter()
+        try:
+          got = client.retrieve(["capital of Italy", "fruit"], 1)
+          assert [[d.id for d in row] for row in got] == [["3"], ["2"]]
+        except Exception as e:  # noqa: BLE001  (collected and asserted below)
+          errors.append(repr(e))
+        latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    traffic_s = time.monotonic() - opened
+    still_open = requests_open(server)
+    assert errors == [] and len(latencies) == 200
+    assert traffic_s < timeout_s and still_open >= 100  # the traffic ran while all stalled
+
+    replies = [_read_all(sock) for sock in stalled]  # returns once the server closes each
+    dropped_s = time.monotonic() - opened
+    for i, reply in enumerate(replies):
+      if i % 3 == 2:
+        assert reply == b""  # an idle connection is closed without an answer
+      else:
+        assert reply in (b"",) or reply.startswith(b"HTTP/1.1 408 ")
+    assert timeout_s - 0.5 < dropped_s < timeout_s + 10
+    _wait_for(lambda: requests_open(server) == 0)
+    assert server.counters["timed_out"] >= 66
+    for sock in stalled:
+      sock.close()
+  latencies.sort()
+  print(f"\nload: 100 stalled connections; 200 normal requests from 8 clients in "
+        f"{traffic_s:.2f}s, latency p50 {latencies[100] * 1e3:.1f} ms, max "
+        f"{latencies[-1] * 1e3:.1f} ms, 0 errors; stalled ones dropped after {dropped_s:.2f}s "
+        f"(timeout {timeout_s}s); whole test {time.monotonic() - start:.1f}s")
+  assert time.monotonic() - start < 60
