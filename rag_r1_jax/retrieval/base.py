@@ -42,15 +42,26 @@ def parse_contents(contents: str) -> tuple[str, str]:
   return title, rest.strip()
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+  """`text` with each lone surrogate (which no UTF-8 tokenizer can encode) replaced by U+FFFD."""
+  return _SURROGATE_RE.sub("\ufffd", text)
+
+
 @dataclasses.dataclass
 class RetrievalStats:
-  """Counts of batched calls and queries, and wall-clock seconds spent inside `retrieve`."""
+  """Counts of batched calls and queries, wall-clock seconds spent inside `retrieve`, and
+  `empty`: non-empty queries that got no document (a remote retriever also counts the empty
+  answers it refused and retried)."""
   calls: int = 0
   queries: int = 0
   seconds: float = 0.0
+  empty: int = 0
 
   def reset(self) -> None:
-    self.calls, self.queries, self.seconds = 0, 0, 0.0
+    self.calls, self.queries, self.seconds, self.empty = 0, 0, 0.0, 0
 
   def record(self, num_queries: int, seconds: float) -> None:
     self.calls += 1
@@ -60,7 +71,12 @@ class RetrievalStats:
   def as_dict(self) -> dict[str, float]:
     per_query = self.seconds / self.queries if self.queries else 0.0
     return {"calls": self.calls, "queries": self.queries, "seconds": self.seconds,
-            "seconds_per_query": per_query}
+            "seconds_per_query": per_query, "empty": self.empty}
+
+
+def empty_rows(queries: Sequence[str], results: Sequence[Sequence[Document]]) -> list[int]:
+  """Indices of the non-empty queries whose result list is empty."""
+  return [i for i, (q, row) in enumerate(zip(queries, results)) if q.strip() and not row]
 
 
 class Retriever(abc.ABC):
@@ -80,6 +96,7 @@ class Retriever(abc.ABC):
     start = time.perf_counter()
     result = fn(list(queries), topk)
     self.stats.record(len(queries), time.perf_counter() - start)
+    self.stats.empty += len(empty_rows(queries, result))
     return result
 
 

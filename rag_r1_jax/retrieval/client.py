@@ -1,21 +1,31 @@
 """A Retriever backed by a Search-R1-compatible HTTP server, with timeouts, retries and backoff.
 
-A call either returns one document list per query or raises RetrievalServerError: connection
-failures, timeouts and 5xx answers are retried with exponential backoff; 4xx answers and
-malformed responses fail at once. A batch larger than `max_queries_per_request` is sent as
-several requests, and the call fails as a whole if any of them fails.
+A call either returns one document list per query or raises RetrievalServerError naming the
+server: connection failures, timeouts, 5xx answers and malformed answers (not JSON, the wrong
+number of result lists, a document without text or with a non-finite score, no document for a
+non-empty query) are retried with exponential backoff; 4xx answers fail at once. Empty answers
+are counted in `stats.empty`. Text is cleaned where it enters: a lone surrogate becomes U+FFFD.
+A batch larger than `max_queries_per_request` is sent as several requests, and the call fails as
+a whole if any of them fails.
 """
 
+import json
+import math
 import time
 from typing import Any, Sequence
 
 import requests
 
-from rag_r1_jax.retrieval.base import Document, Retriever, parse_contents
+from rag_r1_jax.retrieval.base import (Document, Retriever, clean_text, empty_rows,
+                                       parse_contents)
 
 
 class RetrievalServerError(RuntimeError):
   """The retrieval server could not answer a request (after retries where they apply)."""
+
+
+class MalformedResponse(RetrievalServerError):
+  """A 200 answer whose body is not a valid Search-R1 result for the request."""
 
 
 def retrieve_url(url: str) -> str:
@@ -26,18 +36,43 @@ def retrieve_url(url: str) -> str:
   return url if url.endswith("/retrieve") else url + "/retrieve"
 
 
-def parse_document(item: Any, score: float | None = None) -> Document:
-  """One Search-R1 result entry ({"document": {...}, "score"} or a bare document)."""
+def _text(value: Any, field: str, where: str) -> str:
+  if not isinstance(value, str):
+    raise MalformedResponse(f"{where}: '{field}' must be a string, got {value!r:.100}")
+  return clean_text(value)
+
+
+def parse_document(item: Any, score: float | None = None, where: str = "document") -> Document:
+  """One Search-R1 result entry ({"document": {...}, "score"} or a bare document).
+
+  Raises MalformedResponse (naming `where`) for an entry without text or with a score that is
+  not a finite number; strings are cleaned (`clean_text`).
+  """
   if isinstance(item, dict) and "document" in item:
-    return parse_document(item["document"], float(item.get("score", 0.0)))
+    return parse_document(item["document"], _score(item, where), where)
   if not isinstance(item, dict):
-    raise RetrievalServerError(f"malformed document in server response: {item!r:.200}")
+    raise MalformedResponse(f"{where}: expected a JSON object, got {item!r:.200}")
   if "contents" in item:
-    title, text = parse_contents(str(item["contents"]))
+    title, text = parse_contents(_text(item["contents"], "contents", where))
   else:
-    title, text = str(item.get("title", "")), str(item.get("text", ""))
-  return Document(id=str(item.get("id", "")), title=title, text=text,
-                  score=score if score is not None else float(item.get("score", 0.0)))
+    title = _text(item.get("title", ""), "title", where)
+    text = _text(item.get("text", ""), "text", where)
+  if not (title.strip() or text.strip()):
+    raise MalformedResponse(f"{where}: no text (needs a non-empty 'contents', or 'title' / "
+                            f"'text'): {item!r:.200}")
+  doc_id = item.get("id", "")
+  if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+    raise MalformedResponse(f"{where}: 'id' must be a string or an integer, got {doc_id!r:.100}")
+  return Document(id=clean_text(str(doc_id)), title=title, text=text,
+                  score=score if score is not None else _score(item, where))
+
+
+def _score(item: dict, where: str) -> float:
+  """The entry's 'score' (0.0 when the server sends none, as Search-R1 without scores)."""
+  raw = item.get("score", 0.0)
+  if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+    raise MalformedResponse(f"{where}: 'score' must be a finite number, got {raw!r:.100}")
+  return float(raw)
 
 
 class RemoteRetriever(Retriever):
@@ -86,22 +121,38 @@ class RemoteRetriever(Retriever):
       if resp.status_code >= 400:
         raise RetrievalServerError(f"retrieval server {self.url} refused the request "
                                    f"(HTTP {resp.status_code}): {resp.text[:300]}")
-      return self._parse(resp, len(queries))
+      try:
+        return self._parse(resp.content, queries)
+      except MalformedResponse as e:
+        last_error = f"malformed response: {e}"
     raise RetrievalServerError(f"retrieval server {self.url} failed {self.max_retries + 1} "
                                f"attempt(s) (timeout {self.timeout_s}s each); last error: "
                                f"{last_error}")
 
-  def _parse(self, resp: requests.Response, num_queries: int) -> list[list[Document]]:
+  def _parse(self, content: bytes, queries: list[str]) -> list[list[Document]]:
+    """The document lists of a 200 answer's body; raises MalformedResponse."""
     try:
-      result = resp.json()["result"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise RetrievalServerError(f"retrieval server {self.url} sent a response without "
-                                 f"'result': {resp.text[:300]}") from e
-    if not isinstance(result, list) or len(result) != num_queries:
+      body = json.loads(content)
+    except (ValueError, RecursionError) as e:
+      raise MalformedResponse(f"the body is not JSON ({e}): {content[:300]!r}") from None
+    if not isinstance(body, dict) or "result" not in body:
+      raise MalformedResponse(f"the body has no 'result': {content[:300]!r}")
+    result = body["result"]
+    if not isinstance(result, list) or len(result) != len(queries):
       got = len(result) if isinstance(result, list) else type(result).__name__
-      raise RetrievalServerError(f"retrieval server {self.url} answered {got} result lists "
-                                 f"for {num_queries} queries")
-    return [[parse_document(item) for item in row] for row in result]
+      raise MalformedResponse(f"answered {got} result lists for {len(queries)} queries")
+    docs = []
+    for i, row in enumerate(result):
+      if not isinstance(row, list):
+        raise MalformedResponse(f"result {i} is not a list: {row!r:.200}")
+      docs.append([parse_document(item, where=f"query {i} ({queries[i]!r:.80}), document {j}")
+                   for j, item in enumerate(row)])
+    empty = empty_rows(queries, docs)
+    if empty:
+      self.stats.empty += len(empty)
+      raise MalformedResponse(f"{len(empty)} of {len(queries)} queries got no documents "
+                              f"(first: query {empty[0]}, {queries[empty[0]]!r:.80})")
+    return docs
 
   def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
     out: list[list[Document]] = []
