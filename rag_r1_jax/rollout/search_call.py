@@ -135,11 +135,20 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
 
 
 def clean_query(query: str) -> str:
-  """Whitespace collapsed, surrounding quotes (repeatedly) and whitespace stripped."""
+  """Whitespace collapsed, surrounding quotes (repeatedly) and whitespace stripped.
+
+  The layers are peeled by moving two indices (slicing each layer off would copy the query
+  once per layer: quadratic on a long run of quotes).
+  """
   q = _WHITESPACE_RE.sub(" ", query).strip()
-  while len(q) >= 2 and q[0] in _QUOTE_PAIRS and q[-1] == _QUOTE_PAIRS[q[0]]:
-    q = q[1:-1].strip()
-  return q
+  start, end = 0, len(q)
+  while end - start >= 2 and q[start] in _QUOTE_PAIRS and q[end - 1] == _QUOTE_PAIRS[q[start]]:
+    start, end = start + 1, end - 1
+    if start < end and q[start] == " ":  # whitespace is collapsed: at most one space a side
+      start += 1
+    if start < end and q[end - 1] == " ":
+      end -= 1
+  return q[start:end]
 
 
 def _json_queries(body: str) -> list[str] | None:

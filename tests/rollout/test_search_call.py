@@ -1,6 +1,7 @@
 """Tests for parsing model turns into search / answer / invalid actions."""
 
 import json
+import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 import pytest
@@ -100,6 +101,33 @@ def test_split_top_level_is_linear_on_adversarial_input():
   text = "(" * 50_000 + "'" * 50_000 + '"' * 50_000 + ",a"
   parts = search_call.split_top_level(text)
   assert parts[-1] == "a" and len(parts) == 2
+
+
+@pytest.mark.parametrize("mode", ["mq", "sq"])
+def test_megabytes_of_quotes_parse_in_linear_time(mode):
+  """2 MB of quotes: cleaning the one query used to slice a layer off per pair (~25 s)."""
+  for body in ('"' * (2 << 20), "' " * (1 << 20)):
+    start = time.perf_counter()
+    action = parse_action(f"<search>{body}</search>", mode=mode, max_queries_per_call=3,
+                          max_query_chars=100)
+    assert time.perf_counter() - start < 8
+    assert action.kind == "invalid" and action.problem == "the search query was empty"
+
+
+def _peel_by_slicing(query: str) -> str:
+  """clean_query's rule written the obvious (quadratic) way, to compare with."""
+  q = " ".join(query.split())
+  while len(q) >= 2 and q[0] in search_call._QUOTE_PAIRS and \
+      q[-1] == search_call._QUOTE_PAIRS[q[0]]:
+    q = q[1:-1].strip()
+  return q
+
+
+@settings(max_examples=1000, deadline=None, database=None, derandomize=True)
+@given(st.text(st.sampled_from(['"', "'", "\u201c", "\u201d", "`", " ", "\n", "a", "(", ")"]),
+               max_size=12))
+def test_property_clean_query_peels_like_slicing(query):
+  assert search_call.clean_query(query) == _peel_by_slicing(query)
 
 
 def _check(action: Action, mode: str, max_queries: int, max_chars: int) -> None:
