@@ -18,10 +18,22 @@ def _fail(path: str, line: int, message: str) -> ValueError:
   return ValueError(f"{path}:{line}: {message}")
 
 
+def _decode(data: bytes, path: str, first_line: int = 1) -> str:
+  """UTF-8 `data` as text; a bad byte fails naming its line and column."""
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line_start = data.rfind(b"\n", 0, e.start) + 1
+    raise _fail(path, first_line + data.count(b"\n", 0, e.start),
+                f"not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                f"{e.start - line_start + 1}); re-encode the file as UTF-8") from None
+
+
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
   """(line number, parsed object) for each non-blank line of a JSONL file."""
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      line = _decode(raw, path, line_no)
       if not line.strip():
         continue
       try:
@@ -32,8 +44,8 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
 
 def _iter_json_array(path: str) -> Iterator[tuple[int, Any]]:
   """(line number where it starts, parsed object) for each element of a top-level JSON array."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  with open(path, "rb") as f:
+    text = _decode(f.read(), path)
   decoder = json.JSONDecoder()
   pos = _SPACE.match(text, 0).end()
   if not text.startswith("[", pos):

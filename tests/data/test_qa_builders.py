@@ -105,6 +105,21 @@ def test_malformed_qa_rows_fail_with_file_and_line(tmp_path, bad_line, message):
   assert not any("array_record" in f for f in written)
 
 
+def test_non_utf8_bytes_fail_with_file_line_and_column(tmp_path):
+  good = json.dumps({"id": "0", "question": "q?", "golden_answers": ["a"]}).encode()
+  bad = b'{"id": "1", "question": "caf\xe9?", "golden_answers": ["a"]}'  # Latin-1 e-acute
+  path = tmp_path / "data" / "nq" / "test.jsonl"
+  os.makedirs(path.parent)
+  path.write_bytes(b"\n".join([good, good, bad, good]) + b"\n")
+  with pytest.raises(ValueError, match=rf"^{path}:3: not UTF-8 text \(byte 0xe9 at column 29\)"):
+    qa_builders.load_split("nq", "test", str(tmp_path / "data"), str(tmp_path / "tfds"))
+  array = tmp_path / "sft.json"
+  array.write_bytes(b'[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "\xff"}]')
+  with pytest.raises(ValueError, match=rf"^{array}:3: not UTF-8 text \(byte 0xff at column 20\)"):
+    qa_builders.load_split("sft", "train", tfds_dir=str(tmp_path / "t"),
+                           files={"train": str(array)})
+
+
 def test_sft_json_array_and_jsonl(tmp_path, tfds_dir):
   rows = [{"instruction": "Q1", "input": "", "output": "<think>a</think>"},
           {"instruction": "Q2", "output": "<answer> b </answer>", "system": "s"}]
