@@ -1,11 +1,14 @@
 """Several JAX processes (hosts) running one pipeline over one global mesh.
 
-The contract: every process runs the same host code on the same host values. Data, tokenizer,
-prompts, rollout parsing and retrieval are replicated: each process builds every batch and
-retrieves for every row itself, deterministically, so no host value is ever sent between
-processes. Host values go onto the global mesh with `put` (each process fills only its own
-devices' slices) and come back with `fetch` (a collective for arrays split over processes:
-every process must call it, in the same order). Process 0 alone writes files (exports,
+The contract: every process runs the same host code on the same host values, with one
+exception, the rollout. Data, tokenizer, prompts, rewards and updates are replicated: each
+process builds every batch itself, deterministically. Host values go onto the global mesh with
+`put` (each process fills only its own devices' slices) and come back with `fetch` (a
+collective for arrays split over processes: every process must call it, in the same order).
+During a rollout each process parses, and retrieves for, only the rows its devices decode
+(`local_rows`, `fetch_local`, `put` of values filled only at those rows); the finished
+trajectories are gathered once per rollout (`fetch`, `gather_objects`), so everything after
+them is replicated again. Process 0 alone writes files (exports,
 metrics, eval reports, the tokenizer); a process that later reads them first waits at
 `barrier`. Orbax checkpoints are saved and restored by every process (orbax coordinates the
 hosts itself). So the run directory must be one filesystem every process sees.
@@ -13,6 +16,7 @@ hosts itself). So the run directory must be one filesystem every process sees.
 `initialize` joins the processes; it must run before anything touches a device.
 """
 
+import json
 import re
 import zlib
 from typing import Any, Sequence
@@ -114,6 +118,60 @@ def fetch(tree: PyTree) -> PyTree:
   out = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) if s else next(local)
          for x, s in zip(leaves, split)]
   return jax.tree.unflatten(treedef, out)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """The indices along axis 0 that this process's devices hold, sorted ([rows] int64)."""
+  if x.is_fully_addressable:
+    return np.arange(x.shape[0])
+  rows = set()
+  for shard in x.addressable_shards:
+    rows.update(range(*shard.index[0].indices(x.shape[0])))
+  return np.array(sorted(rows), np.int64)
+
+
+def fetch_local(tree: PyTree) -> PyTree:
+  """The tree's arrays as host values of their global shapes, filled only where this process's
+  devices hold them (elsewhere zeros); no collective, so processes may call it independently."""
+  def leaf(x):
+    if x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    out = np.zeros(x.shape, x.dtype)
+    for shard in x.addressable_shards:
+      out[shard.index] = np.asarray(shard.data)
+    return out
+  return jax.tree.map(leaf, tree)
+
+
+def _allgather(value: np.ndarray) -> np.ndarray:
+  """[processes, ...]: every process's value (same shape and dtype everywhere)."""
+  return np.asarray(multihost_utils.process_allgather(value))
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on some process (a collective in a multi-process run)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(_allgather(np.bool_(flag)).any())
+
+
+def max_over_processes(value: int) -> int:
+  """The largest of every process's `value` (a collective in a multi-process run)."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(_allgather(np.int64(value)).max())
+
+
+def gather_objects(value: Any) -> list[Any]:
+  """Every process's JSON-serialisable `value`, in process order (a collective)."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  sizes = _allgather(np.int64(data.size))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  everyone = _allgather(padded)
+  return [json.loads(everyone[p, :sizes[p]].tobytes()) for p in range(len(sizes))]
 
 
 def check_same(arrays: dict[str, np.ndarray], what: str) -> None:

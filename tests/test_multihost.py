@@ -3,11 +3,13 @@
 The multi-process check launches child processes of this file (`python -m tests.test_multihost
 --child ...`), each with its own fake CPU devices, joined through a coordinator on 127.0.0.1.
 Each runs one GRPO update (with a reference model), an orbax checkpoint round trip, an HF
-export and one SFT step on a (data=1, fsdp=2, tensor=2) mesh, so parameters and batch rows are
-split across the processes, and writes the values it fetched back to the host.
+export, one SFT step and a multi-turn search rollout on a (data=1, fsdp=2, tensor=2) mesh, so
+parameters and batch rows are split across the processes, and writes the values it fetched
+back to the host.
 """
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -20,7 +22,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rag_r1_jax import multihost
 from rag_r1_jax.models import hf_checkpoint, safetensors_io
+from rag_r1_jax.rollout import engine as engine_lib
+from rag_r1_jax.sampling import sampler as sampler_lib
+from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import checkpoints, rl_update, sft_data, sft_update, train_state
+from tests.rollout import test_engine
+from tests.sampling import toy
 from tests.training import test_update_common as h
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,11 +71,36 @@ def _compute(mesh, workdir: str) -> dict[str, np.ndarray]:
   return out
 
 
+def _rollout(mesh) -> dict[str, np.ndarray]:
+  """A greedy rollout of the scripted toy decoder, its rows split over the processes; also
+  which rows this process parsed and how many queries it sent (`local_` keys)."""
+  tokenizer = toy.toy_tokenizer()
+  model = toy.bigram_model(tokenizer, test_engine.SUCCESSOR, default="<search>", mesh=mesh)
+  sampler = sampler_lib.Sampler(model, tokenizer, capacity=256, mesh=mesh,
+                                eos_token_ids=[tokenizer.convert_tokens_to_ids(toy.EOS)])
+  settings = engine_lib.RolloutSettings(max_turns=2, max_turn_tokens=12, max_obs_length=40,
+                                        topk=2)
+  retriever = test_engine.CountingRetriever(test_engine.DOCS)
+  engine = engine_lib.RolloutEngine(sampler, tokenizer, retriever, settings)
+  # Rows 0-3 search, rows 4-7 answer: with the rows split over fsdp, only process 0 has
+  # queries to send.
+  prompts = ["hello Q:", "why Q:", "x A:", "a much longer prompt A:"]
+  out = engine.run(prompts, sampling=SamplingParams(greedy=True), group_size=2)
+  records = [{k: v for k, v in r.to_dict().items() if not k.endswith("seconds")}
+             for r in out.records]
+  result = {f"rollout_{k}": v for k, v in out.tensors().items()}
+  result["rollout_records"] = np.frombuffer(json.dumps(records).encode(), np.uint8)
+  rows = multihost.put(np.zeros(8), NamedSharding(mesh, P(("data", "fsdp"))))
+  result["local_rows"] = multihost.local_rows(rows)
+  result["local_queries"] = np.int64(sum(len(b) for b in retriever.batches))
+  return result
+
+
 def _child(args) -> None:
   multihost.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
   mesh = h.mesh(*MESH)
   assert mesh.devices.size == 4 and len(jax.local_devices()) == 4 // args.num_processes
-  out = _compute(mesh, args.workdir)
+  out = _compute(mesh, args.workdir) | _rollout(mesh)
   np.savez(os.path.join(args.workdir, f"result_{jax.process_index()}.npz"), **out)
 
 
@@ -110,7 +142,7 @@ def test_two_processes_match_one_process(tmp_path):
   two, one = str(tmp_path / "2x2"), str(tmp_path / "1x4")
   procs = _launch(two, 2)
   try:  # meanwhile the reference: this process's first 4 devices
-    reference = _compute(h.mesh(*MESH), one)
+    reference = _compute(h.mesh(*MESH), one) | _rollout(h.mesh(*MESH))
     for proc in procs:
       proc.wait(timeout=CHILD_TIMEOUT_S)
   finally:
@@ -121,6 +153,13 @@ def test_two_processes_match_one_process(tmp_path):
   logs = [open(os.path.join(two, f"log_{i}.txt")).read()[-3000:] for i in range(2)]
   assert all(p.returncode == 0 for p in procs), logs
   first, second = _results(two, 2)
+  # Each process parsed and retrieved for its own half of the rollout's rows only.
+  np.testing.assert_array_equal(first.pop("local_rows"), np.arange(4))
+  np.testing.assert_array_equal(second.pop("local_rows"), np.arange(4, 8))
+  # Two turns of ["alpha", "beta"] (deduplicated over rows 0-3), all from process 0.
+  assert (first.pop("local_queries"), second.pop("local_queries")) == (4, 0)
+  assert reference.pop("local_queries") == 4
+  np.testing.assert_array_equal(reference.pop("local_rows"), np.arange(8))
   _assert_close(second, first, atol=0)  # every process fetched the same global values
   assert first["restored_equal"] and reference["restored_equal"]
   assert first["rl_grad_norm"] > 0.1 and first["sft_loss"] > 1  # real updates, not no-ops

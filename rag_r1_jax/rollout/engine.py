@@ -1,10 +1,13 @@
 """The host side of the search loop: decode, parse, retrieve for every row at once, resume.
 
-Per turn: the sampler decodes until every row has stopped; each stopped row's new text is
-parsed into an action; the queries of ALL searching rows go to the retriever in ONE batched
+Per turn: the sampler decodes until every row has stopped; each stopped row's new tokens
+(only those travel to the host) are parsed into an action; the queries of ALL searching rows go to the retriever in ONE batched
 call (identical queries deduplicated); each row's observation (`<information>` block, the
 invalid-action text, or the budget notice) is appended to its cache in one batched prefill;
 decoding resumes. Rows that answered, hit EOS or filled their cache are finished and stay idle.
+
+In a multi-process run each process parses and retrieves for the rows its devices decode (one
+batched call per process and turn); the finished rows are gathered once at the end.
 
 A row's answer is the `<answer>` of the policy's own final turn, never text from an
 observation (the fixed observations mention `<answer> and </answer>` themselves).
@@ -109,7 +112,9 @@ class RolloutEngine:
       keep += [b + offset for b in chunk_keep]
       records += [dataclasses.replace(r, prompt_index=r.prompt_index + start)
                   for r in chunk_records]
-    host = {k: np.concatenate([h[k] for h in hosts]) for k in hosts[0]}
+    width = max(h["tokens"].shape[1] for h in hosts)  # chunks are fetched at their own widths
+    pad = lambda x: np.pad(x, [(0, 0), (0, width - x.shape[1])]) if x.ndim == 2 else x  # noqa: E731
+    host = {k: np.concatenate([pad(h[k]) for h in hosts]) for k in hosts[0]}
     return build_rollout(host, keep, records, group_size)
 
   def _run_chunk(self, prompts: Sequence[str], sampling: SamplingParams, rng: jax.Array,
@@ -138,25 +143,32 @@ class RolloutEngine:
         row.turn_start = row.prompt_length
         if b // group_size >= num_prompts:
           row.finish_reason = "padding"
+      # The rows this process's devices decode: it parses and retrieves for these alone.
+      local = multihost.local_rows(state.status)
 
       while True:
         with decode_watch():
           state = self.sampler.decode(state, settings)
-          host = self.sampler.fetch(state)
-        observations, pending = self._act(rows, host)
+          turn = self.sampler.fetch_turn(state, [row.turn_start for row in rows],
+                                         self.settings.max_turn_tokens)
+        observations, pending = self._act(rows, local, turn)
         if pending:
           with retrieval_watch():
             self._retrieve_into(observations, pending)
-        chunks = self._observation_chunks(rows, host, observations)
-        if not any(chunks):
+        chunks = self._observation_chunks(rows, turn, observations)
+        if not multihost.any_process(any(chunks)):
           break
         with decode_watch():
           if self.reprefill:
-            state = self._reprefill(state, host, chunks)
+            state = self._reprefill(state, chunks)
           else:
             state = self.sampler.append(state, chunks)
 
-      host = self.sampler.fetch(state)
+      for part in multihost.gather_objects({int(b): dataclasses.asdict(rows[b]) for b in local}):
+        for b, fields in part.items():
+          rows[int(b)] = _Row(**fields)
+      width = sampler_lib.bucket(int(turn["lengths"][local].max(initial=1)))
+      host = self.sampler.fetch(state, min(multihost.max_over_processes(width), capacity))
     keep = [b for b in range(batch) if rows[b].finish_reason != "padding"]
     records = []
     for b in keep:
@@ -178,7 +190,7 @@ class RolloutEngine:
           compile_seconds=total_watch.compile_seconds / n))
     return host, keep, records
 
-  def _reprefill(self, state: sampler_lib.SamplerState, host, chunks):
+  def _reprefill(self, state: sampler_lib.SamplerState, chunks):
     """Baseline without cache reuse: each resumed row re-prefills its whole history.
 
     A resumed row's cache length is reset to 0 (a fresh cache: attention never reads past a
@@ -186,6 +198,7 @@ class RolloutEngine:
     The per-token log-probs and generated flags of earlier turns are restored afterwards, so
     the trajectories equal the cache-reusing engine's; only the prefill work differs.
     """
+    host = self.sampler.fetch(state)
     saved = (jnp.copy(state.logprobs), jnp.copy(state.generated))  # `append` donates state
     resumed = np.array([c is not None for c in chunks])
     lengths = np.where(resumed, 0, host["lengths"]).astype(np.int32)
@@ -198,17 +211,22 @@ class RolloutEngine:
 
   # ---- one turn ------------------------------------------------------------------------------
 
-  def _act(self, rows: list[_Row], host) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
-    """Decides every stopped row's next step; returns observations and searches to run."""
+  def _act(self, rows: list[_Row], local: np.ndarray, turn: dict[str, np.ndarray]
+           ) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
+    """Decides the next step of every stopped row in `local` from its turn's tokens
+    (`Sampler.fetch_turn` from the rows' turn starts); returns observations and searches."""
     observations: dict[int, str] = {}
     pending: dict[int, tuple[str, ...]] = {}
-    for b, row in enumerate(rows):
+    for b in local.tolist():
+      row = rows[b]
       if row.finish_reason is not None:
         continue
-      length = int(host["lengths"][b])
-      turn_ids = host["tokens"][b, row.turn_start:length].tolist()
-      text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
-      step = next_step(text, int(host["status"][b]), row.searches, row.turns, self.settings)
+      new = int(turn["lengths"][b]) - row.turn_start
+      if new > turn["tokens"].shape[1]:
+        raise AssertionError(f"row {b} decoded {new} tokens in a turn of at most "
+                             f"{turn['tokens'].shape[1]}")
+      text = self.tokenizer.decode(turn["tokens"][b, :new].tolist(), skip_special_tokens=False)
+      step = next_step(text, int(turn["status"][b]), row.searches, row.turns, self.settings)
       row.turns += 1
       if step.finish_reason:
         row.finish_reason, row.answer = step.finish_reason, step.answer
@@ -234,13 +252,13 @@ class RolloutEngine:
           note=observations.get(b),  # a problem note of a search that still ran
           json_indent=self.settings.mq_json_indent)
 
-  def _observation_chunks(self, rows: list[_Row], host, observations: dict[int, str]):
+  def _observation_chunks(self, rows: list[_Row], turn, observations: dict[int, str]):
     """Token chunks to append; a row whose observation no longer fits ends with 'length'."""
     chunks: list[list[int] | None] = [None] * len(rows)
     capacity = self.sampler.capacity
     for b, text in observations.items():
       ids = self._encode(text)
-      length = int(host["lengths"][b])
+      length = int(turn["lengths"][b])
       if length + len(ids) >= capacity:  # no room for the observation plus one more token
         rows[b].finish_reason = "length"
         continue

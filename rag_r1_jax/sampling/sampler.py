@@ -112,6 +112,7 @@ class Sampler:
     self._append = jax.jit(self._append_impl, donate_argnums=(1,))
     self._decode = jax.jit(self._decode_impl, static_argnums=(2,), donate_argnums=(1,))
     self._replicate = jax.jit(self._replicate_impl, static_argnums=(2,))
+    self._window = jax.jit(self._window_impl, static_argnums=(2,))
 
   def update_params(self, model_or_params) -> None:
     """Points the sampler at new weights (after an optimizer step); no recompilation.
@@ -151,14 +152,16 @@ class Sampler:
     batch = state.status.shape[0]
     assert len(chunks) == batch, (len(chunks), batch)
     lengths = np.array([len(c) if c is not None else 0 for c in chunks], np.int32)
-    width = bucket(int(lengths.max()) if batch else 1)
+    # In a multi-process run each process passes chunks for its own rows only (others None):
+    # the width is agreed on, and each process fills only its devices' rows.
+    width = bucket(multihost.max_over_processes(int(lengths.max()) if batch else 1))
     padded = np.zeros((batch, width), np.int32)
     for b, chunk in enumerate(chunks):
       if chunk is not None and len(chunk):
         padded[b, :len(chunk)] = np.asarray(chunk, np.int32)
     self.prefill_tokens += int(lengths.sum())
     with self._mesh_context():
-      return self._append(self.params, state, jnp.asarray(padded), jnp.asarray(lengths))
+      return self._append(self.params, state, *self._put_rows(padded, lengths))
 
   def decode(self, state: SamplerState, settings: DecodeSettings) -> SamplerState:
     """Samples until every row has stopped (one jitted while_loop)."""
@@ -172,11 +175,26 @@ class Sampler:
     with self._mesh_context():
       return self._replicate(state, state.rng, n)
 
-  def fetch(self, state: SamplerState) -> dict[str, np.ndarray]:
-    """The small per-row arrays the host needs (never the cache)."""
-    keys = ("tokens", "logprobs", "generated", "status", "stop_index")
-    out = multihost.fetch({k: getattr(state, k) for k in keys} | {"lengths": state.lengths})
+  def fetch(self, state: SamplerState, width: int | None = None) -> dict[str, np.ndarray]:
+    """Every row's tokens, log-probs and generated flags ([batch, width]: the first `width`
+    columns, None: all), status, stop_index and lengths ([batch]), gathered from every
+    process (a collective); never the cache."""
+    cut = lambda x: x if width is None else x[:, :width]  # noqa: E731
+    out = multihost.fetch({k: cut(getattr(state, k)) for k in ("tokens", "logprobs", "generated")}
+                          | {k: getattr(state, k) for k in ("status", "stop_index", "lengths")})
     return {k: np.asarray(v) for k, v in out.items()}
+
+  def fetch_turn(self, state: SamplerState, starts: Sequence[int], width: int
+                 ) -> dict[str, np.ndarray]:
+    """What the host reads after a decode call, for this process's rows only (no collective).
+
+    tokens, logprobs, generated: [batch, width], row b's columns starts[b] .. starts[b]+width-1
+    (0 / False past the capacity), so only the turn's new tokens travel; status, stop_index,
+    lengths: [batch]. Rows other processes decode are zeros.
+    """
+    (starts,) = self._put_rows(np.asarray(starts, np.int32))
+    with self._mesh_context():
+      return multihost.fetch_local(self._window(state, starts, width))
 
   # ---- jitted implementations ----------------------------------------------------------------
 
@@ -269,6 +287,16 @@ class Sampler:
     # The loop also ends at the step limit; rows still running have hit their turn budget.
     return state.replace(status=jnp.where(state.status == RUNNING, TURN_LIMIT, state.status))
 
+  def _window_impl(self, state: SamplerState, starts, width: int) -> dict[str, jax.Array]:
+    """starts [batch] int32 -> each row's `width` columns from its start, plus per-row fields."""
+    idx = starts[:, None] + jnp.arange(width, dtype=jnp.int32)[None, :]
+    take = lambda x: jnp.take_along_axis(x, idx, axis=1, mode="fill", fill_value=0)  # noqa: E731
+    out = {k: take(getattr(state, k)) for k in ("tokens", "logprobs", "generated")}
+    out |= {"status": state.status, "stop_index": state.stop_index, "lengths": state.lengths}
+    if self.mesh is None:
+      return out
+    return {k: jax.lax.with_sharding_constraint(v, self._by_row(v.shape)) for k, v in out.items()}
+
   def _replicate_impl(self, state: SamplerState, rng, n: int) -> SamplerState:
     rep = lambda x: jnp.repeat(x, n, axis=0)
     by_batch = lambda blocks: jax.tree.map(rep, blocks)  # [batch, ..] each
@@ -285,21 +313,30 @@ class Sampler:
     import contextlib
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
+  def _by_row(self, shape: Sequence[int]) -> jax.sharding.NamedSharding:
+    """A [batch, ...] array's rows split over the data axes."""
+    return sharding.named_sharding(self.mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
+
   def _shardings(self, batch: int):
-    mesh = self.mesh
-    by_row = lambda *shape: sharding.named_sharding(mesh, ("batch",) + (None,) * len(shape),
-                                                    (batch,) + shape)
+    by_row = lambda *shape: self._by_row((batch,) + shape)  # noqa: E731
     return SamplerState(
-        cache=kvc.cache_shardings(mesh, self.cfg, batch, self.capacity, self.block_size),
+        cache=kvc.cache_shardings(self.mesh, self.cfg, batch, self.capacity, self.block_size),
         tokens=by_row(self.capacity), logprobs=by_row(self.capacity),
         generated=by_row(self.capacity), next_logits=by_row(self.cfg.vocab_size),
         status=by_row(), stop_index=by_row(), stop_states=by_row(len(self.stop_strings)),
-        turn_tokens=by_row(), rng=sharding.replicated(mesh))
+        turn_tokens=by_row(), rng=sharding.replicated(self.mesh))
 
   def _constrain(self, state: SamplerState) -> SamplerState:
     if self.mesh is None:
       return state
     return jax.lax.with_sharding_constraint(state, self._shardings(state.status.shape[0]))
+
+  def _put_rows(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Per-row host arrays ([batch, ...]) split over the rows' devices; a process fills only
+    its own devices' rows, so rows other processes own may hold anything."""
+    if self.mesh is None:
+      return tuple(jnp.asarray(x) for x in arrays)
+    return tuple(multihost.put(x, self._by_row(x.shape)) for x in arrays)
 
   def _place(self, state: SamplerState) -> SamplerState:
     if self.mesh is None:
@@ -319,4 +356,4 @@ def decode_dtypes(params, dtype):
 def compile_count(sampler: Sampler) -> dict[str, int]:
   """How many executables each jitted function holds (bounded by the bucket count)."""
   return {name: getattr(sampler, name)._cache_size()
-          for name in ("_append", "_decode", "_replicate")}
+          for name in ("_append", "_decode", "_replicate", "_window")}

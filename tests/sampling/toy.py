@@ -11,7 +11,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from rag_r1_jax import sharding
+from rag_r1_jax import multihost, sharding
 from rag_r1_jax.models import params
 from rag_r1_jax.models.config import DecoderConfig
 
@@ -51,7 +51,7 @@ def bigram_model(tokenizer, successor: dict[str, str], default: str, *, mesh=Non
     head[a, ids(b)] = 1.0
   # Small random noise keeps logprobs non-trivial and makes every position's logits differ.
   head += np.random.RandomState(seed).normal(0, 0.01, head.shape).astype(np.float32)
-  shard = lambda x, like: jax.device_put(jnp.asarray(x), like.sharding)
+  shard = lambda x, like: multihost.put(x, like.sharding)  # noqa: E731
   model.embed.set_value(shard(embed, model.embed[...]))
   model.lm_head.set_value(shard(head, model.lm_head[...]))
   return model
