@@ -10,6 +10,7 @@ with --auto_distributed on a cluster JAX detects: Cloud TPU pod, SLURM, Open MPI
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -41,6 +42,33 @@ _DRY_RUN = flags.DEFINE_bool(
 _DEVICE_MEMORY_GB = flags.DEFINE_float(
     "device_memory_gb", None, "Dry run: the per-device memory (GiB) each part must fit in "
     "(default: what the device reports, if it does).")
+
+
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+  """One line naming the --config.* override whose field the config does not declare."""
+  text = str(error).replace("\\", "")
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  hint = f"; did you mean {hint.group(1)!r}?" if hint else ""
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    for depth, field in enumerate(path):
+      if f"'{field}'" in text:
+        parent = ".".join(["config", *path[:depth]])
+        return (f"main.py: {arg}: {parent} has no field {field!r}{hint} (every field is "
+                "declared in configs/common.py)")
+  return f"main.py: {text.splitlines()[0]}: not a config field (fields are declared in " \
+         "configs/common.py)"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override of an undeclared config field exits 2 with one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    print(_unknown_field_message(e, argv), file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -88,4 +116,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -120,10 +120,17 @@ def test_main_bad_override_type_names_flag():
   assert "--config.model.num_layers" in result.stderr
 
 
-def test_main_unknown_field_names_it():
+def test_main_unknown_field_is_one_line_naming_it():
   result = _main("--config=configs/rag_r1.py:smoke", "--config.model.num_layerz=2")
-  assert result.returncode != 0
-  assert "num_layerz" in result.stderr
+  assert result.returncode == 2
+  assert result.stderr == (
+      "main.py: --config.model.num_layerz=2: config.model has no field 'num_layerz'; did you "
+      "mean 'num_layers'? (every field is declared in configs/common.py)\n")
+  result = _main("--config=configs/rag_r1.py:smoke", "--config.sft.epochs=1",
+                 "--config.nosuch.depth", "3")
+  assert result.returncode == 2
+  assert result.stderr == ("main.py: --config.nosuch.depth: config has no field 'nosuch' "
+                           "(every field is declared in configs/common.py)\n")
 
 
 def test_main_invalid_value_exits_2_naming_field():
