@@ -44,8 +44,9 @@ _DEVICE_MEMORY_GB = flags.DEFINE_float(
     "(default: what the device reports, if it does).")
 
 
-def _unknown_field_message(error: Exception, argv: list[str]) -> str:
-  """One line naming the --config.* override whose field the config does not declare."""
+def _unknown_field_message(error: Exception, argv: list[str]) -> str | None:
+  """One line naming the --config.* override whose field the config does not declare (None
+  when no override names the missing field: then the error is the config file's own)."""
   text = str(error).replace("\\", "")
   hint = re.search(r'Did you mean "([^"]+)"', text)
   hint = f"; did you mean {hint.group(1)!r}?" if hint else ""
@@ -58,8 +59,7 @@ def _unknown_field_message(error: Exception, argv: list[str]) -> str:
         parent = ".".join(["config", *path[:depth]])
         return (f"main.py: {arg}: {parent} has no field {field!r}{hint} (every field is "
                 "declared in configs/common.py)")
-  return f"main.py: {text.splitlines()[0]}: not a config field (fields are declared in " \
-         "configs/common.py)"
+  return None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -67,7 +67,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
-    print(_unknown_field_message(e, argv), file=sys.stderr)
+    message = _unknown_field_message(e, argv)
+    if message is None:
+      raise
+    print(message, file=sys.stderr)
     sys.exit(2)
 
 
