@@ -23,11 +23,17 @@ class SamplingParams:
 
 def sample_with_logprob(logits: jax.Array, rng: jax.Array,
                         params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-  """logits [batch, vocab] float32 -> tokens [batch] int32 and their policy log-probs [batch]."""
+  """logits [batch, vocab] float32 -> tokens [batch] int32 and their log-probs [batch] float32.
+
+  A sampled token's log-prob is taken under softmax(logits / temperature), the distribution
+  the trainer scores it with (training/logprobs.py, `rl` temperature): top-k / top-p only
+  choose which tokens may be drawn and are not renormalised into it, as in veRL. Greedy
+  decoding reports the temperature-1 log-prob of the argmax.
+  """
   if params.greedy:
     return greedy(logits)
   tokens = sample(logits, rng, params)
-  return tokens, token_logprob(logits, tokens)
+  return tokens, token_logprob(logits / params.temperature, tokens)
 
 
 def sample(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
@@ -90,6 +96,6 @@ def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """log p(token) under the unmodified policy (temperature 1): [batch] float32."""
+  """log softmax(logits)[token]: logits [batch, vocab], tokens [batch] -> [batch] float32."""
   logz = jax.nn.logsumexp(logits, axis=-1)
   return jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - logz

@@ -3,7 +3,8 @@
 Alignment: `logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`, read from the logits at
 position t - 1; position 0 has no prediction and gets 0. `entropy[b, t]` is the entropy of
 the same distribution (the one token t was sampled from). Both are float32 whatever the
-compute dtype.
+compute dtype. With `temperature` != 1 the distribution is softmax(logits / temperature):
+the one an RL rollout sampled from (sampling_fns.sample_with_logprob takes the same).
 
 Memory: the log-softmax is never materialised. The token's logit is gathered and the
 logsumexp subtracted, and the entropy is `lse - sum(softmax * logits)`; XLA fuses both
@@ -33,9 +34,13 @@ def resolve_chunk(chunk: int, batch: int, seq: int, vocab: int) -> int:
   return AUTO_CHUNK if batch * seq * vocab > AUTO_MAX_LOGITS and seq > AUTO_CHUNK else 0
 
 
-def logprobs_from_logits(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(log p(target), entropy) [..., n] float32 from logits [..., n, vocab], targets [..., n]."""
+def logprobs_from_logits(logits: jax.Array, targets: jax.Array,
+                         temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(log p(target), entropy) [..., n] float32 from logits [..., n, vocab], targets [..., n],
+  under softmax(logits / temperature)."""
   logits = logits.astype(jnp.float32)
+  if temperature != 1.0:
+    logits = logits / temperature
   lse = jax.nn.logsumexp(logits, axis=-1)  # [..., n]
   target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   probs = jnp.exp(logits - lse[..., None])
@@ -53,8 +58,8 @@ def _next_tokens(tokens: jax.Array) -> jax.Array:
   return jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
 
 
-def _chunked(model: Decoder, hidden: jax.Array, targets: jax.Array,
-             chunk: int) -> tuple[jax.Array, jax.Array]:
+def _chunked(model: Decoder, hidden: jax.Array, targets: jax.Array, chunk: int,
+             temperature: float) -> tuple[jax.Array, jax.Array]:
   """logprobs_from_logits over [batch, seq] with the logits built `chunk` positions at a time."""
   batch, seq, width = hidden.shape
   n = -(-seq // chunk)
@@ -66,7 +71,7 @@ def _chunked(model: Decoder, hidden: jax.Array, targets: jax.Array,
 
   @jax.checkpoint
   def one(h, y):
-    return logprobs_from_logits(model.logits(h), y)
+    return logprobs_from_logits(model.logits(h), y, temperature)
 
   def body(carry, xs):
     return carry, one(*xs)
@@ -76,13 +81,14 @@ def _chunked(model: Decoder, hidden: jax.Array, targets: jax.Array,
   return unchunk(lp), unchunk(ent)
 
 
-def token_logprobs(model: Decoder, batch: Mapping[str, jax.Array],
-                   chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+def token_logprobs(model: Decoder, batch: Mapping[str, jax.Array], chunk: int = 0,
+                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """(logprobs, entropy), both [batch, seq] float32, from one forward pass over `batch`.
 
   batch: tokens [batch, seq] int32, positions [batch, seq] int32, attention_mask [batch, seq].
   chunk: 0 projects all logits at once; > 0 projects `chunk` positions at a time; -1 chooses
     (`resolve_chunk`) from the shapes.
+  temperature: static; the logits are divided by it (RL: the rollout's sampling temperature).
   Values at padding positions are computed but meaningless; callers mask them.
   """
   tokens = batch["tokens"]
@@ -91,10 +97,10 @@ def token_logprobs(model: Decoder, batch: Mapping[str, jax.Array],
   kwargs = dict(positions=batch["positions"], attention_mask=batch["attention_mask"])
   if chunk > 0:
     _, _, hidden = model(tokens, return_hidden=True, **kwargs)  # unused logits: dead code
-    lp, ent = _chunked(model, hidden, targets, chunk)
+    lp, ent = _chunked(model, hidden, targets, chunk, temperature)
   else:
     logits, _ = model(tokens, **kwargs)  # [batch, seq, vocab] float32
-    lp, ent = logprobs_from_logits(logits, targets)
+    lp, ent = logprobs_from_logits(logits, targets, temperature)
   return _shift_in(lp), _shift_in(ent)
 
 

@@ -54,15 +54,33 @@ def test_greedy_near_ties_and_tiny_logits_match_argmax():
   np.testing.assert_allclose(np.asarray(logprobs), want_logprobs, atol=1e-5, rtol=0)
 
 
-def test_sampled_tokens_carry_their_policy_logprob():
+def test_sampled_tokens_carry_their_logprob_at_the_sampling_temperature():
   logits = jnp.asarray(np.random.RandomState(2).normal(0, 2, (64, 50)).astype(np.float32))
   params = SamplingParams(temperature=0.7, top_k=10, top_p=0.9)
   fn = jax.jit(lambda l, k: sampling_fns.sample_with_logprob(l, k, params))
   tokens, logprobs = fn(logits, jax.random.key(3))
   np.testing.assert_array_equal(np.asarray(tokens),
                                 np.asarray(sampling_fns.sample(logits, jax.random.key(3), params)))
-  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))  # the unmodified policy
+  # softmax(logits / 0.7) over the whole vocabulary: top-k / top-p do not renormalise it.
+  logp = np.asarray(jax.nn.log_softmax(logits / 0.7, axis=-1))
   np.testing.assert_allclose(np.asarray(logprobs), logp[np.arange(64), np.asarray(tokens)],
                              atol=1e-5, rtol=0)
   top10 = np.argsort(-np.asarray(logits), axis=-1)[:, :10]
   assert all(t in row for t, row in zip(np.asarray(tokens), top10))
+
+
+def test_temperature_logprob_exact_values_and_greedy_unaffected():
+  # logits [0, log 2, log 5]: at temperature 1 p = [1, 2, 5] / 8; at 2, p ~ [1, 2^.5, 5^.5].
+  logits = jnp.log(jnp.array([[1.0, 2.0, 5.0]]))
+  sharp = SamplingParams(temperature=1e-3)  # draws the argmax, token 2
+  tokens, logprobs = sampling_fns.sample_with_logprob(logits, jax.random.key(0), sharp)
+  assert int(tokens[0]) == 2 and float(logprobs[0]) == pytest.approx(0.0, abs=1e-6)
+  params = SamplingParams(temperature=2.0, top_k=1)  # top-k 1: always token 2
+  tokens, logprobs = sampling_fns.sample_with_logprob(logits, jax.random.key(0), params)
+  z = 1 + 2 ** 0.5 + 5 ** 0.5
+  assert int(tokens[0]) == 2
+  assert float(logprobs[0]) == pytest.approx(np.log(5 ** 0.5 / z), rel=1e-6)
+  for temperature in (0.5, 1.3):
+    greedy = SamplingParams(greedy=True, temperature=temperature)
+    tokens, logprobs = sampling_fns.sample_with_logprob(logits, jax.random.key(0), greedy)
+    assert int(tokens[0]) == 2 and float(logprobs[0]) == pytest.approx(np.log(5 / 8), rel=1e-6)

@@ -11,11 +11,12 @@ from rag_r1_jax.training import logprobs
 from tests.training import test_update_common as h
 
 
-def _naive(model, batch):
-  """log_softmax over the whole vocabulary, gathered and shifted by hand in numpy."""
+def _naive(model, batch, temperature=1.0):
+  """log_softmax(logits / temperature) over the vocabulary, gathered and shifted by hand."""
   logits = jax.jit(lambda b: model(b["tokens"], positions=b["positions"],
                                    attention_mask=b["attention_mask"])[0])(
                                        {k: jnp.asarray(v) for k, v in batch.items()})
+  logits = logits / temperature
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   tokens = batch["tokens"]
   rows, seq = tokens.shape
@@ -42,6 +43,25 @@ def test_matches_naive_log_softmax(chunk):
   np.testing.assert_allclose(np.asarray(ent), expected_entropy, atol=2e-5)
   # A uniform-ish random model: entropies close to log(vocab).
   assert abs(float(ent[:, 1:].mean()) - np.log(h.TINY.vocab_size)) < 0.05
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_temperature_divides_the_logits(chunk):
+  model = h.model(h.mesh())
+  batch = h.trajectory_batch(3, 13, h.TINY.vocab_size, seed=1)
+  jb = {k: jnp.asarray(v) for k, v in batch.items()}
+  expected, expected_entropy = _naive(model, batch, temperature=1.3)
+  lp, ent = jax.jit(lambda b: logprobs.token_logprobs(model, b, chunk, temperature=1.3))(jb)
+  np.testing.assert_allclose(np.asarray(lp), expected, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(ent), expected_entropy, atol=2e-5)
+  at_one, _ = jax.jit(lambda b: logprobs.token_logprobs(model, b, chunk))(jb)
+  assert np.abs(np.asarray(lp) - np.asarray(at_one))[:, 1:].min() > 1e-4
+  # One position by hand: logits [0, log 3] at temperature 2 give p = [1, 3^.5] / (1 + 3^.5).
+  lp1, ent1 = logprobs.logprobs_from_logits(jnp.log(jnp.array([[1.0, 3.0]])), jnp.array([1]),
+                                            temperature=2.0)
+  p = np.array([1.0, 3 ** 0.5]) / (1 + 3 ** 0.5)
+  assert float(lp1[0]) == pytest.approx(np.log(p[1]), rel=1e-6)
+  assert float(ent1[0]) == pytest.approx(-(p * np.log(p)).sum(), rel=1e-5)
 
 
 def test_chunked_gradient_equals_direct():
