@@ -27,6 +27,22 @@ class CheckpointError(ValueError):
   """A checkpoint directory that does not match what it claims to hold."""
 
 
+def is_complete_export(model_dir: str) -> bool:
+  """Whether `model_dir` holds a whole export: config.json, tokenizer.json if any, and every
+  weight file complete (an interrupted write or copy leaves a truncated one)."""
+  try:
+    for name in ("config.json", "tokenizer.json"):
+      path = os.path.join(model_dir, name)
+      if name == "config.json" or os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+    for path in set(_tensor_locations(model_dir).values()):
+      safetensors_io.SafetensorsFile(path)
+  except (OSError, ValueError):
+    return False
+  return True
+
+
 def _tensor_locations(model_dir: str) -> dict[str, str]:
   """Tensor name -> shard file path, checking that every listed shard exists."""
   index_path = os.path.join(model_dir, INDEX_FILE)

@@ -38,6 +38,14 @@ class SafetensorsFile:
     self.metadata = header.pop("__metadata__", {}) or {}
     self._entries = header
     self._offset = 8 + header_len
+    try:
+      need = self._offset + max((e["data_offsets"][1] for e in header.values()), default=0)
+    except (TypeError, KeyError, IndexError) as e:
+      raise ValueError(f"{path}: not a safetensors file (bad header entry: {e!r})") from None
+    size = os.path.getsize(path)
+    if size < need:
+      raise ValueError(f"{path}: truncated safetensors file ({size} of {need} bytes; was its "
+                       "write or copy interrupted?)")
     self._mmap = np.memmap(path, dtype=np.uint8, mode="r")
 
   def keys(self) -> list[str]:

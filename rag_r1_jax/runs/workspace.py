@@ -5,8 +5,10 @@ as `asset:NAME` (see rag_r1_jax/assets.py), so configs hold no machine-specific 
 """
 
 import functools
+import json
 import os
-from typing import Sequence
+import shutil
+from typing import Callable, Sequence
 
 from jax.sharding import Mesh
 
@@ -25,6 +27,22 @@ def resolve_path(path: str) -> str:
   if path.startswith("asset:"):
     return assets.asset_path(path[len("asset:"):])
   return os.path.expanduser(path)
+
+
+def write_dir_atomically(path: str, write: Callable[[str], None]) -> None:
+  """Calls write(tmp) on a fresh `path.partial`, then renames it to `path` (replacing it).
+
+  `path` is at every moment absent or whole: the old one is moved aside before the rename and
+  deleted after it, and a `.partial` left by an interrupted call is discarded by the next one.
+  """
+  tmp, old = path + ".partial", path + ".old"
+  shutil.rmtree(tmp, ignore_errors=True)
+  write(tmp)
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.exists(path):
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def load_exported_policy(run_dir: str, stage: str):
@@ -145,11 +163,11 @@ class Workspace:
     kind = self.config.tokenizer.kind
     if kind == "world":
       out = os.path.join(self.workdir, "tokenizer")
-      if multihost.is_primary() and not os.path.isfile(os.path.join(out, "tokenizer.json")):
-        world_tokenizer.build_world_tokenizer(
-            self.world, out, extra_texts=list(prompts.TEMPLATES.values()),
+      if multihost.is_primary() and not _json_file_whole(os.path.join(out, "tokenizer.json")):
+        write_dir_atomically(out, lambda tmp: world_tokenizer.build_world_tokenizer(
+            self.world, tmp, extra_texts=list(prompts.TEMPLATES.values()),
             json_indent=self.config.rollout.mq_json_indent,
-            split_digits=self.config.tokenizer.split_digits)
+            split_digits=self.config.tokenizer.split_digits))
       multihost.barrier("world tokenizer")  # process 0 wrote it; every process loads it
       return factory.load_tokenizer(out)
     path = self.config.tokenizer.path or self._checkpoint_dir()
@@ -197,8 +215,16 @@ class Workspace:
     return os.path.join(self.workdir, stage, "model")
 
   def stage_finished(self, stage: str) -> bool:
-    """Whether the stage exported its final policy (exports are atomic renames)."""
-    return os.path.isfile(os.path.join(self.stage_model_dir(stage), "config.json"))
+    """Whether the stage exported its final policy whole (exports are atomic renames; a
+    directory an interrupted write left incomplete does not count, so the stage redoes it)."""
+    path = self.stage_model_dir(stage)
+    if not os.path.isdir(path):
+      return False
+    if hf_checkpoint.is_complete_export(path):
+      return True
+    print(f"{stage}: {path} is incomplete (an interrupted export or copy); redoing it",
+          flush=True)
+    return False
 
   def load_stage_model(self, stage: str) -> Decoder | None:
     """The policy a finished stage exported, or None if it has not finished."""
@@ -210,15 +236,24 @@ class Workspace:
     return model
 
   def export_stage_model(self, stage: str, model: Decoder) -> str:
+    """Writes `model` (with the tokenizer) as the stage's Hugging Face directory, atomically.
+
+    Every process takes part (the parameters are gathered from all); process 0 writes."""
     path = self.stage_model_dir(stage)
-    tmp = path + ".partial"
-    hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer)
+    export = lambda tmp: hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer)  # noqa: E731
     if multihost.is_primary():
-      if os.path.isdir(path):
-        import shutil
-        shutil.rmtree(path)
-      os.replace(tmp, path)
+      write_dir_atomically(path, export)
+    else:
+      export(path + ".partial")  # gathers the parameters with process 0, writes nothing
     multihost.barrier(f"export {stage}")
+    return path
+
+  def copy_stage_model(self, source_stage: str, stage: str) -> str:
+    """Copies one stage's exported policy to another stage's directory, atomically."""
+    source, path = self.stage_model_dir(source_stage), self.stage_model_dir(stage)
+    if multihost.is_primary():
+      write_dir_atomically(path, lambda tmp: shutil.copytree(source, tmp))
+    multihost.barrier(f"copy {source_stage} to {stage}")
     return path
 
   def checkpoint_manager(self, stage: str):
@@ -249,6 +284,16 @@ class Workspace:
     variant = self.prompt_variant
     return [prompts.apply_chat_template(self.tokenizer, prompts.build_prompt(r["question"], variant))
             for r in rows]
+
+
+def _json_file_whole(path: str) -> bool:
+  """Whether `path` exists and parses as JSON (a write that was cut short does not)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      json.load(f)
+  except (OSError, ValueError):
+    return False
+  return True
 
 
 def _split_names(value: str) -> list[str]:

@@ -113,3 +113,12 @@ def test_load_exported_policy_reads_back_a_stage_export(tmp_path):
   assert model_dir == ws.stage_model_dir("sft")
   assert tokenizer.get_vocab() == ws.tokenizer.get_vocab()
   np.testing.assert_array_equal(np.asarray(loaded.embed[...]), np.asarray(model.embed[...]))
+
+
+def test_a_cut_short_world_tokenizer_is_rebuilt(tmp_path):
+  import os
+  vocab = _workspace(tmp_path, 0).tokenizer.get_vocab()
+  path = tmp_path / "tokenizer" / "tokenizer.json"
+  path.write_bytes(path.read_bytes()[:1000])  # a save that was interrupted
+  assert _workspace(tmp_path, 0).tokenizer.get_vocab() == vocab
+  assert sorted(os.listdir(tmp_path)) == ["tokenizer"]  # no .partial or .old left behind
