@@ -6,17 +6,20 @@ retriever so the `<information>` text is exactly what the rollout engine inserts
 `sft.cut_subsamples` every trajectory is cut at each policy turn (the paper's recipe);
 otherwise one example per trajectory trains all its policy turns at once (the same targets,
 a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
+
+A step whose loss or gradients are not finite is skipped; `rl.max_nonfinite_steps` skipped in a
+row halt the run (the limit RL applies), and a policy whose validation loss or parameters are
+not finite is never exported.
 """
 
-import shutil
+import math
 
-from rag_r1_jax import multihost
 from rag_r1_jax import sharding
 from rag_r1_jax.data import prompts, synthetic_world, teacher
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace, resolve_path
-from rag_r1_jax.training import sft_data, sft_update, train_state
+from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
 from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
 
 
@@ -104,12 +107,14 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   writer = MetricsWriter(workdir, "sft", start_step=start + 1 if start else 0, total_steps=total)
   bar = progress_bar("sft", total, initial=start)
   step = start
+  streak = optimizer.NonfiniteStreak(config.rl.max_nonfinite_steps)
   for epoch in range(meta["epoch"], sft.epochs):
     first_batch = meta["batch"] if epoch == meta["epoch"] else 0
 
     def on_step(state, metrics, epoch=epoch):
-      nonlocal step
+      nonlocal step, streak
       step += 1
+      streak = streak.update(metrics["skipped"] == 0, step)
       batch_index = step - first_step[epoch]
       writer.write(step, dict(metrics, epoch=epoch))
       bar.update(1)
@@ -121,6 +126,12 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                                     on_step=on_step)
     loss = sft_update.sft_validation_loss(state, validation or train, hp)
     writer.write(step, {"validation_loss": loss, "epoch": epoch})
+    if not math.isfinite(loss) or not sft_update.params_finite(state):
+      what = (f"validation loss is {loss}" if not math.isfinite(loss)
+              else "parameters are not finite")
+      raise FloatingPointError(
+          f"sft: after epoch {epoch + 1} the policy's {what}; it is not exported. Lower "
+          f"sft.learning_rate (now {sft.learning_rate}) or check the data.")
     best = meta["best_validation_loss"]
     if best is None or loss < best:
       meta["best_validation_loss"] = loss
@@ -132,11 +143,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   bar.close()
   manager.wait_until_finished()
   writer.close()
-  best_model = ws.stage_model_dir("sft_best")
-  if multihost.is_primary():
-    shutil.rmtree(final_dir, ignore_errors=True)
-    shutil.copytree(best_model, final_dir)
-  multihost.barrier("sft export")
+  ws.copy_stage_model("sft_best", "sft")
   print(f"sft: best policy (validation loss {meta['best_validation_loss']:.4f}) at {final_dir}",
         flush=True)
   return final_dir

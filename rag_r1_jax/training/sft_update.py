@@ -93,6 +93,17 @@ def _eval_sums(state: TrainState, batch: Batch, chunk: int) -> tuple[jax.Array, 
   return nll_sums(state.params, batch, state.graphdef, chunk)
 
 
+@jax.jit
+def _params_finite(params: nnx.State) -> jax.Array:
+  return opt_lib.all_finite(jnp.zeros((), jnp.float32), params)
+
+
+def params_finite(state: TrainState) -> bool:
+  """Whether every parameter of the policy is finite."""
+  with jax.set_mesh(_mesh(state)):
+    return bool(multihost.fetch(_params_finite(state.params)))
+
+
 def _mesh(state: TrainState):
   return jax.tree.leaves(state.params)[0].sharding.mesh
 
