@@ -13,7 +13,7 @@ import os
 from typing import Iterable, Iterator
 
 from rag_r1_jax import assets
-from rag_r1_jax.retrieval.base import Document, parse_contents
+from rag_r1_jax.retrieval.base import Document, clean_text, parse_contents
 
 _MAX_LISTED_BAD_ROWS = 20
 
@@ -57,8 +57,8 @@ def parse_row(line: bytes | str, path: str, line_no: int) -> Document | BadRow:
   contents = row.get("contents")
   if not isinstance(contents, str) or not contents.strip():
     return BadRow(path, line_no, "missing or empty 'contents'")
-  title, text = parse_contents(contents)
-  return Document(id=str(doc_id), title=title, text=text)
+  title, text = parse_contents(clean_text(contents))  # a lone surrogate: no tokenizer takes it
+  return Document(id=clean_text(str(doc_id)), title=title, text=text)
 
 
 class CorpusScan:

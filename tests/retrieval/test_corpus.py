@@ -29,6 +29,14 @@ def test_read_corpus_parses_titles_and_ids(tmp_path):
   assert docs[0].contents == '"Alpha"\nFirst letter.'
 
 
+def test_lone_surrogates_in_a_corpus_become_replacement_characters(tmp_path):
+  row = '{"id": "x\\ud800", "contents": "\\"T\\udc00\\"\\nbad \\ud83d!"}'  # JSON escapes
+  path = _write(tmp_path / "c.jsonl", [row])
+  [doc] = corpus.read_corpus(path)
+  assert (doc.id, doc.title, doc.text) == ("x\ufffd", "T\ufffd", "bad \ufffd!")
+  doc.contents.encode("utf-8")
+
+
 def test_bad_rows_are_raised_with_file_and_line(tmp_path):
   lines = [GOOD[0], "{not json", json.dumps({"contents": "x"}), json.dumps({"id": "z",
            "contents": "  "}), json.dumps([1, 2]), GOOD[1]]
