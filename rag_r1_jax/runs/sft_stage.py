@@ -60,8 +60,10 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
            if config.sft.world_draws else "")
   if config.sft.number_draws:
     draws += f" and the number questions of {config.sft.number_draws} more"
+  misses = ws.retriever.stats.empty
+  misses = f"; {misses} searches found no document" if misses else ""
   print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
-        f"(the rest lost a fact in retrieval)", flush=True)
+        f"(the rest lost a fact in retrieval{misses})", flush=True)
   if config.sft.copy_drills:
     kept += teacher.copy_drills(ws.world, config.sft.copy_drills, config.seed)
     print(f"sft: + {config.sft.copy_drills} copy drills", flush=True)
