@@ -106,7 +106,7 @@ def http_response(status: int, body: bytes, keep_alive: bool) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Head:
+class RequestHead:
   """A parsed request line and headers (header names lower-cased)."""
   method: str
   path: str
@@ -114,7 +114,7 @@ class _Head:
   headers: dict[str, str]
 
 
-def parse_head(head: bytes) -> _Head:
+def parse_head(head: bytes) -> RequestHead:
   """The request line and headers of `head` (ending in a blank line); raises RequestError."""
   lines = head.decode("latin-1").split("\r\n")
   parts = lines[0].split()
@@ -132,10 +132,10 @@ def parse_head(head: bytes) -> _Head:
       raise RequestError(400, f"conflicting '{name}' headers")
     headers[name] = value
   path = parts[1].split("?", 1)[0].rstrip("/")
-  return _Head(parts[0], path, parts[2], headers)
+  return RequestHead(parts[0], path, parts[2], headers)
 
 
-def body_length(head: _Head, limits: ServerLimits) -> int:
+def body_length(head: RequestHead, limits: ServerLimits) -> int:
   """The declared body length of a request; raises RequestError (411, 400, 413)."""
   if "transfer-encoding" in head.headers:
     raise RequestError(411, "a Content-Length header is required (chunked bodies are not "
