@@ -206,11 +206,11 @@ def test_connections_beyond_the_limit_are_refused_with_503():
   limits = dataclasses.replace(LIMITS, max_connections=4)
   with RetrievalServer(ExactRetriever(DOCS), limits=limits) as server:
     held = [_raw(server, b"POST /retrieve HTTP/1.1\r\n") for _ in range(4)]
-    _wait_for(lambda: requests_open(server) == 4)
+    _wait_for(lambda: _open_connections(server) == 4)
     extra = _read_all(_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
     assert extra.startswith(b"HTTP/1.1 503 ") and b"4 open connections, its limit" in extra
     held.pop().close()
-    _wait_for(lambda: requests_open(server) == 3)
+    _wait_for(lambda: _open_connections(server) == 3)
     client = RemoteRetriever(server.url, timeout_s=5, max_retries=0)
     assert [d.id for d in client.retrieve(["Rome"], 1)[0]] == ["3"]
     assert server.counters["refused"] == 1
@@ -218,7 +218,7 @@ def test_connections_beyond_the_limit_are_refused_with_503():
       sock.close()
 
 
-def requests_open(server) -> int:
+def _open_connections(server) -> int:
   return server.health()["server"]["connections"]
 
 
@@ -245,7 +245,7 @@ def test_load_stalled_connections_and_normal_traffic():
               b""][i % 3]
       stalled.append(_raw(server, data, timeout=timeout_s + 20))
     opened = time.monotonic()
-    _wait_for(lambda: requests_open(server) == 100)
+    _wait_for(lambda: _open_connections(server) == 100)
 
     latencies, errors = [], []
 
@@ -266,7 +266,7 @@ def test_load_stalled_connections_and_normal_traffic():
     for t in threads:
       t.join()
     traffic_s = time.monotonic() - opened
-    still_open = requests_open(server)
+    still_open = _open_connections(server)
     assert errors == [] and len(latencies) == 200
     assert traffic_s < timeout_s and still_open >= 100  # the traffic ran while all stalled
 
@@ -278,7 +278,7 @@ def test_load_stalled_connections_and_normal_traffic():
       else:
         assert reply in (b"",) or reply.startswith(b"HTTP/1.1 408 ")
     assert timeout_s - 0.5 < dropped_s < timeout_s + 10
-    _wait_for(lambda: requests_open(server) == 0)
+    _wait_for(lambda: _open_connections(server) == 0)
     assert server.counters["timed_out"] >= 66
     for sock in stalled:
       sock.close()
