@@ -32,8 +32,10 @@ def group_normalize(rewards: jax.Array, group_ids: jax.Array, mode: str = "grpo"
 
   rewards: [batch] float; group_ids: [batch] int, equal ids share a prompt.
   The std is the unbiased (n-1) sample std, as veRL's GRPO uses. A group of one sample has
-  no baseline and gets advantage 0. Dr. GRPO ('dr_grpo') only centres, removing the
-  question-level difficulty bias that the std division introduces.
+  no baseline and gets advantage 0 (veRL instead gives it its raw reward / (1 + eps), mean 0
+  and std 1, so a lone sample is pushed up by its whole reward). Dr. GRPO ('dr_grpo') only
+  centres, removing the question-level difficulty bias that the std division introduces
+  (veRL's norm_adv_by_std_in_grpo=False).
   """
   if mode not in ADVANTAGE_MODES:
     raise ValueError(f"rl.advantage={mode!r} must be one of {ADVANTAGE_MODES}")
@@ -87,11 +89,13 @@ def token_rewards(rewards: jax.Array, loss_mask: jax.Array) -> jax.Array:
 
 
 def kl_penalized_rewards(token_reward: jax.Array, logprobs: jax.Array,
-                         ref_logprobs: jax.Array, loss_mask: jax.Array, kl_coef: float,
-                         estimator: str = "k1") -> jax.Array:
+                         ref_logprobs: jax.Array, loss_mask: jax.Array,
+                         kl_coef: float | jax.Array, estimator: str = "k1") -> jax.Array:
   """Token rewards [batch, seq] minus kl_coef * KL(policy || reference) on generated tokens.
 
   PPO puts the KL in the reward (GRPO puts it in the loss instead; see losses.grpo_loss).
+  kl_coef may be a traced scalar (the adaptive controller's, rl/kl_control.py); estimator is
+  rl.kl_reward_estimator (veRL's algorithm.kl_penalty).
   """
   kl = losses.kl_penalty(logprobs, ref_logprobs, estimator)  # [batch, seq]
   return token_reward - kl_coef * kl * loss_mask.astype(jnp.float32)
@@ -137,14 +141,16 @@ def whiten(x: jax.Array, loss_mask: jax.Array, shift_mean: bool = True,
            eps: float = 1e-8) -> jax.Array:
   """x [batch, seq] normalised to zero mean / unit variance over masked positions; 0 elsewhere.
 
-  Uses the population variance over all masked tokens of the batch. With shift_mean=False the
-  mean is added back (only the scale changes).
+  Uses the unbiased variance (n - 1) over all n masked tokens of the batch, as veRL's
+  masked_whiten. With one masked token (veRL raises) the variance is taken as 0, so the token
+  gets (x - mean) / sqrt(eps) = 0; with none everything is 0. With shift_mean=False the mean
+  is added back (only the scale changes).
   """
   mask = loss_mask.astype(jnp.float32)
   x = x.astype(jnp.float32)
-  count = jnp.maximum(mask.sum(), 1.0)
-  mean = (x * mask).sum() / count
-  var = (((x - mean) ** 2) * mask).sum() / count
+  count = mask.sum()
+  mean = (x * mask).sum() / jnp.maximum(count, 1.0)
+  var = (((x - mean) ** 2) * mask).sum() / jnp.maximum(count - 1.0, 1.0)
   out = (x - mean) * jax.lax.rsqrt(var + eps)
   if not shift_mean:
     out = out + mean

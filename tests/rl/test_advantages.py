@@ -124,12 +124,39 @@ def test_whiten_masked():
                 [5.0, 6.0, 7.0, 8.0, -50.0, -50.0]], np.float32)
   picked = [x[b, t] for b in range(2) for t in range(6) if MASK[b, t]]
   mean = sum(picked) / len(picked)
-  var = sum((p - mean) ** 2 for p in picked) / len(picked)
+  var = sum((p - mean) ** 2 for p in picked) / (len(picked) - 1)  # unbiased, as veRL's
   expected = (x - mean) / np.sqrt(var + 1e-8) * MASK
   got = jax.jit(adv_lib.whiten)(x, MASK)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  # The 8 picked values 1..8: mean 4.5, unbiased variance 6 (population 5.25).
+  np.testing.assert_allclose(got[0, 0], (1 - 4.5) / np.sqrt(6 + 1e-8), rtol=1e-6)
   kept = adv_lib.whiten(x, MASK, shift_mean=False)
   np.testing.assert_allclose(kept, (expected + mean) * MASK, rtol=1e-5)
+
+
+def test_whiten_one_token_and_all_masked():
+  x = np.array([[3.0, 9.0], [4.0, 5.0]], np.float32)
+  one = np.array([[0, 1], [0, 0]], np.float32)
+  np.testing.assert_array_equal(adv_lib.whiten(x, one), np.zeros((2, 2)))
+  np.testing.assert_array_equal(adv_lib.whiten(x, np.zeros((2, 2))), np.zeros((2, 2)))
+  np.testing.assert_allclose(adv_lib.whiten(x, one, shift_mean=False), [[0, 9.0], [0, 0]])
+  # Two tokens 3 and 5: mean 4, unbiased variance 2.
+  two = np.array([[1, 0], [0, 1]], np.float32)
+  np.testing.assert_allclose(adv_lib.whiten(x, two), [[-1 / np.sqrt(2), 0], [0, 1 / np.sqrt(2)]],
+                             rtol=1e-6)
+
+
+def test_one_sample_group_gets_zero_advantage():
+  rewards = jnp.array([1.0, 0.0, 1.0])
+  ids = jnp.array([0, 0, 5])  # group 5 holds one sample
+  for mode in ("grpo", "dr_grpo"):
+    got = adv_lib.group_normalize(rewards, ids, mode)
+    assert float(got[2]) == 0.0
+  a = 0.5 / (np.sqrt(0.5) + 1e-6)
+  np.testing.assert_allclose(adv_lib.group_normalize(rewards, ids, "grpo")[:2], [a, -a],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(adv_lib.grpo_advantages(jnp.array([1.0]), jnp.ones((1, 3)),
+                                                        group_size=1), np.zeros((1, 3)))
 
 
 def test_kl_penalized_rewards():
@@ -142,6 +169,12 @@ def test_kl_penalized_rewards():
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   np.testing.assert_allclose(
       got, token_reward - 0.1 * np.asarray(losses.kl_penalty(logp, ref, "k1")) * MASK)
+  # A traced coefficient (the adaptive controller's) and another estimator: k2 at token 0 is
+  # (log 2)^2 / 2.
+  k2 = jax.jit(lambda c: adv_lib.kl_penalized_rewards(token_reward, logp, ref, MASK, c, "k2"))(
+      jnp.float32(0.5))
+  np.testing.assert_allclose(k2[0, 0], -0.5 * 0.5 * np.log(2) ** 2, rtol=1e-5)
+  assert k2[0, 2] == 0.0  # retrieved token
 
 
 def test_jittable_with_traced_group_ids():

@@ -201,3 +201,144 @@ def test_ppo_actor_loss():
                              rtol=1e-5)
   with pytest.raises(AssertionError):
     losses.ppo_actor_loss(LOGP, OLD, ADV, MASK, clip_low=0.2, clip_high=0.2, entropy_coef=0.1)
+
+
+def test_k3_is_clamped_to_ten_with_zero_gradient_beyond():
+  # diff = logp - ref: -5 gives e^5 - 6 = 142.4 (clamped to 10), 30 gives e^-20 + 19 (clamped),
+  # 1 gives e^-1 = .368, -2 gives e^2 - 3 = 4.389 (both inside).
+  diff = np.array([[-5.0, 30.0, 1.0, -2.0]], np.float32)
+  ref = np.zeros_like(diff)
+  got = losses.kl_penalty(diff, ref, "k3")
+  np.testing.assert_allclose(got, [[10.0, 10.0, math.exp(-1), math.exp(2) - 3]], rtol=1e-6)
+  # d k3 / d logp = 1 - exp(ref - logp) inside the clamp, 0 where it is active.
+  grad = jax.grad(lambda lp: losses.kl_penalty(lp, ref, "k3").sum())(diff)
+  np.testing.assert_allclose(grad, [[0.0, 0.0, 1 - math.exp(-1), 1 - math.exp(2)]], rtol=1e-6)
+  # k1 and k2 are not clamped.
+  np.testing.assert_allclose(losses.kl_penalty(diff, ref, "k1"), diff)
+  np.testing.assert_allclose(losses.kl_penalty(diff, ref, "k2"), 0.5 * diff ** 2)
+
+
+def _dual_clip_case():
+  # ratios 5, 2, 5, .5 with advantages -1, -1, 1, -2.
+  logp = np.log(np.array([[5.0, 2.0, 5.0, 0.5]], np.float32))
+  return logp, np.zeros((1, 4), np.float32), np.array([[-1.0, -1.0, 1.0, -2.0]], np.float32)
+
+
+def test_dual_clip_caps_negative_advantage_tokens():
+  logp, old, adv = _dual_clip_case()
+  mask = np.ones((1, 4), np.float32)
+  # Per token: min(max(5, 1.2), 3) = 3; max(2, 1.2) = 2 (under the cap); max(-5, -1.2) = -1.2
+  # (A > 0: no cap); max(1, 1.6) = 1.6 (under the cap 6).
+  loss, m = losses.policy_loss(logp, old, adv, mask, 0.2, 0.2, clip_ratio_c=3.0)
+  assert float(loss) == pytest.approx((3 + 2 - 1.2 + 1.6) / 4, rel=1e-6)
+  assert float(m["dual_clip_fraction"]) == 0.25 and float(m["clip_fraction"]) == 0.5
+  off, m_off = losses.policy_loss(logp, old, adv, mask, 0.2, 0.2)  # clip_ratio_c 0: off
+  assert float(off) == pytest.approx((5 + 2 - 1.2 + 1.6) / 4, rel=1e-6)
+  assert float(m_off["dual_clip_fraction"]) == 0.0
+  # Only token 1 is unclipped: gradient -A * ratio / 4 = 0.5; the capped token passes none.
+  grad = jax.grad(lambda lp: losses.policy_loss(lp, old, adv, mask, 0.2, 0.2,
+                                                clip_ratio_c=3.0)[0])(logp)
+  np.testing.assert_allclose(grad, [[0.0, 0.5, 0.0, 0.0]], atol=1e-6)
+  # All masked: nothing to average.
+  empty, m_empty = losses.policy_loss(logp, old, adv, 0 * mask, 0.2, 0.2, clip_ratio_c=3.0)
+  assert float(empty) == 0.0 and float(m_empty["dual_clip_fraction"]) == 0.0
+
+
+X = np.arange(12, dtype=np.float32).reshape(2, 6)  # row 0 keeps 0, 1, 4, 5; row 1 6, 7, 8, 9
+
+
+@pytest.mark.parametrize("mode,two_rows,one_row", [
+    ("token_mean", 40 / 8, 10 / 4),
+    ("token_sum", 40.0, 10.0),
+    ("seq_mean_token_mean", (10 / 4 + 30 / 4) / 2, 10 / 4),
+    ("seq_mean_token_sum", (10 + 30) / 2, 10.0),
+    ("seq_sum_norm", 40 / (2 * 6), 10 / 6),
+])
+def test_aggregations_empty_rows_all_masked_and_one_row(mode, two_rows, one_row):
+  agg = functools.partial(losses.aggregate, mode=mode)
+  assert float(agg(X, MASK)) == pytest.approx(two_rows, rel=1e-6)
+  # An empty third row (a response with no generated token) changes no mode's value.
+  x3 = np.concatenate([X, np.full((1, 6), 7.0, np.float32)])
+  mask3 = np.concatenate([MASK, np.zeros((1, 6), np.float32)])
+  assert float(agg(x3, mask3)) == pytest.approx(two_rows, rel=1e-6)
+  assert float(agg(X, np.zeros_like(MASK))) == 0.0
+  assert float(agg(X[:1], MASK[:1])) == pytest.approx(one_row, rel=1e-6)
+
+
+def test_microbatch_weights_recombine_the_minibatch_aggregate():
+  # Microbatch 0: MASK (8 tokens, 2 rows with tokens); microbatch 1: one token, one empty row.
+  m1 = np.array([[1, 0, 0, 0, 0, 0], [0] * 6], np.float32)
+  x1 = np.full((2, 6), 3.0, np.float32)
+  expect = {"token_mean": ([8 / 9, 1 / 9], [8 / 9, 1 / 9]),
+            "token_sum": ([1.0, 1.0], [8 / 9, 1 / 9]),
+            "seq_mean_token_mean": ([2 / 3, 1 / 3], [2 / 3, 1 / 3]),
+            "seq_mean_token_sum": ([2 / 3, 1 / 3], [2 / 3, 1 / 3]),
+            "seq_sum_norm": ([2 / 3, 1 / 3], [2 / 3, 1 / 3])}
+  for mode, (loss_w, metric_w) in expect.items():
+    got_loss, got_metric = losses.microbatch_weights([MASK, m1], mode)
+    np.testing.assert_allclose(got_loss, loss_w, rtol=1e-6)
+    np.testing.assert_allclose(got_metric, metric_w, rtol=1e-6)
+    parts = [losses.aggregate(X, MASK, mode), losses.aggregate(x1, m1, mode)]
+    whole = losses.aggregate(np.concatenate([X, x1]), np.concatenate([MASK, m1]), mode)
+    assert float(np.dot(got_loss, parts)) == pytest.approx(float(whole), rel=1e-6), mode
+    np.testing.assert_allclose(losses.microbatch_weights([MASK, m1], mode, "mean")[0], [.5, .5])
+  zero = np.zeros_like(MASK)
+  np.testing.assert_allclose(losses.microbatch_weights([zero, zero], "token_mean")[1], [.5, .5])
+  np.testing.assert_allclose(losses.microbatch_weights([MASK], "token_sum")[0], [1.0])
+
+
+def test_gspo_uses_the_sequence_ratio_with_a_token_gradient():
+  lo, hi, adv = 0.01, 0.3, -ADV
+  expected, grad = np.zeros((2, 6)), np.zeros((2, 6))
+  for b in range(2):
+    kept = _generated(b)
+    s = math.exp(sum(float(LOGP[b, t]) - float(OLD[b, t]) for t in kept) / len(kept))
+    for t in kept:
+      unclipped, clipped = -adv[b, t] * s, -adv[b, t] * min(max(s, 1 - lo), 1 + hi)
+      expected[b, t] = max(unclipped, clipped)
+      grad[b, t] = -adv[b, t] * s / 8 if unclipped >= clipped else 0.0
+  # Row 0: s = (1.25 x .5 x 1 x 1.5)^(1/4) = .984 < 1 - lo with A < 0: clipped, no gradient.
+  # Row 1: s = (.5 x 1.4 x 1 x 2.5)^(1/4) = 1.150 < 1 + hi with A > 0: unclipped.
+  fn = functools.partial(losses.gspo_policy_loss, clip_low=lo, clip_high=hi)
+  loss, m = fn(LOGP, OLD, adv, MASK)
+  np.testing.assert_allclose(loss, _hand_aggregate(expected, "token_mean"), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(lambda lp: fn(lp, OLD, adv, MASK)[0])(LOGP), grad,
+                             rtol=1e-5, atol=1e-7)
+  assert float(m["clip_fraction"]) == pytest.approx(0.5)  # row 0's 4 of the 8 tokens
+  assert float(m["ratio_max"]) == pytest.approx(1.75 ** 0.25, rel=1e-5)
+  # At the start of a step every sequence ratio is 1, so GSPO's gradient is the vanilla one.
+  g_gspo = jax.grad(lambda lp: fn(lp, OLD, adv, MASK)[0])(OLD)
+  g_vanilla = jax.grad(lambda lp: losses.policy_loss(lp, OLD, adv, MASK, lo, hi)[0])(OLD)
+  np.testing.assert_allclose(g_gspo, g_vanilla, rtol=1e-6)
+  # One sample, and all masked.
+  one, _ = fn(LOGP[:1], OLD[:1], adv[:1], MASK[:1])
+  np.testing.assert_allclose(one, expected[0].sum() / 4, rtol=1e-5)
+  assert float(fn(LOGP, OLD, ADV, 0 * MASK)[0]) == 0.0
+  via_grpo, _ = losses.grpo_loss(LOGP, OLD, OLD, adv, MASK, clip_low=lo, clip_high=hi,
+                                 kl_coef=0.0, policy_loss_mode="gspo")
+  np.testing.assert_allclose(via_grpo, loss)
+  with pytest.raises(ValueError, match="rl.policy_loss"):
+    losses.grpo_loss(LOGP, OLD, OLD, adv, MASK, clip_low=lo, clip_high=hi, kl_coef=0.0,
+                     policy_loss_mode="cispo")
+
+
+def test_rollout_is_weights_truncate_token_and_sequence_ratios():
+  # Trainer/sampler ratios: row 0 [2, .5, 3 (masked out)], row 1 [4, 1, 1], row 2 empty.
+  old = np.log(np.array([[0.5, 0.2, 0.9], [0.8, 0.3, 0.3], [0.5, 0.5, 0.5]], np.float32))
+  rollout = np.log(np.array([[0.25, 0.4, 0.3], [0.2, 0.3, 0.3], [0.1, 0.1, 0.1]], np.float32))
+  mask = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 0]], np.float32)
+  w, m = losses.rollout_is_weights(old, rollout, mask, "token", 2.5)
+  np.testing.assert_allclose(w, [[2, 0.5, 0], [2.5, 1, 1], [0, 0, 0]], rtol=1e-5)
+  assert float(m["rollout_is_mean"]) == pytest.approx(7 / 5, rel=1e-5)
+  assert float(m["rollout_is_clip_fraction"]) == pytest.approx(1 / 5)
+  w, m = losses.rollout_is_weights(old, rollout, mask, "sequence", 2.5)
+  # Row 0: 2 x .5 = 1; row 1: 4 x 1 x 1 = 4, truncated to 2.5.
+  np.testing.assert_allclose(w, [[1, 1, 0], [2.5, 2.5, 2.5], [0, 0, 0]], rtol=1e-5)
+  assert float(m["rollout_is_clip_fraction"]) == pytest.approx(3 / 5)
+  # The weights scale each token's policy loss and carry no gradient themselves.
+  adv = np.ones((3, 3), np.float32)
+  loss, _ = losses.policy_loss(old, old, adv, mask, is_weights=w)
+  assert float(loss) == pytest.approx(-(1 + 1 + 2.5 * 3) / 5, rel=1e-5)
+  assert float(losses.rollout_is_weights(old, rollout, 0 * mask, "token", 2.0)[0].sum()) == 0
+  with pytest.raises(ValueError, match="rl.rollout_is"):
+    losses.rollout_is_weights(old, rollout, mask, "geometric", 2.0)
