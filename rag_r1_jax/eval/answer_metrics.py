@@ -1,4 +1,5 @@
-"""Answer scoring: SQuAD-style normalisation, exact match, token F1, cover-EM, answer extraction.
+"""Answer scoring: SQuAD-style normalisation, exact match, token F1, cover-EM, Search-R1's
+substring EM, answer extraction.
 
 This module is the single source of scoring for rewards (`rl/rewards.py`) and evaluation
 (`eval/summarize.py`). Every metric takes `prediction: str | None` (None, i.e. no answer,
@@ -89,16 +90,33 @@ def cover_exact_match(prediction: Optional[str], golds: Golds) -> float:
   return 0.0
 
 
+def sub_exact_match(prediction: Optional[str], golds: Golds) -> float:
+  """Search-R1's subEM: 1.0 if some normalised gold is a substring of the normalised prediction.
+
+  Characters, not tokens (cf. cover_exact_match): gold "199" matches "in 1990", and a gold
+  that normalises to nothing (e.g. "The") matches every prediction, as Search-R1's
+  `subem_check` does; kept so that rewards and scores compare like for like.
+  """
+  if prediction is None:
+    return 0.0
+  pred = normalize_answer(prediction)
+  return float(any(normalize_answer(g) in pred for g in _as_list(golds)))
+
+
 def extract_last_answer(response_text: str) -> Optional[str]:
   """Content (stripped) of the last complete <answer>...</answer> in a RESPONSE, else None.
 
   Pass the model's response only, never the prompt: the paper's prompt carries the example
   "<answer> Beijing </answer>", which Search-R1's extractor scores when the response has no
   answer. Text inside <information> blocks (retrieved documents, not the model's words) is
-  ignored, as is an unclosed trailing <answer>. With nested or repeated open tags the content
-  starts after the last <answer> before the last </answer>.
+  ignored, as is an unclosed trailing <answer>. The pair is the last <answer> before the last
+  </answer> and the FIRST </answer> after it: "<answer>London</answer> blah </answer>" gives
+  "London" (as Search-R1's non-greedy regex), and with nested or repeated open tags the content
+  starts after the last <answer>.
   """
   text = _INFORMATION_BLOCK.sub(" ", response_text)
   span = search_call.last_complete_pair(text, search_call.ANSWER_OPEN,
                                         search_call.ANSWER_CLOSE)
-  return None if span is None else text[span[1]:span[2]].strip()
+  if span is None:
+    return None
+  return text[span[1]:text.index(search_call.ANSWER_CLOSE, span[1])].strip()

@@ -4,6 +4,15 @@ Host-side, plain Python over decoded response text (the model's output with the 
 <information> blocks, never the prompt). The paper's reward is 'em' with no format term
 (config `rl.reward`, `rl.format_reward`). The reward is a per-trajectory scalar; placing it on
 the final response token is the caller's job.
+
+Where these differ from Search-R1's `qa_em.py` on purpose:
+  - the answer is read from the response only: Search-R1 scores the prompt's example answer
+    ("<answer> Beijing </answer>") of a response that gives none; here such a response scores 0;
+  - 'cover_em' matches a gold as whole tokens of the prediction ("1990" covers "in 1990", "199"
+    does not); 'sub_em' is Search-R1's subEM, a character substring ("199" matches "in 1990",
+    and a gold that normalises to "" matches anything), for like-for-like comparisons.
+Both take the last complete <answer>...</answer> pair, the first </answer> after its opening
+tag closing it (answer_metrics.extract_last_answer).
 """
 
 import re
@@ -15,10 +24,12 @@ from rag_r1_jax.eval import answer_metrics
 
 RewardFn = Callable[[str, Sequence[str]], float]
 
-_METRICS = {
+# Answer metrics by `rl.reward` name: (prediction or None, golds) -> score.
+METRICS = {
     "em": answer_metrics.exact_match,
     "f1": answer_metrics.f1,
     "cover_em": answer_metrics.cover_exact_match,
+    "sub_em": answer_metrics.sub_exact_match,
 }
 _TAG = re.compile(r"<(/?)(think|search|information|answer)>")
 _TAG_LETTER = {"think": "T", "search": "S", "information": "I", "answer": "A"}
@@ -34,7 +45,7 @@ def _metric_reward(metric: Callable) -> RewardFn:
   return reward
 
 
-REWARDS: dict[str, RewardFn] = {name: _metric_reward(m) for name, m in _METRICS.items()}
+REWARDS: dict[str, RewardFn] = {name: _metric_reward(m) for name, m in METRICS.items()}
 
 
 def get_reward_fn(name: str) -> RewardFn:

@@ -29,7 +29,7 @@ def test_exact_match_articles_punctuation_and_several_golds():
 
 
 def test_no_answer_scores_zero_everywhere():
-  for metric in (am.exact_match, am.f1, am.cover_exact_match):
+  for metric in (am.exact_match, am.f1, am.cover_exact_match, am.sub_exact_match):
     assert metric(None, ["Paris"]) == 0.0
   assert am.exact_match("", ["Paris"]) == 0.0
   assert am.f1("", ["Paris"]) == 0.0
@@ -53,6 +53,22 @@ def test_cover_exact_match_whole_token_spans():
   assert am.cover_exact_match("york new yankees", ["New York"]) == 0.0
   assert am.cover_exact_match("anything", ["The"]) == 0.0
   assert am.cover_exact_match("Paris", ["London", "paris!"]) == 1.0
+
+
+def test_sub_exact_match_is_search_r1_character_substring():
+  assert am.sub_exact_match("He was born in 1990.", ["199"]) == 1.0  # cover-EM: 0
+  assert am.sub_exact_match("He was born in 1990 in Paris.", ["1990"]) == 1.0
+  assert am.sub_exact_match("the new york yankees won", ["New York Yankees"]) == 1.0
+  assert am.sub_exact_match("york new yankees", ["New York"]) == 0.0
+  assert am.sub_exact_match("Parisian", ["paris!"]) == 1.0
+  assert am.sub_exact_match("anything", ["The"]) == 1.0  # "" is in every string (Search-R1)
+  assert am.sub_exact_match("", ["Paris"]) == 0.0
+
+
+def test_extract_last_answer_closes_at_the_first_close_tag():
+  assert am.extract_last_answer("<answer>London</answer> blah </answer>") == "London"
+  assert am.extract_last_answer("<answer>a</answer> x </answer> <answer> b </answer>") == "b"
+  assert am.extract_last_answer("<answer>a</answer></answer></answer>") == "a"
 
 
 def test_extract_last_answer_takes_last_complete_block():
