@@ -1,9 +1,12 @@
-"""tensorflow-datasets builders for the QA benchmarks, the RL questions and the SFT data.
+"""tensorflow-datasets builders for QA data (benchmarks, RL questions) and the SFT data.
 
 Written as array_record and read back with `builder.as_data_source(split)`: random access and
-no tensorflow. Nothing downloads: the builders read local files, in the FlashRAG layout
-`<data_dir>/<name>/{train,dev,test}.jsonl` (SFT: `.json` or `.jsonl`), or the files named in
-the config. Prepared data goes under `tfds_dir` (default: tfds's own, ~/tensorflow_datasets
+no tensorflow. Nothing downloads: the builders read local files. A QA dataset is named by a
+spec (`resolve_spec`): a name, read in the FlashRAG layout `<data_dir>/<name>/{train,dev,test}`
+with extension .jsonl, .json or .parquet (source_files.py reads each); a directory path, read
+the same way (Search-R1's `data/nq_search/{train,test}.parquet`); or one file, which serves
+every split asked of it. SFT files are `.json` or `.jsonl` under `<data_dir>/sft/` or the files
+named in the config. Prepared data goes under `tfds_dir` (default: tfds's own, ~/tensorflow_datasets
 or $TFDS_DATA_DIR). The config name carries a hash of the source files, so an edited file is
 prepared afresh instead of read stale. Callers use `load_split`; the classes serve `tfds build`
 (`--manual_dir=<data_dir>`, config = dataset name) too.
@@ -13,6 +16,7 @@ import collections.abc
 import dataclasses
 import hashlib
 import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from rag_r1_jax.data import source_files
 
+# FlashRAG's benchmark names; any other name works the same way.
 BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 RL_DATA = "rl"  # RAG-R1's RL questions: the same row format as the benchmarks.
 SFT_DATA = "sft"
@@ -27,7 +32,8 @@ QA_DATASETS = BENCHMARKS + (RL_DATA,)
 DATASETS = QA_DATASETS + (SFT_DATA,)
 SPLITS = ("train", "dev", "test")
 _MANUAL = ("Put FlashRAG-layout files at <manual_dir>/<dataset>/{train,dev,test}.jsonl "
-           "(sft: .json or .jsonl alpaca rows).")
+           "(or .json / Search-R1 .parquet; sft: .json or .jsonl alpaca rows).")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclasses.dataclass
@@ -59,7 +65,13 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 
 class RagR1Qa(_LocalFilesBuilder):
-  """QA rows {id, question, golden_answers} of one benchmark or the RL question set."""
+  """QA rows {id, question, golden_answers, data_source, extra_info} of one dataset.
+
+  data_source: the row's own (Search-R1 mixes several in one file), else the dataset's name.
+  extra_info: the row's `extra_info` as JSON text, '' when it has none.
+  """
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "data_source and extra_info; .json and .parquet sources."}
   BUILDER_CONFIGS = [SourceConfig(name=n, dataset=n) for n in QA_DATASETS]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -69,10 +81,13 @@ class RagR1Qa(_LocalFilesBuilder):
             "id": tfds.features.Text(),
             "question": tfds.features.Text(),
             "golden_answers": tfds.features.Sequence(tfds.features.Text()),
+            "data_source": tfds.features.Text(),
+            "extra_info": tfds.features.Text(),
         }))
 
   def _generate_examples(self, path: str, split: str):
-    for i, row in enumerate(source_files.read_qa_jsonl(path, split)):
+    source = self.builder_config.dataset or self.builder_config.name
+    for i, row in enumerate(source_files.read_qa_rows(path, split, source)):
       yield i, row
 
 
@@ -92,23 +107,75 @@ class RagR1Sft(_LocalFilesBuilder):
       yield i, row
 
 
-def find_source_files(name: str, data_dir: str) -> dict[str, str]:
-  """{split: path} of the files present for dataset `name` under `data_dir` (FlashRAG layout)."""
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
-  extensions = (".json", ".jsonl") if name == SFT_DATA else (".jsonl",)
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Where one configured QA dataset's files are.
+
+  name: the dataset's name (the default data_source of its rows).
+  files: {split: path}; with `single_file`, the one file serves every split.
+  """
+  name: str
+  files: dict
+  single_file: bool = False
+
+  def split_path(self, split: str) -> Optional[str]:
+    """The file of `split`, or None if the dataset has none."""
+    if self.single_file:
+      return next(iter(self.files.values()))
+    return self.files.get(split)
+
+
+def _is_path(spec: str) -> bool:
+  return "/" in spec or os.sep in spec or spec.endswith(source_files.QA_EXTENSIONS)
+
+
+def resolve_spec(spec: str, data_dir: str) -> DatasetSpec:
+  """The files of a dataset spec: a name under data_dir, a directory, or one file.
+
+  A file named after a split (Search-R1's train.parquet) takes its directory's name.
+  """
+  spec = os.path.expanduser(spec.strip())
+  if not spec:
+    raise ValueError("empty dataset name")
+  if not _is_path(spec):
+    return DatasetSpec(spec, find_source_files(spec, data_dir))
+  if os.path.isdir(spec):
+    name = os.path.basename(os.path.normpath(spec))
+    return DatasetSpec(name, _files_in(spec, name, _extensions(name), f"the directory {spec}"))
+  if not os.path.isfile(spec):
+    raise FileNotFoundError(f"dataset file {spec} does not exist")
+  if not spec.endswith(source_files.QA_EXTENSIONS):
+    raise ValueError(f"dataset file {spec}: expected one of {source_files.QA_EXTENSIONS}")
+  stem = os.path.splitext(os.path.basename(spec))[0]
+  name = os.path.basename(os.path.dirname(os.path.abspath(spec))) if stem in SPLITS else stem
+  return DatasetSpec(name, {stem if stem in SPLITS else "train": spec}, single_file=True)
+
+
+def _extensions(name: str) -> tuple[str, ...]:
+  return (".json", ".jsonl") if name == SFT_DATA else source_files.QA_EXTENSIONS
+
+
+def _files_in(directory: str, name: str, extensions: tuple[str, ...], where: str
+              ) -> dict[str, str]:
   found = {}
   for split in SPLITS:
-    for ext in extensions:
-      path = os.path.join(data_dir, name, split + ext)
-      if os.path.isfile(path):
-        found[split] = path
-        break
+    present = [split + ext for ext in extensions
+               if os.path.isfile(os.path.join(directory, split + ext))]
+    if len(present) > 1:
+      raise ValueError(f"{name}: both {' and '.join(present)} under {directory}; keep one")
+    if present:
+      found[split] = os.path.join(directory, present[0])
   if not found:
     raise FileNotFoundError(
-        f"no {name} files under {os.path.join(data_dir, name)}: expected "
-        f"{{{','.join(SPLITS)}}}{'|'.join(extensions)} (config data.dir={data_dir!r})")
+        f"no {name} files under {directory}: expected "
+        f"{{{','.join(SPLITS)}}}{{{','.join(extensions)}}} ({where})")
   return found
+
+
+def find_source_files(name: str, data_dir: str) -> dict[str, str]:
+  """{split: path} of the files present for dataset `name` under `data_dir` (FlashRAG layout)."""
+  return _files_in(os.path.join(data_dir, name), name, _extensions(name),
+                   f"config data.dir={data_dir!r}")
 
 
 def _fingerprint(files: Mapping[str, str]) -> str:
@@ -128,16 +195,16 @@ def prepare(name: str, data_dir: str = "", tfds_dir: Optional[str] = None,
   """The prepared builder of dataset `name` (built on first use, reused while files are unchanged).
 
   files: {split: path} overriding the FlashRAG layout under data_dir (e.g. config sft.data_path).
+  The name `sft` prepares alpaca SFT rows; any other name, QA rows.
   """
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
   if files is None:
     files = find_source_files(name, data_dir)
   for split, path in files.items():
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{name} {split} file not found: {path}")
   files = {split: os.path.abspath(path) for split, path in files.items()}
-  config = SourceConfig(name=f"{name}-{_fingerprint(files)}", dataset=name,
+  safe_name = _UNSAFE_NAME.sub("_", name)
+  config = SourceConfig(name=f"{safe_name}-{_fingerprint(files)}", dataset=name,
                         files=tuple(sorted(files.items())))
   builder_cls = RagR1Sft if name == SFT_DATA else RagR1Qa
   builder = builder_cls(config=config, data_dir=tfds_dir, file_format="array_record")

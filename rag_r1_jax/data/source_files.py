@@ -1,9 +1,17 @@
-"""Readers for the raw data files behind the tfds builders, with errors that name file:line.
+"""Readers for the raw data files behind the tfds builders, with errors that name file and row.
 
-QA files are FlashRAG-layout JSONL: one object per line with `question` (non-empty string),
-`golden_answers` (non-empty list of strings) and `id` (string or integer; missing ids become
-'<split>_<row>'). SFT files are alpaca / LLaMA-Factory rows with `instruction`, `output` and
-optional `input` and `system`, either a JSON array (.json) or JSONL (.jsonl).
+QA files, by extension (each row becomes {id, question, golden_answers, data_source,
+extra_info}):
+- `.jsonl`: FlashRAG rows, one object per line: `question` (non-empty string),
+  `golden_answers` (non-empty list of strings, or one string), `id` (string or integer; missing
+  ids become '<split>_<row>'), optional `data_source` (default: the dataset's name) and
+  `extra_info`.
+- `.json`: the same rows as a JSON array (RAG-R1's RL question file).
+- `.parquet`: Search-R1's rows (rag_r1_jax/data/search_r1_parquet.py says what comes from where).
+Every bad row of a file is collected and reported together, the first as `path:line: reason`.
+
+SFT files are alpaca / LLaMA-Factory rows with `instruction`, `output` and optional `input` and
+`system`, either a JSON array (.json) or JSONL (.jsonl).
 """
 
 import json
@@ -83,23 +91,99 @@ def _require_object(path: str, line: int, row: Any) -> dict:
   return row
 
 
-def read_qa_jsonl(path: str, split: str) -> list[dict]:
-  """Validated QA rows {id, question, golden_answers} of a FlashRAG-layout JSONL file."""
-  rows = []
-  for line, row in _iter_jsonl(path):
-    row = _require_object(path, line, row)
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-      raise _fail(path, line, "missing or empty 'question' (a non-empty string)")
-    golds = row.get("golden_answers")
-    if (not isinstance(golds, list) or not golds
-        or not all(isinstance(g, str) for g in golds)):
-      raise _fail(path, line,
-                  f"'golden_answers' must be a non-empty list of strings, got {golds!r}")
-    row_id = row.get("id", f"{split}_{len(rows)}")
-    if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
-      raise _fail(path, line, f"'id' must be a string or an integer, got {row_id!r}")
-    rows.append({"id": str(row_id), "question": question, "golden_answers": golds})
+QA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+_MAX_LISTED_BAD_ROWS = 20
+
+
+def _bad_rows_error(bad: list[tuple[str, str]]) -> ValueError:
+  """One error for all bad rows ('where', 'why'): the first leads, up to 20 are listed."""
+  (where, why), rest = bad[0], bad[1:_MAX_LISTED_BAD_ROWS]
+  lines = [f"{where}: {why}"] + [f"  {w}: {r}" for w, r in rest]
+  more = len(bad) - _MAX_LISTED_BAD_ROWS
+  if more > 0:
+    lines.append(f"  ... and {more} more")
+  if len(bad) > 1:
+    lines.insert(1, f"({len(bad)} bad rows in all; no row was used):")
+  return ValueError("\n".join(lines))
+
+
+def _answers(value: Any) -> list[str]:
+  """golden_answers as a list: one string is a one-answer list (RAG-R1's RL file)."""
+  if isinstance(value, str):
+    value = [value]
+  if not isinstance(value, list) or not value or not all(isinstance(g, str) for g in value):
+    raise ValueError(f"'golden_answers' must be a non-empty list of strings (or one string), "
+                     f"got {value!r}")
+  return value
+
+
+def _qa_row(row: Any, index: int, split: str, default_source: str) -> dict:
+  """A FlashRAG-layout row checked and normalised; ValueError says what is wrong."""
+  if not isinstance(row, dict):
+    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+  question = row.get("question")
+  if not isinstance(question, str) or not question.strip():
+    raise ValueError("missing or empty 'question' (a non-empty string)")
+  golds = _answers(row.get("golden_answers"))
+  row_id = row.get("id", f"{split}_{index}")
+  if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
+    raise ValueError(f"'id' must be a string or an integer, got {row_id!r}")
+  source = row.get("data_source", default_source)
+  if not isinstance(source, str) or not source.strip():
+    raise ValueError(f"'data_source' must be a non-empty string, got {source!r}")
+  extra = row.get("extra_info")
+  return {"id": str(row_id), "question": question, "golden_answers": golds,
+          "data_source": source.strip(),
+          "extra_info": "" if extra is None else json.dumps(extra, ensure_ascii=False,
+                                                            sort_keys=True)}
+
+
+def _line_rows(path: str) -> Iterator[tuple[str, Any, str | None]]:
+  """(where, row, None) per JSONL line, or (where, None, why) for a line that is not JSON."""
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      line = _decode(raw, path, line_no)
+      if not line.strip():
+        continue
+      try:
+        yield f"{path}:{line_no}", json.loads(line), None
+      except json.JSONDecodeError as e:
+        yield f"{path}:{line_no}", None, f"bad JSON ({e.msg} at column {e.colno})"
+
+
+def read_qa_rows(path: str, split: str, default_source: str) -> list[dict]:
+  """Validated QA rows of a FlashRAG .jsonl, a .json array or a Search-R1 .parquet file.
+
+  Rows without their own `data_source` get `default_source`. Any bad row fails the whole file
+  with every bad row named (file:line for JSON, file: row N for parquet, N from 0).
+  """
+  rows: list[dict] = []
+  bad: list[tuple[str, str]] = []
+  if path.endswith(".parquet"):
+    from rag_r1_jax.data import search_r1_parquet
+    for n, record in search_r1_parquet.iter_rows(path):
+      try:
+        rows.append(search_r1_parquet.qa_row(record, n, split, default_source))
+      except ValueError as e:
+        bad.append((f"{path}: row {n}", str(e)))
+  elif path.endswith(".json"):
+    for line, row in _iter_json_array(path):
+      try:
+        rows.append(_qa_row(row, len(rows) + len(bad), split, default_source))
+      except ValueError as e:
+        bad.append((f"{path}:{line}", str(e)))
+  elif path.endswith(".jsonl"):
+    for where, row, why in _line_rows(path):
+      try:
+        if why is not None:
+          raise ValueError(why)
+        rows.append(_qa_row(row, len(rows) + len(bad), split, default_source))
+      except ValueError as e:
+        bad.append((where, str(e)))
+  else:
+    raise ValueError(f"{path}: unknown QA file type; expected one of {QA_EXTENSIONS}")
+  if bad:
+    raise _bad_rows_error(bad)
   return rows
 
 

@@ -27,8 +27,6 @@ from rag_r1_jax.sampling.sampling_fns import SamplingParams
 
 EM_BANNER = "== EM by dataset =="
 GREEDY = SamplingParams(greedy=True)
-# The synthetic world's question kinds, each evaluated as its own "dataset".
-WORLD_KINDS = ("single", "bridge", "comparison", "fanout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,40 +172,12 @@ def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[M
   return summary
 
 
-def _comma_list(text: str) -> list[str]:
-  """'a, b,,c' -> ['a', 'b', 'c']."""
-  return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def load_eval_datasets(config) -> dict[str, list[dict]]:
-  """The evaluation questions named by config.data: name -> rows (id, question, golden_answers).
+  """The evaluation questions config.data names: dataset -> rows (rag_r1_jax/data/sources.py).
 
   'flashrag': each of data.eval_datasets, its test split (dev where a dataset has no test
-  file, as FlashRAG's HotpotQA, 2Wiki and MuSiQue). 'synthetic_world': the world's test
-  questions, one dataset per question kind (single, bridge, comparison, fanout).
+  file, as FlashRAG's HotpotQA, 2Wiki and MuSiQue), one dataset per data_source.
+  'synthetic_world': the world's test questions, one dataset per question kind.
   """
-  source = config.data.source
-  if source == "synthetic_world":
-    from rag_r1_jax.data import synthetic_world
-    world = synthetic_world.make_world(config.data.world_seed, config.data.world_entities)
-    return {kind: [q.row() for q in world.split_questions("test", kinds=(kind,))]
-            for kind in WORLD_KINDS}
-  if source != "flashrag":
-    raise ValueError(f"config.data.source={source!r}; valid: 'flashrag', 'synthetic_world'")
-  from rag_r1_jax.data import qa_builders
-  names = _comma_list(config.data.eval_datasets)
-  if not names:
-    raise ValueError("config.data.eval_datasets names no dataset")
-  out = {}
-  for name in names:
-    found = qa_builders.find_source_files(name, config.data.dir)
-    split = next((s for s in ("test", "dev") if s in found), None)
-    if split is None:
-      raise FileNotFoundError(f"{name}: neither test.jsonl nor dev.jsonl under "
-                              f"{os.path.join(config.data.dir, name)} (config data.dir)")
-    if split == "dev":
-      print(f"eval: {name} has no test split; evaluating its dev split", flush=True)
-    source_rows = qa_builders.load_split(name, split, config.data.dir,
-                                         tfds_dir=config.data.tfds_dir or None)
-    out[name] = [dict(r) for r in source_rows]
-  return out
+  from rag_r1_jax.data import sources
+  return sources.get(config).eval_datasets(config)

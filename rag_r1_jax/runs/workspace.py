@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from jax.sharding import Mesh
 
 from rag_r1_jax import assets, multihost
-from rag_r1_jax.data import prompts, synthetic_world, world_tokenizer
+from rag_r1_jax.data import prompts, sources, synthetic_world, world_tokenizer
 from rag_r1_jax.models import factory, hf_checkpoint
 from rag_r1_jax.models.decoder import Decoder
 from rag_r1_jax.retrieval import factory as retrieval_factory
@@ -73,35 +73,17 @@ class Workspace:
 
   # ---- data --------------------------------------------------------------------------------
 
-  @functools.cached_property
+  @property
   def world(self) -> synthetic_world.World:
-    if self.config.data.source != "synthetic_world":
-      raise ValueError("config.data.source is not 'synthetic_world'")
-    return synthetic_world.make_world(self.config.data.world_seed, self.config.data.world_entities)
+    return sources.world(self.config)
 
   @property
   def prompt_variant(self) -> str:
     return self.config.data.prompt or f"paper_{self.config.rollout.mode}"
 
-  @functools.cached_property
-  def wiki_articles(self):
-    from rag_r1_jax.data import wiki_questions
-    return wiki_questions.articles(self.config.data.wiki_articles)
-
   def train_rows(self) -> list[dict]:
-    """RL training questions: rows with id, question, golden_answers."""
-    if self.config.data.source == "synthetic_world":
-      return [q.row() for q in self.world.split_questions("train")]
-    if self.config.data.source == "wiki_extracts":
-      from rag_r1_jax.data import wiki_questions
-      return wiki_questions.questions(self.wiki_articles, "train")
-    from rag_r1_jax.data import qa_builders
-    rows = []
-    for name in _split_names(self.config.data.train_datasets):
-      source = qa_builders.load_split(name, "train", self.config.data.dir,
-                                      tfds_dir=self.config.data.tfds_dir or None)
-      rows.extend(dict(r) for r in source)
-    return rows
+    """RL training questions: rows with id, question, golden_answers (data/sources.py)."""
+    return sources.get(self.config).train_rows(self.config)
 
   @property
   def rl_draw_count(self) -> int:
@@ -141,20 +123,12 @@ class Workspace:
     return self._build_retriever(documents)
 
   def eval_datasets(self) -> dict[str, list[dict]]:
-    if self.config.data.source == "wiki_extracts":
-      from rag_r1_jax.data import wiki_questions
-      return {"wiki": wiki_questions.questions(self.wiki_articles, "test")}
-    from rag_r1_jax.eval import harness
-    return harness.load_eval_datasets(self.config)
+    """Evaluation questions: dataset (or data_source) -> rows."""
+    return sources.get(self.config).eval_datasets(self.config)
 
   def documents(self) -> Sequence[Document] | None:
-    """In-memory documents to index (the synthetic world), else None (corpus files)."""
-    if self.config.data.source == "synthetic_world":
-      return list(self.world.passages)
-    if self.config.data.source == "wiki_extracts":
-      from rag_r1_jax.data import wiki_questions
-      return wiki_questions.documents(self.wiki_articles)
-    return None
+    """In-memory documents to index (synthetic world, wiki extracts), else None (corpus files)."""
+    return sources.get(self.config).documents(self.config)
 
   # ---- tokenizer, retrieval, models -----------------------------------------------------------
 
@@ -294,8 +268,3 @@ def _json_file_whole(path: str) -> bool:
   except (OSError, ValueError):
     return False
   return True
-
-
-def _split_names(value: str) -> list[str]:
-  return [s.strip() for s in str(value).split(",") if s.strip()]
-

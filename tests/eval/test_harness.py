@@ -231,7 +231,8 @@ def test_flashrag_loader_reads_test_else_dev(tmp_path):
   assert list(datasets) == ["nq", "hotpotqa"]
   assert [r["id"] for r in datasets["nq"]] == ["nq-test-0", "nq-test-1"]
   assert [r["id"] for r in datasets["hotpotqa"]] == ["hotpotqa-dev-0", "hotpotqa-dev-1"]
-  assert datasets["nq"][1] == {"id": "nq-test-1", "question": "q1?", "golden_answers": ["a1"]}
+  assert datasets["nq"][1] == {"id": "nq-test-1", "question": "q1?", "golden_answers": ["a1"],
+                               "data_source": "nq", "extra_info": ""}
   config.data.source = "wiki"
   with pytest.raises(ValueError, match="config.data.source='wiki'"):
     harness.load_eval_datasets(config)
