@@ -1,7 +1,14 @@
-"""Dense retrieval: a sentence encoder, a FAISS index and a document store behind `retrieve`."""
+"""Dense retrieval: a sentence encoder, a FAISS index and a document store behind `retrieve`.
+
+Indexes come from `build_dense_index` (with metadata that ties them to their encoder and
+corpus) or from Search-R1 / FlashRAG (`e5_Flat.index` over a `{id, contents}` corpus), which
+load as they are: row i of the index is row i of the corpus, and the corpus's byte offsets
+are built once and cached next to it.
+"""
 
 import dataclasses
 import os
+import sys
 from typing import Sequence
 
 import faiss
@@ -9,7 +16,8 @@ import faiss
 from rag_r1_jax.retrieval import embeddings as embeddings_lib
 from rag_r1_jax.retrieval import index as index_lib
 from rag_r1_jax.retrieval.base import Document, Retriever
-from rag_r1_jax.retrieval.docstore import DocStore, JsonlDocStore, ListDocStore
+from rag_r1_jax.retrieval.docstore import (DocStore, JsonlDocStore, ListDocStore,
+                                            corpus_docstore)
 from rag_r1_jax.retrieval.encoder import SentenceEncoder
 
 
@@ -44,10 +52,15 @@ class DenseRetriever(Retriever):
   @classmethod
   def load(cls, encoder: SentenceEncoder, index_path: str, corpus_path: str,
            params: index_lib.IndexParams | None = None) -> "DenseRetriever":
-    """Loads a saved index and its corpus; refuses a mismatched encoder or corpus."""
+    """Loads a saved index and its corpus; refuses a mismatched encoder or corpus.
+
+    An index without our metadata (Search-R1's, FlashRAG's) loads with `load_foreign`.
+    """
     if not os.path.isfile(index_path):
       raise FileNotFoundError(f"retrieval.index_path {index_path} does not exist; build it "
                               "with `python -m rag_r1_jax.retrieval build`")
+    if not index_lib.has_meta(index_path):
+      return cls.load_foreign(encoder, index_path, corpus_path, params)
     docs = JsonlDocStore.load(docstore_path(index_path), corpus_path)
     index, meta = index_lib.load_index(index_path, encoder.hash, docs.fingerprint,
                                        dataclasses.asdict(encoder.spec))
@@ -56,6 +69,34 @@ class DenseRetriever(Retriever):
         raise ValueError(f"retrieval.index_type is {params.index_type!r} but {index_path} is a "
                          f"{meta.index_type!r} index")
       index_lib.set_search_params(index, params)
+    return cls(encoder, index, docs)
+
+  @classmethod
+  def load_foreign(cls, encoder: SentenceEncoder, index_path: str, corpus_path: str,
+                   params: index_lib.IndexParams | None = None) -> "DenseRetriever":
+    """An index built by Search-R1 or FlashRAG over `corpus_path`, without re-encoding.
+
+    Only the sizes can be checked: the index must hold one vector per corpus row, in file
+    order, of the encoder's dimension. Which encoder built it cannot be checked; it must be
+    the configured one, with the same prefixes (retrieval.query_prefix; e5's "query: " and
+    bge's instruction are set from the encoder's name).
+    """
+    index = index_lib.load_foreign_index(index_path, params)
+    docs = corpus_docstore(corpus_path)
+    if index.ntotal != len(docs):
+      raise index_lib.IndexMismatchError(
+          f"index {index_path} holds {index.ntotal} vectors but corpus {corpus_path} has "
+          f"{len(docs)} rows; an index built elsewhere needs the exact corpus it was built "
+          "from (one vector per row, in file order): check retrieval.corpus_path")
+    if index.d != encoder.dim:
+      raise index_lib.IndexMismatchError(
+          f"index {index_path} holds {index.d}-dimensional vectors but encoder "
+          f"{encoder.name!r} makes {encoder.dim}-dimensional ones; point "
+          "retrieval.encoder_path at the encoder that built the index")
+    print(f"retrieval: {index_path} has no {os.path.basename(index_path)}.meta.json; loaded "
+          f"as an index built elsewhere ({index_lib.index_kind(index)}, {index.ntotal} x "
+          f"{index.d}) over {corpus_path}, queried with encoder {encoder.name!r} "
+          f"(query prefix {encoder.spec.query_prefix!r})", file=sys.stderr, flush=True)
     return cls(encoder, index, docs)
 
   def _search(self, queries: list[str], topk: int) -> list[list[Document]]:

@@ -3,12 +3,15 @@
 `ListDocStore` keeps Documents in memory (tests, small corpora). `JsonlDocStore` keeps only
 an int64 byte offset per row (8 bytes/passage: 232 MB for 29M passages) and reads the row
 from the corpus file on demand, so the corpus text never sits in memory.
+`corpus_docstore` keeps a corpus's offsets next to it (for indexes built elsewhere, which
+carry no offsets of their own).
 """
 
 import abc
 import hashlib
 import json
 import os
+import sys
 import threading
 from typing import Iterable, Sequence
 
@@ -130,3 +133,38 @@ class JsonlDocStore(DocStore):
 
   def close(self) -> None:
     self._file.close()
+
+
+def offsets_cache_path(corpus_path: str) -> str:
+  """Where `corpus_docstore` keeps a corpus's offsets: next to it, else under ~/.cache."""
+  beside = corpus_path + ".offsets.npy"
+  if os.access(os.path.dirname(os.path.abspath(corpus_path)), os.W_OK):
+    return beside
+  key = hashlib.sha256(os.path.abspath(corpus_path).encode()).hexdigest()[:16]
+  cache = os.path.join(os.path.expanduser("~/.cache/rag_r1_jax/corpus_offsets"), key)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  return cache + ".offsets.npy"
+
+
+def corpus_docstore(corpus_path: str) -> JsonlDocStore:
+  """The JsonlDocStore of a whole corpus, its offsets read from the cache or built and cached.
+
+  Every row must parse (a skipped row would shift the rows after it against an index built
+  over all of them); a bad row raises CorpusError naming file and line. A cache whose corpus
+  changed is rebuilt.
+  """
+  if not os.path.isfile(corpus_path):
+    raise FileNotFoundError(f"corpus file {corpus_path} does not exist "
+                            "(config retrieval.corpus_path)")
+  cache = offsets_cache_path(corpus_path)
+  if os.path.isfile(cache) and os.path.isfile(cache + ".json"):
+    try:
+      return JsonlDocStore.load(cache, corpus_path)
+    except (ValueError, OSError, KeyError) as e:
+      print(f"retrieval: rebuilding the offsets of {corpus_path} ({e})", file=sys.stderr)
+  docs = JsonlDocStore.build(corpus_path)
+  tmp = f"{cache}.{os.getpid()}.partial"  # other processes may be reading the cache
+  docs.save(tmp)
+  os.replace(tmp, cache)
+  os.replace(tmp + ".json", cache + ".json")
+  return docs

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from rag_r1_jax import multihost, sharding
 from rag_r1_jax.retrieval import bert
 
-# E5 and BGE (English v1.5) conventions; matched on the model directory name.
+# E5 and BGE (English v1.5) conventions; matched on the model's name (_family_hint).
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 _MIN_SEQ_BUCKET = 16
 
@@ -61,7 +61,7 @@ def infer_spec(model_dir: str, **overrides) -> EncoderSpec:
   if os.path.isfile(st_cfg):
     with open(st_cfg) as f:
       fields["max_length"] = int(json.load(f).get("max_seq_length", 256))
-  name = os.path.basename(os.path.normpath(model_dir)).lower()
+  name = _family_hint(model_dir)
   if "e5" in name:
     fields.update(query_prefix="query: ", passage_prefix="passage: ", pooling="mean",
                   normalize=True)
@@ -69,6 +69,26 @@ def infer_spec(model_dir: str, **overrides) -> EncoderSpec:
     fields.update(query_prefix=BGE_QUERY_INSTRUCTION, pooling="cls", normalize=True)
   fields.update({k: v for k, v in overrides.items() if v is not None})
   return EncoderSpec(**fields)
+
+
+def model_name(model_dir: str) -> str:
+  """The encoder's name: its directory's, or its parent's for a sentence-transformers
+  package's `<name>/model` directory."""
+  path = os.path.normpath(model_dir)
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if name == "model" else name
+
+
+def _family_hint(model_dir: str) -> str:
+  """The names E5 / BGE are recognised by: model_name and config.json's `_name_or_path`."""
+  hint = model_name(model_dir)
+  config_path = os.path.join(model_dir, "config.json")
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      source = json.load(f).get("_name_or_path")
+    if isinstance(source, str):
+      hint += " " + source.rstrip("/").split("/")[-1]
+  return hint.lower()
 
 
 def seq_bucket(length: int, max_length: int) -> int:
@@ -124,9 +144,7 @@ class SentenceEncoder:
     model = bert.load_bert(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     weights_hash = _file_digest(os.path.join(model_dir, "model.safetensors"))
-    name = os.path.basename(os.path.normpath(model_dir))
-    if name == "model":  # sentence-transformers packages keep weights in .../<name>/model
-      name = os.path.basename(os.path.dirname(os.path.normpath(model_dir)))
+    name = model_name(model_dir)
     return cls(model, tokenizer, spec, name, weights_hash, mesh, batch_size)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:

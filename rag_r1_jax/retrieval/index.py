@@ -2,7 +2,9 @@
 
 An index file `X` is saved with `X.meta.json` naming the encoder (name and hash), the
 dimension, the corpus fingerprint, the index type and the vector count; `load_index`
-refuses an index whose encoder or corpus differs from the one the caller uses.
+refuses an index whose encoder or corpus differs from the one the caller uses. An index
+built elsewhere (Search-R1's or FlashRAG's `e5_Flat.index`) has no sidecar: `load_foreign_index`
+reads it as it is, with only its size and dimension to check.
 """
 
 import dataclasses
@@ -207,6 +209,44 @@ def load_index(path: str, encoder_hash: str | None = None, corpus_hash: str | No
     raise IndexMismatchError(f"index {path} holds {index.ntotal} x {index.d} vectors but its "
                              f"metadata says {meta.count} x {meta.dim}")
   return index, meta
+
+
+def has_meta(path: str) -> bool:
+  """Whether `path` is one of our indexes (it has a metadata sidecar)."""
+  return os.path.isfile(path + ".meta.json")
+
+
+def index_kind(index: faiss.Index) -> str:
+  """'hnsw', 'ivf' or 'flat' (anything else searched exhaustively, e.g. scalar-quantized)."""
+  if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+    return "hnsw"
+  try:
+    faiss.extract_index_ivf(index)
+    return "ivf"
+  except RuntimeError:
+    return "flat"
+
+
+def load_foreign_index(path: str, params: IndexParams | None = None) -> faiss.Index:
+  """Reads a FAISS index written by another tool, with `params`' HNSW efSearch / IVF nprobe.
+
+  The index type comes from the file, not from `params.index_type`.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"index file {path} does not exist")
+  tune_faiss()
+  try:
+    index = faiss.read_index(path)
+  except RuntimeError as e:
+    raise ValueError(f"{path} is not a FAISS index faiss can read ({str(e).splitlines()[0]})"
+                     ) from None
+  params = params or IndexParams()
+  kind = index_kind(index)
+  if kind == "hnsw":
+    faiss.downcast_index(index).hnsw.efSearch = params.hnsw_ef_search
+  elif kind == "ivf":
+    faiss.extract_index_ivf(index).nprobe = params.ivf_nprobe
+  return index
 
 
 def index_bytes(index: faiss.Index) -> int:
