@@ -110,6 +110,8 @@ def base_config() -> config_dict.ConfigDict:
   c.rollout.cache_block_size = 0
 
   c.sampling = config_dict.ConfigDict()
+  # RL rollouts draw from softmax(logits / temperature), and the update scores every log-prob
+  # (policy, old, reference) and entropy at the same temperature (veRL's rollout.temperature).
   c.sampling.temperature = 1.0
   c.sampling.top_p = 0.95
   c.sampling.top_k = 0
@@ -151,36 +153,69 @@ def base_config() -> config_dict.ConfigDict:
   c.rl.mini_batch_size = 128  # questions per optimizer update
   c.rl.group_size = 5
   # Prompts rolled out per step = oversample x batch_size; the update takes batch_size groups,
-  # those whose rewards differ first (rag_r1_jax/rl/group_filter.py). 1.0: train on all.
+  # those whose rewards differ first (rag_r1_jax/rl/group_filter.py): DAPO's dynamic sampling,
+  # with one fixed oversampling instead of re-sampling until the batch is full. 1.0: all.
   c.rl.oversample = 1.0
   c.rl.epochs_per_batch = 1
+  # Optimizers (AdamW; veRL's actor/critic .optim): linear warmup over rl.warmup_steps updates,
+  # or rl.warmup_ratio of them when negative; cosine decays to min_lr_ratio x the peak.
   c.rl.learning_rate = 1e-6
   c.rl.critic_learning_rate = 1e-5
   c.rl.warmup_ratio = 0.285
+  c.rl.warmup_steps = -1
   c.rl.schedule = "constant"  # constant | cosine
+  c.rl.min_lr_ratio = 0.0
+  c.rl.adam_b1 = 0.9  # the betas of both optimizers
+  c.rl.adam_b2 = 0.999
+  c.rl.max_grad_norm = 1.0  # <= 0: no clipping
+  c.rl.weight_decay = 0.01  # both optimizers
+  # The critic's own settings (PPO); 0 / negative: as the actor's field it names.
+  c.rl.critic_max_grad_norm = 1.0
+  c.rl.critic_epochs = 0  # 0: rl.epochs_per_batch
+  c.rl.critic_mini_batch_size = 0  # questions per critic update; 0: rl.mini_batch_size
+  c.rl.critic_warmup_ratio = -1.0  # negative: rl.warmup_ratio
+  c.rl.critic_warmup_steps = -1  # negative: from rl.critic_warmup_ratio
+  # KL to the frozen reference: in the loss for GRPO (rl.kl_estimator), in the token rewards for
+  # PPO (rl.kl_reward_estimator, coefficient fixed or adaptive: rag_r1_jax/rl/kl_control.py).
   c.rl.kl_coef = 0.001
-  c.rl.kl_estimator = "k3"  # k1 | k2 | k3
+  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 (k3 clamped to [-10, 10])
+  c.rl.kl_reward_estimator = "k3"  # k1 | k2 | k3 (veRL's default is k1)
+  c.rl.kl_ctrl = "fixed"  # fixed | adaptive
+  c.rl.kl_target = 0.1  # adaptive: the per-token KL the coefficient steers towards
+  c.rl.kl_horizon = 10000  # adaptive: rows over which the coefficient moves by at most 20%
+  c.rl.policy_loss = "vanilla"  # vanilla (clipped ratio) | gspo (sequence-level ratio)
   c.rl.clip_eps_low = 0.2
   c.rl.clip_eps_high = 0.2
+  # Dual clip: for negative advantages the token loss is capped at -A x clip_ratio_c (> 1;
+  # veRL's default 3), so a token whose ratio exploded passes no gradient. 0: off.
+  c.rl.clip_ratio_c = 0.0
   c.rl.value_clip_eps = 0.2
   c.rl.entropy_coef = 0.001
   c.rl.gamma = 1.0
   c.rl.gae_lambda = 1.0
   c.rl.advantage = "grpo"  # grpo | dr_grpo
-  c.rl.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean | seq_sum_norm
+  # token_mean | token_sum | seq_mean_token_mean | seq_mean_token_sum | seq_sum_norm
+  c.rl.loss_agg = "token_mean"
   c.rl.loss_norm_length = 0  # seq_sum_norm's constant; 0: the padded length
   c.rl.whiten_advantages = True  # PPO: normalise advantages over the batch
-  c.rl.reward = "em"  # em | f1 | cover_em
+  # Rollout correction: each token's policy loss times min(pi_old / pi_sampler, threshold),
+  # the ratio per token or per sequence, for samplers whose log-probs drift from the trainer's
+  # (bfloat16, other kernels). "": off.
+  c.rl.rollout_is = ""  # "" | token | sequence
+  c.rl.rollout_is_threshold = 2.0
+  c.rl.reward = "em"  # em | f1 | cover_em | sub_em
   c.rl.format_reward = 0.0
-  c.rl.max_grad_norm = 1.0
-  c.rl.weight_decay = 0.01
   c.rl.microbatches = 1
   # N > 0: microbatches of N rows per device, i.e. rl.mini_batch_size x rl.group_size /
   # (N x mesh data x fsdp) of them; overrides rl.microbatches.
   c.rl.micro_batch_size_per_device = 0
+  # How microbatch losses add up to an update's. global: each weighs its share of the
+  # minibatch's aggregate (tokens for token_mean, rows with tokens for the seq_* modes), so
+  # the loss and gradient are the minibatch's own whatever the split; mean: each 1 / count.
+  c.rl.microbatch_weighting = "global"
   # N > 0: the update sorts a minibatch's rows by length and cuts each microbatch to its own
-  # longest row, rounded up to a multiple of N tokens (one compilation per width; the loss is
-  # the minibatch's own aggregate whatever the split). 0: every microbatch at the batch width.
+  # longest row, rounded up to a multiple of N tokens (one compilation per width).
+  # 0: every microbatch at the batch width.
   c.rl.length_bucket = 0
   c.rl.max_nonfinite_steps = 5
   # Keep the optimizer state and the reference model in host memory while rolling out (they are

@@ -2,6 +2,8 @@
 
 from typing import Any, Callable
 
+from rag_r1_jax.rl import kl_control, losses, rewards
+
 STAGES = ("sft", "rl", "eval")
 
 _CHOICES = {
@@ -16,10 +18,15 @@ _CHOICES = {
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.mode": ("mq", "sq"),
     "rl.algorithm": ("grpo", "ppo"),
-    "rl.kl_estimator": ("k1", "k2", "k3"),
+    "rl.kl_estimator": tuple(losses.KL_ESTIMATORS),
+    "rl.kl_reward_estimator": tuple(losses.KL_ESTIMATORS),
+    "rl.kl_ctrl": kl_control.KL_CONTROLLERS,
+    "rl.policy_loss": tuple(losses.POLICY_LOSSES),
     "rl.advantage": ("grpo", "dr_grpo"),
-    "rl.loss_agg": ("token_mean", "seq_mean_token_mean", "seq_sum_norm"),
-    "rl.reward": ("em", "f1", "cover_em"),
+    "rl.loss_agg": tuple(losses.AGGREGATIONS),
+    "rl.microbatch_weighting": ("global", "mean"),
+    "rl.rollout_is": ("", "token", "sequence"),
+    "rl.reward": tuple(rewards.METRICS),
     "rl.schedule": ("constant", "cosine"),
     "sft.schedule": ("constant", "cosine"),
     "data.prompt": ("", "paper_sq", "paper_mq", "short_sq", "short_mq"),
@@ -32,6 +39,7 @@ _POSITIVE = (
     "rollout.max_total_length", "sft.batch_size", "sft.max_length", "rl.batch_size",
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
+    "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold",
 )
 _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
                  "sft.decision_drills",
@@ -40,9 +48,10 @@ _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
                  "rl.world_draw", "rollout.cache_block_size", "sft.pack_length",
                  "rl.length_bucket", "model.attention_block", "rl.micro_batch_size_per_device",
-                 "sft.micro_batch_size_per_device", "rollout.rows_in_flight")
-_FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low", "rl.gamma",
-              "rl.gae_lambda")
+                 "sft.micro_batch_size_per_device", "rollout.rows_in_flight",
+                 "rl.critic_epochs", "rl.critic_mini_batch_size")
+_FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low",
+              "rl.gamma", "rl.gae_lambda", "rl.min_lr_ratio")
 
 
 class ConfigError(ValueError):
@@ -80,6 +89,25 @@ def validate(config) -> None:
   for field in _FRACTIONS:
     check(field, lambda v: 0 <= v <= 1, "must be in [0, 1]")
   check("rl.clip_eps_high", lambda v: v >= 0, "must be >= 0")
+  check("rl.clip_ratio_c", lambda v: v == 0 or v > 1, "must be 0 (off) or above 1 (dual clip)")
+  for field in ("rl.adam_b1", "rl.adam_b2"):
+    check(field, lambda v: 0 <= v < 1, "must be in [0, 1)")
+  for field in ("rl.warmup_steps", "rl.critic_warmup_steps"):
+    check(field, lambda v: v == int(v) and v >= -1, "must be -1 (from the ratio) or >= 0")
+  check("rl.critic_warmup_ratio", lambda v: v < 0 or v < 1,
+        "must be negative (rl.warmup_ratio) or in [0, 1)")
+  check("rl.kl_ctrl", lambda v: v == "fixed" or (config.rl.algorithm == "ppo"
+                                                  and config.rl.kl_coef > 0),
+        "'adaptive' steers the reward's KL penalty: it needs config.rl.algorithm='ppo' and "
+        "config.rl.kl_coef > 0")
+  micro_rows = _actor_microbatch_rows(config)
+  critic_rows = lambda v: v * config.rl.group_size  # noqa: E731
+  check("rl.critic_mini_batch_size",
+        lambda v: v == 0 or (config.rl.batch_size % v == 0 and (
+            critic_rows(v) <= micro_rows or critic_rows(v) % micro_rows == 0)),
+        f"must be 0 (rl.mini_batch_size) or divide config.rl.batch_size={config.rl.batch_size} "
+        f"in critic minibatches whose rows (x config.rl.group_size) fit in, or are a multiple "
+        f"of, the actor's {micro_rows}-row microbatches")
   check("model.logprob_chunk", lambda v: v >= -1, "must be -1 (automatic), 0 or a chunk size")
   check("rollout.rows_in_flight", lambda v: v % config.rl.group_size == 0,
         f"must be a multiple of config.rl.group_size={config.rl.group_size} (a group shares "
@@ -125,6 +153,15 @@ def validate(config) -> None:
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _actor_microbatch_rows(config) -> int:
+  """Rows of one actor microbatch as far as known before the mesh (rl.microbatches' split;
+  with rl.micro_batch_size_per_device the update checks it, RLHparams.from_config)."""
+  rl = config.rl
+  if rl.micro_batch_size_per_device:
+    return 1  # every critic minibatch is a multiple here; RLHparams.from_config checks it
+  return max(rl.mini_batch_size * rl.group_size // max(rl.microbatches, 1), 1)
 
 
 def validate_mesh(config, mesh_shape) -> None:

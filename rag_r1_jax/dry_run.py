@@ -159,12 +159,9 @@ def sft_part(config, cfg, mesh: Mesh) -> Part:
 
 def rl_state(config, cfg, mesh: Mesh):
   rl = config.rl
-  total = rl.steps * train_state.rl_updates_per_step(rl)
-  make = lambda lr: opt_lib.make_optimizer(lr, total, rl.warmup_ratio, rl.schedule,  # noqa: E731
-                                           rl.max_grad_norm, rl.weight_decay)
-  critic_tx = make(rl.critic_learning_rate) if rl.algorithm == "ppo" else None
-  return abstract_train_state(cfg, mesh, make(rl.learning_rate), reference=rl.kl_coef > 0,
-                              critic_tx=critic_tx)
+  critic_tx = train_state.rl_optimizer(rl, critic=True) if rl.algorithm == "ppo" else None
+  return abstract_train_state(cfg, mesh, train_state.rl_optimizer(rl),
+                              reference=rl.kl_coef > 0, critic_tx=critic_tx)
 
 
 def rollout_resident(config, cfg, mesh: Mesh) -> int:
@@ -189,7 +186,7 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
       parts.append(_compile("rl scoring", f"{micro_rows} rows x {width} tokens",
                             update.score, state, mb, hp, old=not on_policy))
   fields = ["tokens", "positions", "attention_mask", "loss_mask", "advantages",
-            "sampler_logprobs" if on_policy else "old_logprobs"]
+            *rl_update.minibatch_logprob_fields(hp, on_policy)]
   if hp.algorithm == "grpo" and hp.kl_coef > 0:
     fields.append("ref_logprobs")
   if hp.algorithm == "ppo":

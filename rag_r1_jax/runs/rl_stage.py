@@ -17,7 +17,7 @@ import numpy as np
 
 from rag_r1_jax.data.iterator import BatchIterator
 from rag_r1_jax.eval import answer_metrics
-from rag_r1_jax.rl import group_filter
+from rag_r1_jax.rl import group_filter, kl_control
 from rag_r1_jax.rl import rewards as rewards_lib
 from rag_r1_jax.rollout.trajectories import Rollout, group_rows
 from rag_r1_jax.runs.workspace import Workspace
@@ -25,14 +25,10 @@ from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import optimizer, rl_update, train_state
 from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
 
-_METRICS = {"em": answer_metrics.exact_match, "f1": answer_metrics.f1,
-            "cover_em": answer_metrics.cover_exact_match}
-
-
 def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: str,
                        format_weight: float) -> np.ndarray:
   """[rows] float32: the metric of each row's own final answer (+ optional format term)."""
-  metric = _METRICS[name]
+  metric = rewards_lib.METRICS[name]
   out = []
   for record in rollout.records:
     value = metric(record.answer, golds[record.prompt_index])
@@ -99,9 +95,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                for i in range(draws)]
   manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
+  kl_coef = rl.kl_coef  # PPO's reward KL coefficient, moved by rl.kl_ctrl after each step
   if start:
     state, meta = manager.restore(train_state.abstract(state), start)
     set_iterator_states(iterators, meta["data"])
+    kl_coef = meta.get("kl_coef", kl_coef)
     print(f"rl: resumed from step {start}", flush=True)
   engine = ws.engine(state.model(), ws.rl_retriever_at(0))
   sampling = SamplingParams.from_config(config.sampling)
@@ -129,8 +127,12 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     trained = rollout.take_groups(groups, rl.group_size)
     batch = dict(trained.tensors(), rewards=rewards[group_rows(groups, rl.group_size)])
     t0 = time.perf_counter()
-    state, update_metrics = rl_update.rl_update(state, batch, config)
+    state, update_metrics = rl_update.rl_update(state, batch, config, kl_coef=kl_coef)
     update_seconds = time.perf_counter() - t0
+    if "kl_ref_seq_mean" in update_metrics:
+      kl_coef = kl_control.next_kl_coef(
+          kl_coef, update_metrics["kl_ref_seq_mean"], len(batch["rewards"]), kind=rl.kl_ctrl,
+          target=rl.kl_target, horizon=rl.kl_horizon)
     streak = streak.update(update_metrics.get("skipped", 0) == 0, step + 1)
     metrics = rollout_metrics(rollout, rewards, golds)  # over every row rolled out
     metrics.update(update_metrics, mixed_groups=float(mixed.mean()),
@@ -144,7 +146,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", searches=f"{metrics['searches_per_question']:.2f}")
     if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
       manager.save(step + 1, state, {"step": step + 1, "data": iterator_states(iterators),
-                                     "config": config.to_dict(), "metrics": metrics})
+                                     "config": config.to_dict(), "metrics": metrics,
+                                     "kl_coef": kl_coef})
   bar.close()
   manager.wait_until_finished()
   writer.close()

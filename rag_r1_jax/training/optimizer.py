@@ -11,7 +11,7 @@ each param's dtype. Keep params themselves in float32 (model.param_dtype) with b
 compute (model.dtype): with bfloat16 params an update of lr=1e-6 rounds away to nothing.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,16 @@ PyTree = Any
 
 
 def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_ratio: float,
-                           schedule: str = "constant") -> optax.Schedule:
-  """lr(step): linear warmup to learning_rate, then constant or cosine decay to 0 at total_steps.
+                           schedule: str = "constant", *, warmup_steps: int = -1,
+                           min_lr_ratio: float = 0.0) -> optax.Schedule:
+  """lr(step): linear warmup to learning_rate, then constant or cosine decay to
+  min_lr_ratio x learning_rate at total_steps.
 
-  warmup_steps = int(warmup_ratio * total_steps); update k (0-based) uses
-  learning_rate * (k + 1) / warmup_steps during warmup, so the first update is not wasted.
+  The warmup lasts warmup_steps updates, or int(warmup_ratio * total_steps) when warmup_steps
+  is negative (veRL's lr_warmup_steps / lr_warmup_steps_ratio); update k (0-based) uses
+  learning_rate * (k + 1) / warmup_steps during warmup, so the first update is not wasted
+  (veRL's first update uses 0). The cosine is lr x (min + (1 - min) (1 + cos(pi p)) / 2),
+  p the progress after warmup (veRL's min_lr_ratio); the constant schedule ignores min.
   """
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule={schedule!r} (rl.schedule) must be one of {SCHEDULES}")
@@ -34,7 +39,10 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_ratio:
     raise ValueError(f"total_steps={total_steps} (rl.steps) must be >= 1")
   if not 0.0 <= warmup_ratio < 1.0:
     raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
-  warmup_steps = int(warmup_ratio * total_steps)
+  if not 0.0 <= min_lr_ratio <= 1.0:
+    raise ValueError(f"min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+  if warmup_steps < 0:
+    warmup_steps = int(warmup_ratio * total_steps)
 
   def lr(step):
     step = jnp.asarray(step, jnp.float32)
@@ -43,7 +51,8 @@ def learning_rate_schedule(learning_rate: float, total_steps: int, warmup_ratio:
       decay = 1.0
     else:
       progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-      decay = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+      cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
+      decay = min_lr_ratio + (1.0 - min_lr_ratio) * cosine if min_lr_ratio else cosine
     return learning_rate * jnp.where(step < warmup_steps, warm, decay)
 
   return lr
@@ -71,17 +80,27 @@ def with_float32_state(inner: optax.GradientTransformation) -> optax.GradientTra
 def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float,
                    schedule: str = "constant", max_grad_norm: float = 1.0,
                    weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+                   eps: float = 1e-8, *, warmup_steps: int = -1,
+                   min_lr_ratio: float = 0.0) -> optax.GradientTransformation:
   """AdamW with a warmup schedule, preceded by global-norm clipping (skipped if max_grad_norm <= 0).
 
-  The state is float32 whatever the params' dtype (see the module docstring).
+  The schedule is learning_rate_schedule's. The state is float32 whatever the params' dtype
+  (see the module docstring).
   """
-  lr = learning_rate_schedule(learning_rate, total_steps, warmup_ratio, schedule)
+  lr = learning_rate_schedule(learning_rate, total_steps, warmup_ratio, schedule,
+                              warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
   parts = []
   if max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(max_grad_norm))
   parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
   return with_float32_state(optax.chain(*parts))
+
+
+def update_count(opt_state: PyTree) -> jax.Array:
+  """The number of updates `make_optimizer`'s state has applied (its schedule's step)."""
+  states = jax.tree.leaves(opt_state,
+                           is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+  return next(s.count for s in states if isinstance(s, optax.ScaleByScheduleState))
 
 
 def microbatch_count(rows: int, microbatches: int, per_device: int, batch_shards: int,
@@ -120,16 +139,30 @@ def split_microbatches(batch: PyTree, num_microbatches: int) -> PyTree:
   return jax.tree.map(split, batch)
 
 
-def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]],
-                         params: PyTree, batch: PyTree,
-                         num_microbatches: int) -> tuple[jax.Array, PyTree, PyTree]:
-  """(loss, aux, grads) of loss_fn averaged over microbatches of the leading batch axis.
+def combine_aux(aux: dict, loss_weights: jax.Array, aux_weights: jax.Array,
+                loss_like: tuple[str, ...] = ()) -> dict:
+  """Per-microbatch scalars {name: [M]} combined: "*_max" by their maximum, names in
+  `loss_like` weighted like the loss, the rest by `aux_weights` ([M] each)."""
+  def combine(name, values):
+    if name.endswith("_max"):
+      return values.max(axis=0)
+    weights = loss_weights if name in loss_like else aux_weights
+    return jnp.tensordot(weights, values.astype(jnp.float32), axes=1)
+  return {k: combine(k, v) for k, v in aux.items()}
 
-  loss_fn(params, microbatch) -> (scalar loss, aux pytree of arrays). A `lax.scan` runs the
-  microbatches one after another, so activation memory is that of one microbatch. Loss, aux
-  and grads are plain means over microbatches (with token_mean aggregation this weighs
-  microbatches equally, not tokens); grads are accumulated and returned in float32.
-  With num_microbatches == 1 it is exactly value_and_grad on the whole batch.
+
+def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]],
+                         params: PyTree, batch: PyTree, num_microbatches: int,
+                         weights: Optional[tuple[jax.Array, jax.Array]] = None,
+                         loss_like: tuple[str, ...] = ()) -> tuple[jax.Array, PyTree, PyTree]:
+  """(loss, aux, grads) of loss_fn combined over microbatches of the leading batch axis.
+
+  loss_fn(params, microbatch) -> (scalar loss, aux dict of scalars). A `lax.scan` runs the
+  microbatches one after another, so activation memory is that of one microbatch. weights:
+  (loss weights [M], aux weights [M]) (losses.microbatch_weights): the loss and grads are
+  sum_i w_i x microbatch i's, the aux entries combined as `combine_aux` says. None weighs
+  every microbatch 1 / M. Grads are accumulated and returned in float32. With
+  num_microbatches == 1 it is exactly value_and_grad on the whole batch.
   """
   from rag_r1_jax.models import params as params_lib  # local import: models import training
 
@@ -139,20 +172,24 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, Py
   if num_microbatches == 1:
     (loss, aux), grads = grad_fn(params, batch)
     return loss, aux, f32(grads)
-
   micro = split_microbatches(batch, num_microbatches)
+  loss_weights = jnp.ones((num_microbatches,)) if weights is None else weights[0]
 
-  def body(acc, mb):
+  def body(acc, xs):
+    mb, weight = xs
     (loss, aux), grads = grad_fn(params, mb)
+    if weights is not None:
+      loss, grads = loss * weight, jax.tree.map(lambda g: g * weight, grads)
     return jax.tree.map(jnp.add, acc, (loss.astype(jnp.float32), f32(grads))), aux
 
   zeros = (jnp.zeros((), jnp.float32),
            f32(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)))
-  (loss_sum, grad_sum), aux_stack = jax.lax.scan(body, zeros, micro)
-  scale = 1.0 / num_microbatches
-  grads = jax.tree.map(lambda g: g * scale, grad_sum)
-  aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux_stack)
-  return loss_sum * scale, aux, grads
+  (loss, grads), aux_stack = jax.lax.scan(body, zeros, (micro, loss_weights))
+  if weights is None:
+    scale = 1.0 / num_microbatches
+    return (loss * scale, jax.tree.map(lambda a: jnp.mean(a, axis=0), aux_stack),
+            jax.tree.map(lambda g: g * scale, grads))
+  return loss, combine_aux(aux_stack, *weights, loss_like), grads
 
 
 def all_finite(loss: jax.Array, grads: PyTree) -> jax.Array:

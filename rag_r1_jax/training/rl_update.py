@@ -15,7 +15,9 @@ quarter of the update's compute on the default config).
 Every minibatch has the same static shape, so the step compiles once per sequence length.
 With rl.length_bucket > 0 a minibatch's microbatches are instead rows of similar length,
 each cut to its own width (`microbatch_plan`): their weighted gradients are summed on the
-device and applied in one step, compiling once per width.
+device and applied in one step, compiling once per width. PPO's critic trains in the same
+steps unless rl.critic_epochs / rl.critic_mini_batch_size give it its own, then in a second
+pass of epochs x shuffled minibatches after the actor's.
 
 The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
 optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
@@ -106,8 +108,10 @@ def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -
 
 
 @functools.partial(jax.jit, static_argnames="hp")
-def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]:
+def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams,
+                    kl_coef: jax.Array) -> tuple[dict, dict]:
   """Group-normalised token advantages [B, T] and the sampler-mismatch metric."""
+  del kl_coef  # GRPO's KL is in the loss, with hp.kl_coef
   mask = b["loss_mask"]
   adv = adv_lib.grpo_advantages(b["rewards"], mask, group_ids=b["group_ids"], mode=hp.advantage)
   metrics = {}
@@ -121,18 +125,26 @@ def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]
 
 
 @functools.partial(jax.jit, static_argnames="hp")
-def ppo_advantages(b: dict[str, jax.Array], hp: RLHparams) -> tuple[dict, dict]:
-  """GAE advantages (whitened) and returns [B, T], the reward carrying the KL penalty."""
+def ppo_advantages(b: dict[str, jax.Array], hp: RLHparams,
+                   kl_coef: jax.Array) -> tuple[dict, dict]:
+  """GAE advantages (whitened) and returns [B, T], the reward carrying kl_coef x the KL
+  penalty (rl.kl_reward_estimator; kl_coef: a scalar, the controller's coefficient).
+
+  Metrics: kl_ref (mean over tokens) and kl_ref_seq_mean (mean over sequences of each one's
+  token mean: the statistic the adaptive controller reads, rl/kl_control.py), kl_coef.
+  """
   mask = b["loss_mask"]
   token_reward = adv_lib.token_rewards(b["rewards"], mask)
   metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
                                                       b["sampler_logprobs"]), mask)}
   if hp.kl_coef > 0:
     token_reward = adv_lib.kl_penalized_rewards(token_reward, b["old_logprobs"],
-                                                b["ref_logprobs"], mask, hp.kl_coef,
-                                                hp.kl_estimator)
-    metrics["kl_ref"] = _masked_mean(
-        losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
+                                                b["ref_logprobs"], mask, kl_coef,
+                                                hp.kl_reward_estimator)
+    kl = losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_reward_estimator)
+    metrics["kl_ref"] = _masked_mean(kl, mask)
+    metrics["kl_ref_seq_mean"] = losses.aggregate(kl, mask, "seq_mean_token_mean")
+    metrics["kl_coef"] = jnp.asarray(kl_coef, jnp.float32)
   adv, returns = adv_lib.gae(token_reward, b["values"], mask, hp.gamma, hp.gae_lambda)
   if hp.whiten_advantages:
     adv = adv_lib.whiten(adv, mask)
@@ -147,9 +159,14 @@ def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return new, sub
 
 
-def combine_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
-  """One row of per-update metrics: skips summed, lr last, the rest averaged over applied ones."""
-  applied = [m for m in per_update if m["skipped"] == 0] or per_update
+def combine_metrics(per_update: list[dict[str, float]], skipped: str = "skipped",
+                    count: str = "updates") -> dict[str, float]:
+  """One row of per-update metrics: skips summed, lr last, the rest averaged over applied ones.
+
+  skipped / count: the skip flag's name and the name of the number of updates (the critic's
+  own updates: "critic_skipped", "critic_updates").
+  """
+  applied = [m for m in per_update if m[skipped] == 0] or per_update
   out = {}
   for key in per_update[0]:
     if key in _SUMMED:
@@ -160,58 +177,70 @@ def combine_metrics(per_update: list[dict[str, float]]) -> dict[str, float]:
       out[key] = float(max(m[key] for m in applied))
     else:
       out[key] = float(np.mean([m[key] for m in applied]))
-  out["updates"] = float(len(per_update))
+  out[count] = float(len(per_update))
   return out
 
 
 def microbatch_plan(minibatch: Mapping[str, np.ndarray],
-                    hp: RLHparams) -> list[tuple[dict[str, np.ndarray], float]]:
-  """The minibatch as hp.microbatches (microbatch, weight) pairs, each cut to its own width.
+                    hp: RLHparams) -> list[tuple[dict[str, np.ndarray], float, float]]:
+  """The minibatch as hp.microbatches (microbatch, loss weight, metric weight) triples, each
+  microbatch cut to its own width.
 
   Rows are sorted by length, so a microbatch of short trajectories is not padded to the
   longest of the minibatch; each keeps the columns up to its longest row rounded up to a
-  multiple of `hp.length_bucket` (at most the minibatch's width). The weights make the summed
-  loss the minibatch's own aggregate whatever the split: a microbatch's share of the masked
-  tokens (token_mean), of the sequences with a masked token (seq_mean_token_mean), or of the
-  rows (seq_sum_norm, whose constant stays the minibatch's width).
+  multiple of `hp.length_bucket` (at most the minibatch's width). The weights are
+  losses.microbatch_weights': with rl.microbatch_weighting "global" the summed loss is the
+  minibatch's own aggregate whatever the split (a microbatch's share of the masked tokens for
+  token_mean, of the rows with a masked token for the seq_* modes, 1 for token_sum).
   """
   rows, width = minibatch["tokens"].shape
   assert rows % hp.microbatches == 0, (rows, hp.microbatches)
   lengths = minibatch["attention_mask"].sum(axis=1)
   order = np.argsort(lengths, kind="stable")
-  tokens_per_row = minibatch["loss_mask"].sum(axis=1)
-  share = {"token_mean": tokens_per_row, "seq_mean_token_mean": (tokens_per_row > 0) * 1.0,
-           "seq_sum_norm": np.ones(rows)}[hp.loss_agg]
-  total = share.sum()
+  parts = np.split(order, hp.microbatches)
+  loss_w, metric_w = losses.microbatch_weights(
+      [minibatch["loss_mask"][part] for part in parts], hp.loss_agg, hp.microbatch_weighting)
   plan = []
-  for part in np.split(order, hp.microbatches):
+  for i, part in enumerate(parts):
     cut = min(width, -(-max(int(lengths[part].max()), 1) // hp.length_bucket) * hp.length_bucket)
     micro = {k: v[part][:, :cut] if v.ndim == 2 else v[part] for k, v in minibatch.items()}
-    weight = share[part].sum() / total if total > 0 else 1.0 / hp.microbatches
-    plan.append((micro, float(weight)))
+    plan.append((micro, float(loss_w[i]), float(metric_w[i])))
   return plan
 
 
 def _trimmed_update(state: TrainState, minibatch: Mapping[str, np.ndarray], hp: RLHparams,
-                    mesh: Mesh) -> tuple[TrainState, dict]:
+                    mesh: Mesh, parts: tuple[str, ...]) -> tuple[TrainState, dict]:
   """One optimizer update over `microbatch_plan`'s microbatches (rl.length_bucket > 0)."""
   micro_hp = dataclasses.replace(hp, microbatches=1)
   if hp.loss_agg == "seq_sum_norm" and hp.norm_length is None:  # the constant: the full width
     micro_hp = dataclasses.replace(micro_hp, norm_length=minibatch["tokens"].shape[1])
   grads = None
-  for micro, weight in microbatch_plan(minibatch, hp):
+  for micro, weight, metric_weight in microbatch_plan(minibatch, hp):
     part = update.weighted_gradients(state, put_rows(micro, mesh), micro_hp,
-                                     jnp.float32(weight))
+                                     jnp.float32(weight), jnp.float32(metric_weight), parts)
     grads = part if grads is None else update.add_gradients(grads, part)
   return update.apply_gradients(state, grads, hp)
 
 
+def minibatch_logprob_fields(hp: RLHparams, on_policy: bool) -> list[str]:
+  """The log-prob fields an update's minibatch carries besides tokens, masks and advantages."""
+  fields = ["sampler_logprobs"] if on_policy or hp.rollout_is else []
+  if not on_policy:
+    fields.append("old_logprobs")
+  if hp.algorithm == "grpo" and hp.kl_coef > 0:
+    fields.append("ref_logprobs")
+  return fields
+
+
 def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
-              hp: Optional[RLHparams] = None) -> tuple[TrainState, dict[str, float]]:
+              hp: Optional[RLHparams] = None,
+              kl_coef: Optional[float] = None) -> tuple[TrainState, dict[str, float]]:
   """All updates of one rollout batch: (new state, metrics as Python floats).
 
-  config: the run's ConfigDict (its rl section); or pass hp. The state is donated: use only
-  the returned one. Minibatch order comes from state.rng, so a restored state replays it.
+  config: the run's ConfigDict (its rl section); or pass hp. kl_coef: PPO's reward KL
+  coefficient for this batch (rl/kl_control.py; default hp.kl_coef). The state is donated:
+  use only the returned one. Minibatch order comes from state.rng, so a restored state
+  replays it.
   """
   mesh = _mesh(state)
   hp = hp or RLHparams.from_config(config, sharding.batch_shards(mesh))
@@ -220,23 +249,13 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   if hp.kl_coef > 0 and state.ref_params is None:
     raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
   with jax.set_mesh(mesh):
-    return _rl_update(state, batch, hp, mesh)
+    return _rl_update(state, batch, hp, mesh, hp.kl_coef if kl_coef is None else kl_coef)
 
 
-def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams,
-               mesh: Mesh) -> tuple[TrainState, dict[str, float]]:
-  host = _host_batch(batch, hp.mini_batch_rows)
-  multihost.check_same(host, "the rollout batch")
+def _epochs(state: TrainState, host: dict[str, np.ndarray], names: list[str], hp: RLHparams,
+            mesh: Mesh, parts: tuple[str, ...]) -> tuple[TrainState, list[dict]]:
+  """hp.epochs passes over shuffled minibatches of hp.mini_batch_rows rows, updating `parts`."""
   size = host["tokens"].shape[0]
-  on_policy = single_on_policy_update(hp, size)
-  if not on_policy or state.ref_params is not None:
-    host.update(_score_all(state, host, hp, mesh, old=not on_policy))
-  prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
-  fields, prep_metrics = prepare(put_rows(host, mesh), hp)
-  host.update(multihost.fetch(fields))
-  names = ["tokens", "positions", "attention_mask", "loss_mask",
-           "sampler_logprobs" if on_policy else "old_logprobs",
-           *fields] + (["ref_logprobs"] if hp.algorithm == "grpo" and hp.kl_coef > 0 else [])
   per_update = []
   for _ in range(hp.epochs):
     rng, key = _split_key(state.rng)
@@ -246,10 +265,34 @@ def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams,
       rows = order[start:start + hp.mini_batch_rows]
       minibatch = {k: host[k][rows] for k in names}
       if hp.length_bucket:
-        state, metrics = _trimmed_update(state, minibatch, hp, mesh)
+        state, metrics = _trimmed_update(state, minibatch, hp, mesh, parts)
       else:
-        state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp)
+        state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp, parts)
       per_update.append(metrics)
+  return state, per_update
+
+
+def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams, mesh: Mesh,
+               kl_coef: float) -> tuple[TrainState, dict[str, float]]:
+  host = _host_batch(batch, hp.mini_batch_rows)
+  multihost.check_same(host, "the rollout batch")
+  size = host["tokens"].shape[0]
+  if hp.critic_apart and size % hp.critic_mini_batch_rows:
+    raise ValueError(f"rollout batch of {size} rows is not a multiple of the critic's "
+                     f"minibatch (rl.critic_mini_batch_size x rl.group_size = "
+                     f"{hp.critic_mini_batch_rows} rows)")
+  on_policy = single_on_policy_update(hp, size)
+  if not on_policy or state.ref_params is not None:
+    host.update(_score_all(state, host, hp, mesh, old=not on_policy))
+  prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
+  fields, prep_metrics = prepare(put_rows(host, mesh), hp, jnp.float32(kl_coef))
+  host.update(multihost.fetch(fields))
+  names = ["tokens", "positions", "attention_mask", "loss_mask", *fields,
+           *minibatch_logprob_fields(hp, on_policy)]
+  state, per_update = _epochs(state, host, names, hp, mesh, update.default_parts(hp))
   out = combine_metrics(multihost.fetch(per_update))
+  if hp.critic_apart:
+    state, per_critic = _epochs(state, host, names, hp.for_critic(), mesh, ("critic",))
+    out.update(combine_metrics(multihost.fetch(per_critic), "critic_skipped", "critic_updates"))
   out.update({k: float(v) for k, v in multihost.fetch(prep_metrics).items()})
   return state, out

@@ -158,12 +158,42 @@ def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
                     ref_params=_copy(params) if reference else None, critic=critic_state)
 
 
-def rl_updates_per_step(rl_config) -> int:
-  """Optimizer updates per RL step: epochs_per_batch x (batch_size / mini_batch_size)."""
-  if rl_config.batch_size % rl_config.mini_batch_size:
-    raise ValueError(f"rl.mini_batch_size={rl_config.mini_batch_size} must divide "
-                     f"rl.batch_size={rl_config.batch_size}")
-  return rl_config.epochs_per_batch * (rl_config.batch_size // rl_config.mini_batch_size)
+def rl_updates_per_step(rl_config, critic: bool = False) -> int:
+  """Optimizer updates per RL step: epochs_per_batch x (batch_size / mini_batch_size), or the
+  critic's (rl.critic_epochs, rl.critic_mini_batch_size; 0: the actor's)."""
+  rl = rl_config
+  field, mini, epochs = "mini_batch_size", rl.mini_batch_size, rl.epochs_per_batch
+  if critic and rl.critic_mini_batch_size:
+    field, mini = "critic_mini_batch_size", rl.critic_mini_batch_size
+  if critic and rl.critic_epochs:
+    epochs = rl.critic_epochs
+  if rl.batch_size % mini:
+    raise ValueError(f"rl.{field}={mini} must divide rl.batch_size={rl.batch_size}")
+  return epochs * (rl.batch_size // mini)
+
+
+def rl_schedule(rl_config, critic: bool = False) -> dict:
+  """learning_rate_schedule's arguments for the policy's (or the critic's) optimizer; the
+  schedules count optimizer updates: rl.steps x rl_updates_per_step."""
+  rl = rl_config
+  warmup_ratio, warmup_steps = rl.warmup_ratio, rl.warmup_steps
+  if critic and rl.critic_warmup_steps >= 0:
+    warmup_steps = rl.critic_warmup_steps
+  elif critic and rl.critic_warmup_ratio >= 0:
+    warmup_ratio, warmup_steps = rl.critic_warmup_ratio, -1
+  return dict(learning_rate=rl.critic_learning_rate if critic else rl.learning_rate,
+              total_steps=rl.steps * rl_updates_per_step(rl, critic), warmup_ratio=warmup_ratio,
+              schedule=rl.schedule, warmup_steps=int(warmup_steps),
+              min_lr_ratio=rl.min_lr_ratio)
+
+
+def rl_optimizer(rl_config, critic: bool = False) -> optax.GradientTransformation:
+  """The AdamW of the policy (or of the critic) from config.rl."""
+  rl = rl_config
+  return opt_lib.make_optimizer(
+      **rl_schedule(rl, critic),
+      max_grad_norm=rl.critic_max_grad_norm if critic else rl.max_grad_norm,
+      weight_decay=rl.weight_decay, b1=rl.adam_b1, b2=rl.adam_b2)
 
 
 def move_unused_in_rollouts(state: TrainState, memory_kind: str) -> TrainState:
@@ -190,16 +220,12 @@ def create_rl_state(model: Decoder, config) -> TrainState:
   rl = config.rl
   if rl.algorithm not in ("grpo", "ppo"):
     raise ValueError(f"rl.algorithm={rl.algorithm!r} must be grpo or ppo")
-  total = rl.steps * rl_updates_per_step(rl)
-  tx = opt_lib.make_optimizer(rl.learning_rate, total, rl.warmup_ratio, rl.schedule,
-                              rl.max_grad_norm, rl.weight_decay)
   critic = critic_tx = None
   if rl.algorithm == "ppo":
     critic = critic_from_policy(model, config.seed + 1)
-    critic_tx = opt_lib.make_optimizer(rl.critic_learning_rate, total, rl.warmup_ratio,
-                                       rl.schedule, rl.max_grad_norm, rl.weight_decay)
-  return create_state(model, tx, seed=config.seed, reference=rl.kl_coef > 0, critic=critic,
-                      critic_tx=critic_tx)
+    critic_tx = rl_optimizer(rl, critic=True)
+  return create_state(model, rl_optimizer(rl), seed=config.seed, reference=rl.kl_coef > 0,
+                      critic=critic, critic_tx=critic_tx)
 
 
 def create_sft_state(model: Decoder, config, total_steps: int) -> TrainState:

@@ -19,10 +19,27 @@ def test_registry_rewards_use_the_last_answer():
   assert rewards.get_reward_fn("cover_em")(GOOD, ["Shakespeare"]) == 1.0
   two = "<answer> Marlowe </answer> <answer> Shakespeare </answer>"
   assert rewards.get_reward_fn("em")(two, ["Marlowe"]) == 0.0
+  assert rewards.get_reward_fn("em")("<answer>London</answer> blah </answer>",
+                                     ["London"]) == 1.0
+  assert rewards.get_reward_fn("sub_em")(GOOD, ["Shakes"]) == 1.0
+  assert rewards.get_reward_fn("cover_em")(GOOD, ["Shakes"]) == 0.0
+
+
+def test_trajectory_rewards_use_the_same_metrics():
+  from rag_r1_jax.rollout.trajectories import Rollout, RowRecord
+  from rag_r1_jax.runs.rl_stage import trajectory_rewards
+  records = [RowRecord(prompt_index=i, response_text="", answer=a, turns=0, queries_per_turn=[],
+                       finish_reason="answer", generated_tokens=1, prompt_tokens=1,
+                       total_tokens=2, decode_seconds=0.0, retrieval_seconds=0.0,
+                       total_seconds=0.0) for i, a in enumerate(["in 1990", "1990", None])]
+  rollout = Rollout(*(np.zeros((3, 1)),) * 5, group_ids=np.zeros(3), records=records)
+  golds = [["199"], ["1990"], ["1990"]]
+  np.testing.assert_array_equal(trajectory_rewards(rollout, golds, "sub_em", 0.0), [1, 1, 0])
+  np.testing.assert_array_equal(trajectory_rewards(rollout, golds, "cover_em", 0.0), [0, 1, 0])
 
 
 def test_unknown_reward_lists_valid_names():
-  with pytest.raises(ValueError, match=r"rl.reward='acc'.*\['cover_em', 'em', 'f1'\]"):
+  with pytest.raises(ValueError, match=r"rl.reward='acc'.*\['cover_em', 'em', 'f1', 'sub_em'\]"):
     rewards.get_reward_fn("acc")
 
 

@@ -30,10 +30,27 @@ def test_cosine_schedule_with_warmup():
     opt_lib.learning_rate_schedule(1.0, 10, 0.1, "linear")
 
 
-def test_make_optimizer_matches_hand_adamw_with_clipping():
-  lr, wd, b1, b2, eps, max_norm = 0.1, 0.01, 0.9, 0.999, 1e-8, 1.0
+def test_warmup_steps_override_the_ratio_and_cosine_floor():
+  lr = opt_lib.learning_rate_schedule(1.0, total_steps=10, warmup_ratio=0.5, warmup_steps=2)
+  np.testing.assert_allclose([float(lr(s)) for s in range(4)], [0.5, 1.0, 1.0, 1.0])
+  lr = opt_lib.learning_rate_schedule(1.0, 10, 0.5, warmup_steps=0)
+  assert float(lr(0)) == 1.0
+  # Cosine to min_lr_ratio x lr: 2 x (.1 + .9 (1 + cos(pi s / 10)) / 2).
+  lr = opt_lib.learning_rate_schedule(2.0, 10, 0.0, "cosine", min_lr_ratio=0.1)
+  expected = [2 * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, 10) / 10))) for s in range(12)]
+  np.testing.assert_allclose([float(lr(s)) for s in range(12)], expected, rtol=1e-5)
+  assert float(lr(5)) == pytest.approx(1.1) and float(lr(11)) == pytest.approx(0.2)
+  constant = opt_lib.learning_rate_schedule(2.0, 10, 0.0, "constant", min_lr_ratio=0.1)
+  assert float(constant(9)) == 2.0
+  with pytest.raises(ValueError, match="min_lr_ratio"):
+    opt_lib.learning_rate_schedule(1.0, 10, 0.0, "cosine", min_lr_ratio=1.5)
+
+
+@pytest.mark.parametrize("b1,b2", [(0.9, 0.999), (0.5, 0.9)])
+def test_make_optimizer_matches_hand_adamw_with_clipping(b1, b2):
+  lr, wd, eps, max_norm = 0.1, 0.01, 1e-8, 1.0
   tx = opt_lib.make_optimizer(lr, total_steps=4, warmup_ratio=0.5, schedule="constant",
-                              max_grad_norm=max_norm, weight_decay=wd)
+                              max_grad_norm=max_norm, weight_decay=wd, b1=b1, b2=b2)
   params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
   grads_seq = [{"w": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])},
                {"w": jnp.array([0.1, -0.2]), "b": jnp.array([0.3])}]
@@ -91,6 +108,43 @@ def test_accumulate_gradients_equals_full_batch():
       np.testing.assert_allclose(a_grads[k], grads[k], rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="rl.microbatches"):
     opt_lib.accumulate_gradients(_linear_loss, params, batch, 3)
+
+
+def test_accumulate_gradients_with_weights():
+  rng = np.random.default_rng(1)
+  batch = {"x": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+           "y": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}
+  params = {"w": jnp.array([0.1, -0.3, 0.2]), "b": jnp.array(0.05)}
+
+  def loss_fn(p, b):
+    err = b["x"] @ p["w"] + p["b"] - b["y"]
+    return jnp.mean(err ** 2), {"mean_err": jnp.mean(err), "err_max": jnp.max(err)}
+
+  parts = [jax.tree.map(lambda x, i=i: x[2 * i:2 * i + 2], batch) for i in range(3)]
+  each = [jax.value_and_grad(loss_fn, has_aux=True)(params, p) for p in parts]
+  w, mw = jnp.array([0.5, 0.25, 2.0]), jnp.array([0.2, 0.3, 0.5])
+  loss, aux, grads = opt_lib.accumulate_gradients(loss_fn, params, batch, 3, (w, mw))
+  np.testing.assert_allclose(loss, sum(wi * e[0][0] for wi, e in zip(w, each)), rtol=1e-6)
+  np.testing.assert_allclose(aux["mean_err"], sum(m * e[0][1]["mean_err"]
+                                                  for m, e in zip(mw, each)), rtol=1e-6)
+  np.testing.assert_allclose(aux["err_max"], max(e[0][1]["err_max"] for e in each), rtol=1e-6)
+  _, like_loss, _ = opt_lib.accumulate_gradients(loss_fn, params, batch, 3, (w, mw),
+                                                 loss_like=("mean_err",))
+  np.testing.assert_allclose(like_loss["mean_err"], sum(wi * e[0][1]["mean_err"]
+                                                        for wi, e in zip(w, each)), rtol=1e-6)
+  for k in params:
+    np.testing.assert_allclose(grads[k], sum(wi * e[1][k] for wi, e in zip(w, each)),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_update_count_reads_the_schedule_step():
+  tx = opt_lib.make_optimizer(0.1, 10, 0.0)
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  assert int(opt_lib.update_count(state)) == 0
+  for _ in range(3):
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+  assert int(opt_lib.update_count(state)) == 3
 
 
 def test_accumulate_gradients_returns_float32_for_bfloat16_params():

@@ -195,35 +195,44 @@ def test_microbatch_plan_sorts_cuts_and_weighs_by_the_aggregate():
   batch, lengths = _ragged_batch()
   hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8))
   plan = rl_update.microbatch_plan(batch, hp)
-  widths = [micro["tokens"].shape[1] for micro, _ in plan]
-  longest = [int(micro["attention_mask"].sum(axis=1).max()) for micro, _ in plan]
+  widths = [micro["tokens"].shape[1] for micro, *_ in plan]
+  longest = [int(micro["attention_mask"].sum(axis=1).max()) for micro, *_ in plan]
   assert widths == [-(-n // 8) * 8 for n in longest] and widths == sorted(widths)
   assert widths[0] < 40 and widths[-1] == 40
-  tokens = [micro["loss_mask"].sum() for micro, _ in plan]
-  assert [w for _, w in plan] == pytest.approx([t / batch["loss_mask"].sum() for t in tokens])
-  kept = np.concatenate([micro["tokens"].sum(axis=1) for micro, _ in plan])
+  tokens = [micro["loss_mask"].sum() for micro, *_ in plan]
+  assert [w for _, w, _ in plan] == pytest.approx([t / batch["loss_mask"].sum() for t in tokens])
+  assert [w for *_, w in plan] == pytest.approx([t / batch["loss_mask"].sum() for t in tokens])
+  kept = np.concatenate([micro["tokens"].sum(axis=1) for micro, *_ in plan])
   assert sorted(kept) == sorted(batch["tokens"].sum(axis=1))  # no real token cut
-  for agg, share in (("seq_sum_norm", 0.25), ("seq_mean_token_mean", 0.25)):
-    hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8, loss_agg=agg))
-    assert [w for _, w in rl_update.microbatch_plan(batch, hp)] == pytest.approx([share] * 4)
+  for agg, weighting, share in (("seq_sum_norm", "global", 0.25),
+                                ("seq_mean_token_mean", "global", 0.25),
+                                ("token_sum", "global", 1.0), ("token_mean", "mean", 0.25)):
+    hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8, loss_agg=agg,
+                                                  microbatch_weighting=weighting))
+    assert [w for _, w, _ in rl_update.microbatch_plan(batch, hp)] == pytest.approx([share] * 4)
 
 
 @pytest.mark.parametrize("algorithm,loss_agg", [("grpo", "token_mean"),
                                                 ("grpo", "seq_mean_token_mean"),
-                                                ("grpo", "seq_sum_norm"), ("ppo", "token_mean")])
-def test_length_cut_microbatches_equal_one_full_width_pass(algorithm, loss_agg):
+                                                ("grpo", "seq_sum_norm"), ("grpo", "token_sum"),
+                                                ("ppo", "token_mean")])
+def test_microbatches_on_every_path_equal_one_full_width_pass(algorithm, loss_agg):
+  """Length-cut microbatches and the in-step scan over equal-width ones both give the
+  minibatch's own loss and update (rl.microbatch_weighting = global)."""
   batch, _ = _ragged_batch()
   kw = dict(batch_size=4, mini_batch_size=4, loss_agg=loss_agg, entropy_coef=0.01)
   full, m_full = _run(h.mesh(), algorithm, batch, microbatches=1, **kw)
   cut, m_cut = _run(h.mesh(), algorithm, batch, microbatches=4, length_bucket=8, **kw)
-  for a, b in zip(_params(full), _params(cut)):
-    np.testing.assert_allclose(a, b, atol=2e-6)
-  for key in ("loss", "pg_loss", "entropy", "grad_norm"):
-    assert m_cut[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6), key
-  # The plain scan over equal-width microbatches weighs microbatches, not tokens: different.
   scan, m_scan = _run(h.mesh(), algorithm, batch, microbatches=4, **kw)
-  if loss_agg == "token_mean":
-    assert m_scan["pg_loss"] != pytest.approx(m_full["pg_loss"], rel=1e-4, abs=1e-6)
+  for other, m_other in ((cut, m_cut), (scan, m_scan)):
+    for a, b in zip(_params(full), _params(other)):
+      np.testing.assert_allclose(a, b, atol=2e-6)
+    for key in ("loss", "pg_loss", "entropy", "grad_norm", "ratio_max"):
+      assert m_other[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6), key
+  if loss_agg == "token_mean":  # the older per-microbatch mean weighs microbatches, not tokens
+    _, m_mean = _run(h.mesh(), algorithm, batch, microbatches=4, microbatch_weighting="mean",
+                     **kw)
+    assert m_mean["pg_loss"] != pytest.approx(m_full["pg_loss"], rel=1e-4, abs=1e-6)
 
 
 def test_length_cut_updates_compile_once_per_width():
