@@ -1,4 +1,4 @@
-"""DecoderConfig: the static description of a Llama / Qwen2 decoder.
+"""DecoderConfig: the static description of a Llama / Qwen2 / Qwen3 / Mistral decoder.
 
 Built from a `config.model` ConfigDict or a Hugging Face `config.json`, and written back to
 one on export. Frozen and hashable so it can be a static argument of jitted functions.
@@ -14,9 +14,16 @@ import jax.numpy as jnp
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "MistralForCausalLM": "mistral",
 }
+# Families whose HF attention_bias puts a bias on q, k, v and o alike.
+_ATTENTION_BIAS_FAMILIES = ("llama", "qwen3")
+# Families whose HF config.json can declare a sliding attention window.
+_SLIDING_FAMILIES = ("mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +44,11 @@ class DecoderConfig:
   rms_norm_eps: float = 1e-5
   tie_word_embeddings: bool = False
   qkv_bias: bool = False
-  o_bias: bool = False  # Llama's attention_bias also adds a bias to o_proj; Qwen2 does not.
+  # Llama's and Qwen3's attention_bias also adds a bias to o_proj; Qwen2 does not.
+  o_bias: bool = False
+  # N > 0: a token attends to the N latest positions, itself included (HF's sliding_window,
+  # applied to every layer); 0: to all earlier positions.
+  sliding_window: int = 0
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = False
@@ -47,6 +58,12 @@ class DecoderConfig:
   attention_block: int = 512
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
+  # What an export carries over from the source checkpoint: the dtype its config.json declared
+  # (None: unknown, e.g. a scratch model) and its generation_config.json as compact JSON text
+  # ("" if it had none).
+  checkpoint_dtype: str | None = None
+  generation_config: str = ""
 
   def __post_init__(self):
     problems = []
@@ -72,8 +89,14 @@ class DecoderConfig:
     rope_type = self.rope_scaling_dict.get("rope_type", self.rope_scaling_dict.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
       problems.append(f"rope_scaling type {rope_type!r} is not supported ({SUPPORTED_ROPE_TYPES})")
-    if self.o_bias and self.architecture != "llama":
-      problems.append("o_bias is only defined for the llama architecture")
+    if self.o_bias and self.architecture not in _ATTENTION_BIAS_FAMILIES:
+      problems.append(f"o_bias is only defined for the {_ATTENTION_BIAS_FAMILIES} architectures")
+    if self.qkv_bias and self.architecture == "mistral":
+      problems.append("qkv_bias is not defined for the mistral architecture")
+    if int(self.sliding_window) < 0:
+      problems.append(f"sliding_window must be >= 0, got {self.sliding_window}")
+    if self.sliding_window and self.architecture not in _SLIDING_FAMILIES:
+      problems.append(f"sliding_window is only defined for the {_SLIDING_FAMILIES} architectures")
     if problems:
       raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -88,6 +111,11 @@ class DecoderConfig:
   @property
   def weight_dtype(self):
     return DTYPES[self.param_dtype]
+
+  @property
+  def qk_norm(self) -> bool:
+    """Whether queries and keys are RMS-normed per head before the rotary embedding (Qwen3)."""
+    return self.architecture == "qwen3"
 
   @property
   def num_groups(self) -> int:
@@ -131,13 +159,34 @@ def from_model_config(model_config) -> DecoderConfig:
       rms_norm_eps=float(model_config.rms_norm_eps),
       tie_word_embeddings=bool(model_config.tie_word_embeddings),
       qkv_bias=bool(model_config.qkv_bias),
-      o_bias=bool(model_config.qkv_bias) and model_config.architecture == "llama",
+      o_bias=bool(model_config.qkv_bias) and model_config.architecture in _ATTENTION_BIAS_FAMILIES,
       dtype=str(model_config.dtype),
       param_dtype=str(model_config.param_dtype),
       scan_layers=bool(model_config.scan_layers),
       remat=str(model_config.remat),
       attention_block=int(model_config.attention_block),
   )
+
+
+def _sliding_window(hf: Mapping[str, Any], family: str, num_layers: int) -> int:
+  """The window every layer of a HF config uses (0: none); a mix of windowed and full layers
+  is refused."""
+  if family == "mistral":
+    return int(hf.get("sliding_window") or 0)
+  if family not in ("qwen2", "qwen3") or not hf.get("use_sliding_window"):
+    return 0
+  window = int(hf.get("sliding_window") or 0)
+  first = int(hf.get("max_window_layers", 28))
+  kinds = hf.get("layer_types") or [
+      "sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+  sliding = {kind == "sliding_attention" for kind in kinds}
+  if not window or sliding == {False}:
+    return 0
+  if sliding == {True}:
+    return window
+  raise ValueError("unsupported config: use_sliding_window with a window on some layers only "
+                   f"(layer_types / max_window_layers={first}); rag_r1_jax applies one window "
+                   "to every layer or to none")
 
 
 def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
@@ -154,11 +203,12 @@ def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
                      f"{sorted(SUPPORTED_ARCHITECTURES)}")
   num_heads = int(hf["num_attention_heads"])
   hidden = int(hf["hidden_size"])
-  head_dim = hf.get("head_dim") or hidden // num_heads
+  # Qwen3Config's head_dim defaults to 128, the others' to hidden_size / heads.
+  head_dim = hf.get("head_dim") or (128 if family == "qwen3" else hidden // num_heads)
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r}: only silu (SwiGLU)")
-  llama_bias = family == "llama" and bool(hf.get("attention_bias", False))
-  qkv_bias = family == "qwen2" or llama_bias
+  attention_bias = family in _ATTENTION_BIAS_FAMILIES and bool(hf.get("attention_bias", False))
+  qkv_bias = family == "qwen2" or attention_bias
   if hf.get("mlp_bias"):
     raise ValueError("unsupported config: mlp_bias=True")
   rope_theta = hf.get("rope_theta")
@@ -169,11 +219,13 @@ def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
     extra = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
     if extra.get("rope_type", "default") != "default":
       rope_scaling = extra
+  num_layers = int(hf["num_hidden_layers"])
+  dtype = hf.get("dtype") or hf.get("torch_dtype")
   fields = dict(
       vocab_size=int(hf["vocab_size"]),
       hidden_size=hidden,
       intermediate_size=int(hf["intermediate_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
+      num_layers=num_layers,
       num_heads=num_heads,
       num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
       head_dim=int(head_dim),
@@ -184,24 +236,34 @@ def from_hf_dict(hf: Mapping[str, Any], **overrides) -> DecoderConfig:
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
       qkv_bias=qkv_bias,
-      o_bias=llama_bias,
+      o_bias=attention_bias,
+      sliding_window=_sliding_window(hf, family, num_layers),
       bos_token_id=hf.get("bos_token_id"),
       eos_token_id=_freeze(hf.get("eos_token_id")),
+      pad_token_id=hf.get("pad_token_id"),
+      checkpoint_dtype=dtype if dtype in DTYPES else None,
   )
   fields.update(overrides)
   return DecoderConfig(**fields)
 
 
+def _read_json(path: str) -> dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 def load_hf_config(model_dir: str, **overrides) -> DecoderConfig:
+  """From `model_dir`'s config.json, carrying its generation_config.json when there is one."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json")
-  with open(path) as f:
-    try:
-      hf = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON: {e}") from e
-  return from_hf_dict(hf, **overrides)
+  generation_path = os.path.join(model_dir, GENERATION_CONFIG_FILE)
+  if os.path.isfile(generation_path) and "generation_config" not in overrides:
+    overrides["generation_config"] = json.dumps(_read_json(generation_path), sort_keys=True)
+  return from_hf_dict(_read_json(path), **overrides)
 
 
 def to_hf_dict(cfg: DecoderConfig) -> dict[str, Any]:
@@ -226,13 +288,23 @@ def to_hf_dict(cfg: DecoderConfig) -> dict[str, Any]:
   }
   if cfg.rope_scaling:
     hf["rope_scaling"] = _thaw(cfg.rope_scaling)
-  if cfg.architecture == "llama":
+  if cfg.architecture in _ATTENTION_BIAS_FAMILIES:
     if cfg.qkv_bias != cfg.o_bias:
-      raise ValueError("a llama export needs qkv_bias == o_bias (HF's single attention_bias)")
+      raise ValueError(f"a {cfg.architecture} export needs qkv_bias == o_bias (HF's single "
+                       "attention_bias)")
     hf["attention_bias"] = cfg.qkv_bias
+  if cfg.architecture == "llama":
     hf["mlp_bias"] = False
-  if cfg.bos_token_id is not None:
-    hf["bos_token_id"] = cfg.bos_token_id
+  window = cfg.sliding_window or None
+  if cfg.architecture == "mistral":
+    hf["sliding_window"] = window
+  elif cfg.architecture in ("qwen2", "qwen3"):
+    kind = "sliding_attention" if window else "full_attention"
+    hf.update(use_sliding_window=bool(window), sliding_window=window, max_window_layers=0,
+              layer_types=[kind] * cfg.num_layers)
+  for name in ("bos_token_id", "pad_token_id"):
+    if getattr(cfg, name) is not None:
+      hf[name] = getattr(cfg, name)
   if cfg.eos_token_id is not None:
     eos = cfg.eos_token_id
     hf["eos_token_id"] = list(eos) if isinstance(eos, tuple) else eos

@@ -1,7 +1,7 @@
-"""One Flax NNX decoder for the Llama and Qwen2 / Qwen2.5 families.
+"""One Flax NNX decoder for the Llama, Qwen2 / Qwen2.5, Qwen3 (dense) and Mistral families.
 
-RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, tied or
-untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
+RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, per-head
+query/key RMSNorm (Qwen3), an optional sliding attention window, tied or untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
 weights are stacked along a leading `layers` axis and a cache-free forward (training,
 scoring) applies them with `jax.lax.scan` (fast compiles for deep models); otherwise each
 layer is its own module. The cached forward (prefill, decode) never scans: it applies the
@@ -60,6 +60,9 @@ class DecoderLayer(nnx.Module):
     self.q_proj = p((d, q), ("embed", "q_heads"))
     self.k_proj = p((d, kv), ("embed", "kv_heads"))
     self.v_proj = p((d, kv), ("embed", "kv_heads"))
+    if cfg.qk_norm:
+      self.q_norm = p((cfg.head_dim,), ("norm",), init="ones")
+      self.k_norm = p((cfg.head_dim,), ("norm",), init="ones")
     if cfg.qkv_bias:
       self.q_bias = p((q,), ("q_heads",), init="zeros")
       self.k_bias = p((kv,), ("kv_heads",), init="zeros")
@@ -131,22 +134,24 @@ class Decoder(nnx.Module):
         mask = None  # ops.blocked_attention builds it tile by tile from `segment`
       else:
         own = (segment[:, :, None] == segment[:, None, :]) | (segment[:, :, None] == 0)
-        causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
-        mask = causal[None] & own & (segment[:, None, :] > 0)
-      write_idx = None
+        mask = ops.causal_mask(seq, cfg.sliding_window)[None] & own & (segment[:, None, :] > 0)
+      write_idx = attend_from = attend_len = None
     else:
       if chunk_lengths is None:
         chunk_lengths = jnp.full((batch,), seq, jnp.int32)
       positions = cache.lengths[:, None] + jnp.arange(seq, dtype=jnp.int32)[None, :]
-      mask = kvc.chunk_attention_mask(cache.lengths, chunk_lengths, seq, cache.capacity)
+      mask = kvc.chunk_attention_mask(cache.lengths, chunk_lengths, seq, cache.capacity,
+                                      window=cfg.sliding_window)
       write_idx = kvc.chunk_write_indices(cache.lengths, chunk_lengths, seq, cache.capacity)
-
       attend_len = jnp.max(jnp.minimum(cache.lengths + chunk_lengths, cache.capacity))
+      # The first cache slot any row's window reaches (0 without a window).
+      attend_from = jnp.maximum(jnp.min(cache.lengths) - cfg.sliding_window + 1, 0) \
+          if cfg.sliding_window else None
     x = _constrain_stream(jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype))
     block = functools.partial(_block, cfg=cfg, inv_freq=inv_freq, positions=positions,
                               mask=mask, segment_ids=segment if cache is None else None,
-                              write_idx=write_idx,
-                              attend_len=attend_len if cache is not None else None)
+                              write_idx=write_idx, attend_len=attend_len,
+                              attend_from=attend_from)
     if cfg.remat == "full":
       block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
     elif cfg.remat == "dots":
@@ -220,7 +225,7 @@ def _linear(x, w, b=None):
 
 
 def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_ids,
-           write_idx, attend_len):
+           write_idx, attend_len, attend_from):
   """One decoder layer; writes this chunk's keys/values into the layer's cache blocks."""
   batch, seq, _ = x.shape
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
@@ -229,12 +234,15 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_
   q = heads(_linear(h, w["q_proj"], w.get("q_bias")), cfg.num_heads)
   k = heads(_linear(h, w["k_proj"], w.get("k_bias")), cfg.num_kv_heads)
   v = heads(_linear(h, w["v_proj"], w.get("v_bias")), cfg.num_kv_heads)
+  if cfg.qk_norm:
+    q = _rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+    k = _rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
   q = rope.apply_rope(q, positions, inv_freq)
   k = rope.apply_rope(k, positions, inv_freq)
   if k_blocks is not None:
     k_blocks = kvc.write(k_blocks, write_idx, k)
     v_blocks = kvc.write(v_blocks, write_idx, v)
-    attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg)
+    attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, attend_from, cfg)
   else:
     attn = _attention(q, k, v, mask, segment_ids, cfg)
   x = _constrain_stream(x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias")))
@@ -251,25 +259,26 @@ def _attention(q, k, v, mask, segment_ids, cfg: DecoderConfig):
 
   q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask: [b, t, s] bool, or None for
   `ops.blocked_attention` in blocks of `cfg.attention_block` under the causal mask of
-  `segment_ids` [b, t] int32 (never a [t, s] array).
+  `segment_ids` [b, t] int32 (never a [t, s] array), within `cfg.sliding_window` if set.
   """
   batch, seq, _, dim = q.shape
   q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)
   if mask is None:
     out = ops.blocked_attention(q, k, v, segment_ids, block_q=cfg.attention_block,
-                                block_k=cfg.attention_block)
+                                block_k=cfg.attention_block, window=cfg.sliding_window)
   else:
     out = ops.attention(q, k, v, mask)
   return out.reshape(batch, seq, cfg.num_heads, dim)
 
 
-def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg: DecoderConfig):
+def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, attend_from, cfg: DecoderConfig):
   """Attention over the cache blocks that hold some row's valid slots, each read in place.
 
   q: [b, t, heads, d]; k_blocks, v_blocks: [b, kv_heads, block, d] each; mask
-  [b, t, capacity]; attend_len: the largest valid length after this chunk. A block starting at
-  or past attend_len is skipped by a `lax.cond` (its slots are masked for every row), so a
-  short row set reads a short prefix with one compilation. Each block read yields its own
+  [b, t, capacity]; attend_len: the largest valid length after this chunk; attend_from: the
+  first slot inside some row's sliding window (None: no window). A block starting at or past
+  attend_len, or ending at or before attend_from, is skipped by a `lax.cond` (its slots are
+  masked for every row), so a short row set reads a short prefix with one compilation. Each block read yields its own
   softmax statistics (max, sum of exponentials, unnormalised output), which are rescaled to
   the overall max and summed at the end. Both products are matmuls batched over (row, kv head)
   on the blocks as stored, for a decode step (t = 1) and a prefill chunk alike.
@@ -292,16 +301,20 @@ def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, cfg: DecoderConfi
   for k_block, v_block in zip(k_blocks, v_blocks):
     size = k_block.shape[2]
     args = (jax.lax.slice_in_dim(mask, start, start + size, axis=-1), k_block, v_block)
-    if start == 0:  # always read: every row's statistics then have a positive sum
+    if start == 0 and attend_from is None:  # always read: every row's sum is then positive
       stats.append(attend(*args))
     else:
-      stats.append(_unless_unused(start < attend_len, attend, (_NEG_INF, 0, 0), *args))
+      used = start < attend_len
+      if attend_from is not None:
+        used &= start + size > attend_from
+      stats.append(_unless_unused(used, attend, (_NEG_INF, 0, 0), *args))
     start += size
   top = functools.reduce(jnp.maximum, [s[0] for s in stats])
   scale = [jnp.exp(s[0] - top) for s in stats]
   total = functools.reduce(jnp.add, [w * s[1] for w, s in zip(scale, stats)])
   out = functools.reduce(jnp.add, [to_out(w) * s[2] for w, s in zip(scale, stats)])
-  out = out / to_out(total)
+  # A row whose slots are all masked (chunk padding past a window) has no sum: zeros.
+  out = out / jnp.where(to_out(total) > 0, to_out(total), 1.0)
   return out.reshape(batch, seq, heads, dim).astype(q.dtype)
 
 

@@ -127,9 +127,13 @@ def chunk_write_indices(lengths: jax.Array, chunk_lengths: jax.Array, chunk_size
 
 
 def chunk_attention_mask(lengths: jax.Array, chunk_lengths: jax.Array, chunk_size: int,
-                         capacity: int) -> jax.Array:
-  """[batch, chunk, capacity] bool: chunk token t sees cache slots <= its own position."""
+                         capacity: int, window: int = 0) -> jax.Array:
+  """[batch, chunk, capacity] bool: chunk token t sees cache slots <= its own position, and
+  with `window` > 0 only the `window` latest of them (itself included)."""
   q_pos = lengths[:, None] + jnp.arange(chunk_size, dtype=jnp.int32)[None, :]  # [b, t]
   k_pos = jnp.arange(capacity, dtype=jnp.int32)[None, None, :]
   new_len = (lengths + chunk_lengths)[:, None, None]
-  return (k_pos <= q_pos[:, :, None]) & (k_pos < new_len)
+  mask = (k_pos <= q_pos[:, :, None]) & (k_pos < new_len)
+  if window:
+    mask &= k_pos > q_pos[:, :, None] - window
+  return mask

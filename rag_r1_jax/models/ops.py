@@ -115,6 +115,14 @@ def _attention_bwd(res, g):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def causal_mask(seq: int, window: int = 0) -> jax.Array:
+  """[seq, seq] bool: query i may attend to key j <= i, with `window` > 0 only to the
+  `window` latest of them (j > i - window, HF's sliding window)."""
+  i, j = jnp.arange(seq)[:, None], jnp.arange(seq)[None, :]
+  mask = j <= i
+  return mask & (j > i - window) if window else mask
+
+
 def reference_matmul(x, w, out_dtype=None):
   """`matmul` as autodiff differentiates it (tests and benchmarks compare against it)."""
   return jnp.dot(x, w, preferred_element_type=out_dtype)
@@ -130,12 +138,13 @@ def reference_attention(q, k, v, mask):
 
 
 def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *,
-                      block_q: int, block_k: int) -> jax.Array:
+                      block_q: int, block_k: int, window: int = 0) -> jax.Array:
   """`attention` under the decoder's causal segment mask, one [block_q, block_k] tile at a time.
 
   q: [b, t, kv_heads, groups, d]; k, v: [b, t, kv_heads, d]; segment_ids: [b, t] int32 (k > 0:
   a token of the row's k-th example, 0: padding). Query i attends to key j <= i when both are
-  of one segment or query i is padding; padding keys are never attended. Returns
+  of one segment or query i is padding; padding keys are never attended; with `window` > 0
+  only keys j > i - window (a sliding window over indices). Returns
   [b, t, kv_heads, groups, d] in q's dtype; a query with no key to attend gets zeros (and
   passes no gradient).
 
@@ -143,7 +152,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
   blocks (FlashAttention's online softmax) and saves only q, k, v, the output and each row's
   logsumexp; the backward recomputes each tile's probabilities from them. Only tiles on or
   below the causal diagonal, and before the last key block holding a real token of some row,
-  are computed. Every array is q-, k- or tile-sized: no [t, t] array exists, forward or back.
+  are computed (and, with a window, on or after the first key block it reaches). Every array is q-, k- or tile-sized: no [t, t] array exists, forward or back.
   t need not be a multiple of the blocks (the blocks are padded with padding keys).
 
   Not cuDNN's fused attention (`jax.nn.dot_product_attention(..., implementation="cudnn")`,
@@ -152,7 +161,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
   padding would need a [t, t] mask, and the segment ids do not say statically which they are.
   """
   block_q, block_k = min(block_q, q.shape[1]), min(block_k, q.shape[1])
-  out = _blocked_attention(q, k, v, segment_ids.astype(jnp.int32), block_q, block_k)
+  out = _blocked_attention(q, k, v, segment_ids.astype(jnp.int32), block_q, block_k, int(window))
   return checkpoint_name(out, ATTENTION_NAME)
 
 
@@ -174,11 +183,13 @@ def _from_blocks(x, t):
   return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :t]
 
 
-def _tile_mask(seg_q, seg_k, i, j, block_q, block_k):
+def _tile_mask(seg_q, seg_k, i, j, block_q, block_k, window):
   """[b, 1, 1, block_q, block_k] bool: the decoder's causal segment mask of tile (i, j)."""
   pos_q = i * block_q + jnp.arange(block_q)
   pos_k = j * block_k + jnp.arange(block_k)
   causal = pos_q[:, None] >= pos_k[None, :]
+  if window:
+    causal &= pos_k[None, :] > pos_q[:, None] - window
   q, k = seg_q[:, :, None], seg_k[:, None, :]
   mask = causal[None] & ((q == k) | (q == 0)) & (k > 0)
   return mask[:, None, None]
@@ -191,28 +202,36 @@ def _tile_scores(q_i, k_j, mask):
   return jnp.where(mask, s, NEG_INF)
 
 
-def _key_block_ranges(seg_k, n_q, n_k, block_q, block_k):
-  """(key blocks query block i needs: [n_q] int32, first query block key block j feeds: [n_k]
-  int32, key blocks holding some real token: scalar int32)."""
+def _key_block_ranges(seg_k, n_q, n_k, block_q, block_k, window):
+  """Which tiles can hold an attended pair: query block i reads key blocks [first_k[i],
+  need[i]); key block j feeds query blocks [first_q[j], stop_q[j]); all [n] int32. Key blocks
+  past the last one holding a real token of some row feed none."""
   real = jnp.any(seg_k > 0, axis=(1, 2))  # [n_k]
   used = jnp.max(jnp.where(real, jnp.arange(n_k) + 1, 0))
-  last_q = (jnp.arange(n_q) + 1) * block_q - 1
+  first_pos_q, last_q = jnp.arange(n_q) * block_q, (jnp.arange(n_q) + 1) * block_q - 1
   need = jnp.minimum(last_q // block_k + 1, used)
   first_q = jnp.arange(n_k) * block_k // block_q
-  return need, first_q, used
+  stop_q = jnp.where(jnp.arange(n_k) < used, n_q, first_q)
+  first_k = jnp.zeros((n_q,), jnp.int32)
+  if window:
+    first_k = jnp.maximum(first_pos_q - window + 1, 0) // block_k
+    last_pos_k = (jnp.arange(n_k) + 1) * block_k - 1
+    stop_q = jnp.minimum(stop_q, (last_pos_k + window - 1) // block_q + 1)
+  return first_k, need, first_q, stop_q
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _blocked_attention(q, k, v, segment_ids, block_q, block_k):
-  return _blocked_fwd(q, k, v, segment_ids, block_q, block_k)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _blocked_attention(q, k, v, segment_ids, block_q, block_k, window):
+  return _blocked_fwd(q, k, v, segment_ids, block_q, block_k, window)[0]
 
 
-def _blocked_fwd(q, k, v, segment_ids, block_q, block_k):
+def _blocked_fwd(q, k, v, segment_ids, block_q, block_k, window):
   t = q.shape[1]
   qb, seg_q = _to_blocks(q, block_q), _to_blocks(segment_ids, block_q)  # [nq, b, kv, g, bq, d]
   kb, vb = _to_blocks(k, block_k), _to_blocks(v.astype(q.dtype), block_k)  # [nk, b, kv, bk, d]
   seg_k = _to_blocks(segment_ids, block_k)  # [nk, b, bk]
-  need, _, _ = _key_block_ranges(seg_k, qb.shape[0], kb.shape[0], block_q, block_k)
+  first_k, need, _, _ = _key_block_ranges(seg_k, qb.shape[0], kb.shape[0], block_q, block_k,
+                                          window)
 
   def query_block(args):
     i, q_i, seg_i = args
@@ -220,7 +239,7 @@ def _blocked_fwd(q, k, v, segment_ids, block_q, block_k):
 
     def key_block(j, carry):
       top, total, acc = carry
-      mask = _tile_mask(seg_i, seg_k[j], i, j, block_q, block_k)
+      mask = _tile_mask(seg_i, seg_k[j], i, j, block_q, block_k, window)
       s = _tile_scores(q_i, kb[j], mask)
       new_top = jnp.maximum(top, jnp.max(s, axis=-1))
       e = jnp.exp(s - new_top[..., None])
@@ -231,7 +250,7 @@ def _blocked_fwd(q, k, v, segment_ids, block_q, block_k):
 
     init = (jnp.full(stats, NEG_INF, jnp.float32), jnp.zeros(stats, jnp.float32),
             jnp.zeros(q_i.shape, jnp.float32))
-    top, total, acc = jax.lax.fori_loop(0, need[i], key_block, init)
+    top, total, acc = jax.lax.fori_loop(first_k[i], need[i], key_block, init)
     # A row whose max is still NEG_INF saw only masked keys: zeros, and a logsumexp that
     # makes every masked probability exp(NEG_INF - 0) = 0 in the backward.
     seen = top > NEG_INF / 2
@@ -244,7 +263,7 @@ def _blocked_fwd(q, k, v, segment_ids, block_q, block_k):
   return out, (q, k, v, segment_ids, out, lse)
 
 
-def _blocked_bwd(block_q, block_k, res, g):
+def _blocked_bwd(block_q, block_k, window, res, g):
   q, k, v, segment_ids, out, lse = res  # lse: [nq, b, kv, g, bq] float32
   t, f32 = q.shape[1], jnp.float32
   qb, gb = _to_blocks(q, block_q), _to_blocks(g.astype(q.dtype), block_q)
@@ -253,7 +272,8 @@ def _blocked_bwd(block_q, block_k, res, g):
   seg_q = _to_blocks(segment_ids, block_q)
   kb, vb = _to_blocks(k, block_k), _to_blocks(v.astype(q.dtype), block_k)
   seg_k = _to_blocks(segment_ids, block_k)
-  _, first_q, used = _key_block_ranges(seg_k, qb.shape[0], kb.shape[0], block_q, block_k)
+  _, _, first_q, stop_q = _key_block_ranges(seg_k, qb.shape[0], kb.shape[0], block_q, block_k,
+                                            window)
   scale = 1 / np.sqrt(q.shape[-1])
 
   def key_block(d_q, j):
@@ -261,7 +281,7 @@ def _blocked_bwd(block_q, block_k, res, g):
 
     def query_block(i, carry):
       d_q, d_kt, d_vt = carry  # d_kt, d_vt: [b, kv, d, bk] (the tile-sized operand on the right)
-      mask = _tile_mask(seg_q[i], seg_k[j], i, j, block_q, block_k)
+      mask = _tile_mask(seg_q[i], seg_k[j], i, j, block_q, block_k, window)
       p = jnp.exp(_tile_scores(qb[i], k_j, mask) - lse[i][..., None])  # [b, kv, g, bq, bk]
       d_p = jnp.einsum("bkgqd,bksd->bkgqs", gb[i], v_j, preferred_element_type=f32)
       d_s = (p * (d_p - delta[i][..., None]) * scale).astype(q.dtype)
@@ -273,8 +293,7 @@ def _blocked_bwd(block_q, block_k, res, g):
       return d_q, d_kt, d_vt
 
     zeros = jnp.zeros(k_j.shape[:2] + k_j.shape[3:] + k_j.shape[2:3], f32)  # [b, kv, d, bk]
-    stop = jnp.where(j < used, qb.shape[0], first_q[j])
-    d_q, d_kt, d_vt = jax.lax.fori_loop(first_q[j], stop, query_block, (d_q, zeros, zeros))
+    d_q, d_kt, d_vt = jax.lax.fori_loop(first_q[j], stop_q[j], query_block, (d_q, zeros, zeros))
     return d_q, (d_kt, d_vt)
 
   d_q, (d_kt, d_vt) = jax.lax.scan(key_block, jnp.zeros(qb.shape, f32), jnp.arange(kb.shape[0]))

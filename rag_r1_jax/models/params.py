@@ -21,6 +21,8 @@ _LAYER_WEIGHTS = {
     "q_bias": ("self_attn.q_proj.bias", False),
     "k_bias": ("self_attn.k_proj.bias", False),
     "v_bias": ("self_attn.v_proj.bias", False),
+    "q_norm": ("self_attn.q_norm.weight", False),
+    "k_norm": ("self_attn.k_norm.weight", False),
     "o_proj": ("self_attn.o_proj.weight", True),
     "o_bias": ("self_attn.o_proj.bias", False),
     "mlp_norm": ("post_attention_layernorm.weight", False),
@@ -52,6 +54,8 @@ def param_sources(cfg: DecoderConfig) -> Iterator[ParamSource]:
     if name in ("q_bias", "k_bias", "v_bias") and not cfg.qkv_bias:
       continue
     if name == "o_bias" and not cfg.o_bias:
+      continue
+    if name in ("q_norm", "k_norm") and not cfg.qk_norm:
       continue
     names = tuple(f"model.layers.{i}.{suffix}" for i in range(cfg.num_layers))
     if cfg.scan_layers:

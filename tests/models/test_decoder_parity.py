@@ -1,15 +1,18 @@
-"""Logit parity of our decoder with the transformers PyTorch implementation, and of its blocked
-attention with its dense one."""
+"""Logit parity of our decoder with the transformers PyTorch implementation (every family, the
+cached decode path included), and of its blocked attention with its dense one."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 from ml_collections import ConfigDict
 
 from rag_r1_jax import sharding
-from rag_r1_jax.models import hf_checkpoint
+from rag_r1_jax.models import hf_checkpoint, kv_cache
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.models.decoder import Decoder
 from tests.models.hf_fixtures import tiny_hf_model, torch_logits
@@ -35,6 +38,66 @@ def test_logits_match_transformers(tmp_path, arch, tied, bias, scan):
   tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (3, 17))
   ours, _ = model(jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(ours), torch_logits(ref, tokens), atol=1e-4, rtol=0)
+
+
+# Qwen3: q/k norms, head_dim 24 != hidden / heads; Mistral with and without a window shorter
+# than the sequence; blocked attention (tiles of 8) with a window.
+@pytest.mark.parametrize("arch,kw,scan,block", [
+    ("qwen3", dict(head_dim=24), False, 512),
+    ("qwen3", dict(head_dim=24, bias=True, tied=True), True, 8),
+    ("mistral", dict(sliding_window=None), True, 512),
+    ("mistral", dict(sliding_window=6, head_dim=24), False, 512),
+    ("mistral", dict(sliding_window=6), True, 8),
+    ("qwen3", dict(sliding_window=5), False, 8),
+])
+def test_new_families_match_transformers_from_sharded_files(tmp_path, arch, kw, scan, block):
+  kw = {"tied": False, **kw}
+  ref = tiny_hf_model(arch, out_dir=str(tmp_path), layers=3, max_shard_size="30KB", **kw)
+  assert os.path.isfile(tmp_path / hf_checkpoint.INDEX_FILE)
+  model, cfg = hf_checkpoint.load_hf(str(tmp_path), _mesh(), scan_layers=scan,
+                                     attention_block=block)
+  assert (cfg.architecture, cfg.qk_norm) == (arch, arch == "qwen3")
+  assert cfg.head_dim == kw.get("head_dim", 16)
+  assert cfg.sliding_window == (kw.get("sliding_window") or 0)
+  assert cfg.qkv_bias == cfg.o_bias == bool(kw.get("bias"))
+  tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 21))
+  ours, _ = model(jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(ours), torch_logits(ref, tokens), atol=1e-5, rtol=0)
+  if cfg.sliding_window:  # the window is what makes them equal
+    unwindowed, _ = hf_checkpoint.load_hf(str(tmp_path), _mesh(), sliding_window=0)
+    assert np.abs(np.asarray(unwindowed(jnp.asarray(tokens))[0]) - np.asarray(ours)).max() > 1e-2
+
+
+def _greedy(model, prompts, steps, block_size):
+  """Greedy continuations [rows, steps] of prompts of different lengths through the KV cache."""
+  lengths = np.array([len(p) for p in prompts])
+  chunk = np.zeros((len(prompts), lengths.max()), np.int32)
+  for row, p in enumerate(prompts):
+    chunk[row, :len(p)] = p
+  cache = kv_cache.init_cache(model.cfg, len(prompts), 40, block_size=block_size)
+  logits, cache = model(jnp.asarray(chunk), cache=cache, chunk_lengths=jnp.asarray(lengths),
+                        logits_at=jnp.asarray(lengths - 1))
+  out = []
+  for _ in range(steps):
+    token = jnp.argmax(logits, -1).astype(jnp.int32)
+    out.append(np.asarray(token))
+    logits, cache = model(token[:, None], cache=cache, logits_at=jnp.zeros_like(token))
+  return np.stack(out, 1)
+
+
+@pytest.mark.parametrize("arch,window,scan", [("qwen3", 0, True), ("mistral", 6, False)])
+def test_cached_greedy_decode_matches_generate(tmp_path, arch, window, scan):
+  ref = tiny_hf_model(arch, False, str(tmp_path), head_dim=24, sliding_window=window or None)
+  model, _ = hf_checkpoint.load_hf(str(tmp_path), _mesh(), scan_layers=scan)
+  rs = np.random.RandomState(6)
+  prompts = [rs.randint(0, 97, 9), rs.randint(0, 97, 4)]
+  ours = _greedy(model, prompts, steps=10, block_size=8)
+  ref.generation_config.eos_token_id = None  # ten tokens, whatever they are
+  for row, prompt in enumerate(prompts):
+    with torch.no_grad():
+      want = ref.generate(torch.as_tensor(prompt)[None], do_sample=False, max_new_tokens=10,
+                          pad_token_id=0)[0, len(prompt):].numpy()
+    np.testing.assert_array_equal(ours[row], want)
 
 
 def test_padding_mask_matches_unpadded_rows(tmp_path):
@@ -70,11 +133,15 @@ def test_bfloat16_compute_stays_close(tmp_path):
   assert (np.asarray(ours).argmax(-1) == expected.argmax(-1)).mean() > 0.9
 
 
-@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "dots")])
-def test_blocked_attention_gives_the_dense_logits_and_gradients(scan, remat):
+@pytest.mark.parametrize("scan,remat,window", [(False, "none", 0), (True, "dots", 0),
+                                               (False, "none", 6)])
+def test_blocked_attention_gives_the_dense_logits_and_gradients(scan, remat, window):
+  """With a window of 6 the blocked forward skips key tiles before it and the backward query
+  tiles past it."""
   cfg = DecoderConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=8, scan_layers=scan, remat=remat,
-                      attention_block=16)
+                      attention_block=16, architecture="mistral" if window else "llama",
+                      sliding_window=window)
   rs = np.random.RandomState(5)
   tokens = jnp.asarray(rs.randint(0, 61, (2, 40)))
   # Row 0: 29 real tokens, right-padded; row 1: three packed examples, then padding.
@@ -104,8 +171,9 @@ def test_blocked_attention_gives_the_dense_logits_and_gradients(scan, remat):
 
   blocked, dense = loss_and_grads(16), loss_and_grads(0)
   np.testing.assert_allclose(blocked[0], dense[0], rtol=1e-5)
-  # Every padding query sees some real key, so even the padding logits agree.
-  np.testing.assert_allclose(blocked[1], dense[1], rtol=1e-5, atol=1e-5)
+  # Without a window every padding query sees some real key, so even the padding logits agree.
+  real = segments > 0 if window else np.ones_like(segments, bool)
+  np.testing.assert_allclose(blocked[1][real], dense[1][real], rtol=1e-5, atol=1e-5)
   assert len(blocked[2]) == len(dense[2])
   for got, want in zip(blocked[2], dense[2]):
     assert np.abs(np.asarray(want)).max() > 0

@@ -109,10 +109,10 @@ def test_unsupported_architecture_is_named(tmp_path):
   tiny_hf_model("llama", tied=False, out_dir=src)
   with open(os.path.join(src, "config.json")) as f:
     config = json.load(f)
-  config["architectures"], config["model_type"] = ["MistralForCausalLM"], "mistral"
+  config["architectures"], config["model_type"] = ["Gemma3ForCausalLM"], "gemma3_text"
   with open(os.path.join(src, "config.json"), "w") as f:
     json.dump(config, f)
-  with pytest.raises(ValueError, match="unsupported architecture.*Mistral"):
+  with pytest.raises(ValueError, match="unsupported architecture.*Gemma3"):
     hf_checkpoint.load_hf(src, _mesh())
 
 

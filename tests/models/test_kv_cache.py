@@ -15,9 +15,9 @@ CFG = DecoderConfig(vocab_size=61, hidden_size=48, intermediate_size=80, num_lay
                     architecture="qwen2")
 
 
-def _model(scan: bool):
+def _model(scan: bool, **changes):
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
-  return params.init_on_mesh(CFG.replace(scan_layers=scan), mesh, seed=3)
+  return params.init_on_mesh(CFG.replace(scan_layers=scan, **changes), mesh, seed=3)
 
 
 def _full_logits(model, row_tokens):
@@ -50,7 +50,21 @@ def test_prefill_then_token_by_token(scan, block_size):
 @pytest.mark.parametrize("block_size", BLOCKS)
 def test_chunks_of_different_lengths_per_row(scan, block_size):
   """Row 0 and row 1 grow by different amounts each call, like a paused/resumed rollout."""
-  model = _model(scan)
+  _check_chunks_of_different_lengths(_model(scan), block_size)
+
+
+def test_qwen3_sliding_window_chunks_of_different_lengths_per_row(scan=False):
+  """Per-head q/k norms and a 4-token window: blocks wholly before every row's window are
+  skipped, chunks wider than the window cross it."""
+  model = _model(scan, architecture="qwen3", qkv_bias=False, sliding_window=4)
+  _check_chunks_of_different_lengths(model, 5)
+  full = _full_logits(model, np.arange(12))
+  unwindowed = _full_logits(_model(scan, architecture="qwen3", qkv_bias=False), np.arange(12))
+  np.testing.assert_allclose(full[:4], unwindowed[:4], atol=2e-5, rtol=0)
+  assert np.abs(full[4:] - unwindowed[4:]).max() > 1e-3
+
+
+def _check_chunks_of_different_lengths(model, block_size):
   rng = np.random.RandomState(1)
   rows = [rng.randint(0, 61, 17), rng.randint(0, 61, 15), rng.randint(0, 61, 11)]
   # chunk lengths per call per row (0 = the row gets nothing this call)
