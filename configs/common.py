@@ -238,6 +238,12 @@ def base_config() -> config_dict.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
 
+  # The Hugging Face directory each stage exports (hf_checkpoint.export_hf): weights on disk as
+  # auto (the source checkpoint's declared dtype, e.g. bfloat16 for a bf16 model; a scratch
+  # model's model.param_dtype) | float32 | bfloat16 | float16.
+  c.export = config_dict.ConfigDict()
+  c.export.dtype = "auto"
+
   c.eval = config_dict.ConfigDict()
   c.eval.max_questions = 0  # 0: all
   c.eval.batch_size = 32

@@ -2,8 +2,9 @@
 
 Loading reads config.json and one or many safetensors shards (with or without
 model.safetensors.index.json) and builds every parameter shard directly on its device from
-memory-mapped tensors. Export writes config.json, safetensors and the tokenizer, so
-`transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads the result.
+memory-mapped tensors. Export writes config.json, generation_config.json, safetensors (with
+the index when sharded) and the tokenizer, so `transformers.AutoModelForCausalLM` and vLLM
+load the result.
 """
 
 import glob
@@ -98,7 +99,8 @@ class _Reader:
 
 
 def load_hf(model_dir: str, mesh: Mesh, **config_overrides) -> tuple[Decoder, config_lib.DecoderConfig]:
-  """Loads a HF Llama / Qwen2 directory onto `mesh`. Overrides: dtype, scan_layers, remat..."""
+  """Loads a HF Llama / Qwen2 / Qwen3 / Mistral directory onto `mesh`. Overrides: dtype,
+  scan_layers, remat..."""
   if not os.path.isdir(model_dir):
     raise FileNotFoundError(f"model directory {model_dir} does not exist")
   cfg = config_lib.load_hf_config(model_dir, **config_overrides)
@@ -127,20 +129,64 @@ def model_tensors(model: Decoder) -> dict[str, np.ndarray]:
   return out
 
 
+def export_dtype(cfg: config_lib.DecoderConfig, dtype: str | None) -> str:
+  """The dtype an export writes: `dtype`, where "auto" is the source checkpoint's declared
+  dtype (a scratch model's param_dtype) and None the parameters' dtype."""
+  if dtype is None:
+    return cfg.param_dtype
+  if dtype == "auto":
+    return cfg.checkpoint_dtype or cfg.param_dtype
+  if dtype not in config_lib.DTYPES:
+    raise ValueError(f"export dtype {dtype!r} is not one of auto, {sorted(config_lib.DTYPES)}")
+  return dtype
+
+
+def _end_ids(cfg: config_lib.DecoderConfig, tokenizer) -> list[int]:
+  """The end-of-sequence ids of the model config and the tokenizer, sorted."""
+  eos = cfg.eos_token_id
+  ids = set(eos if isinstance(eos, tuple) else [eos])
+  if tokenizer is not None:
+    ids.add(tokenizer.eos_token_id)
+  return sorted(i for i in ids if i is not None)
+
+
+def _pad_id(cfg: config_lib.DecoderConfig, tokenizer) -> int | None:
+  """The source config's pad_token_id, else the tokenizer's."""
+  if cfg.pad_token_id is not None:
+    return cfg.pad_token_id
+  return getattr(tokenizer, "pad_token_id", None)
+
+
+def generation_config(cfg: config_lib.DecoderConfig, tokenizer=None) -> dict:
+  """The source checkpoint's generation_config.json, else one naming the end-of-sequence ids
+  of the config and tokenizer (what vLLM and `generate` stop on), bos and pad."""
+  if cfg.generation_config:
+    return json.loads(cfg.generation_config)
+  end = _end_ids(cfg, tokenizer)
+  out = {"bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None
+                         else getattr(tokenizer, "bos_token_id", None),
+         "eos_token_id": end[0] if len(end) == 1 else (end or None),
+         "pad_token_id": _pad_id(cfg, tokenizer)}
+  return {k: v for k, v in out.items() if v is not None}
+
+
 def export_hf(model: Decoder, out_dir: str, tokenizer=None, dtype: str | None = None,
               max_shard_bytes: int = 2 << 30) -> None:
-  """Writes config.json, safetensors shards (+ index when several) and the tokenizer.
+  """Writes config.json, generation_config.json, safetensors shards (+ index when several) and
+  the tokenizer.
 
-  In a multi-process run every process calls it (the parameters are gathered from all of
-  them) and process 0 alone writes.
+  dtype: the weights' dtype on disk (float32 | bfloat16 | float16); "auto": the source
+  checkpoint's; None: the parameters'. config.json keeps the source's pad_token_id (else the
+  tokenizer's). In a multi-process run every process calls it (the parameters are gathered
+  from all of them) and process 0 alone writes.
   """
   cfg = model.cfg
+  dtype = export_dtype(cfg, dtype)
   tensors = model_tensors(model)
   if not multihost.is_primary():
     return
   os.makedirs(out_dir, exist_ok=True)
-  if dtype is not None:
-    tensors = {k: v.astype(config_lib.DTYPES[dtype]) for k, v in tensors.items()}
+  tensors = {k: v.astype(config_lib.DTYPES[dtype], copy=False) for k, v in tensors.items()}
   shards, current, size = [], {}, 0
   for name in sorted(tensors):
     nbytes = tensors[name].nbytes
@@ -163,9 +209,12 @@ def export_hf(model: Decoder, out_dir: str, tokenizer=None, dtype: str | None = 
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
   hf_config = config_lib.to_hf_dict(cfg)
-  if dtype is not None:
-    hf_config["torch_dtype"] = dtype
+  hf_config["torch_dtype"] = dtype
+  if _pad_id(cfg, tokenizer) is not None:
+    hf_config["pad_token_id"] = _pad_id(cfg, tokenizer)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
+  with open(os.path.join(out_dir, config_lib.GENERATION_CONFIG_FILE), "w") as f:
+    json.dump(generation_config(cfg, tokenizer), f, indent=2)
   if tokenizer is not None:
     tokenizer.save_pretrained(out_dir)

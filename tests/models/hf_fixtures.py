@@ -15,10 +15,11 @@ def tiny_hf_model(arch: str, tied: bool, out_dir: str, *, layers: int = 2, seed:
                   vocab: int = 97, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
                   head_dim: int | None = None, bias: bool | None = None,
                   rope_scaling: dict | None = None, sliding_window: int | None = None,
-                  max_shard_size: str | None = None, **extra):
+                  max_shard_size: str | None = None, save_dtype=None, **extra):
   """Saves a random llama/qwen2/qwen3/mistral model with non-trivial norms and biases; returns
   it (eval). `bias`: llama's and qwen3's attention_bias; `sliding_window`: mistral's window, or
-  a window on every qwen layer; `max_shard_size` (e.g. "20KB"): several files with an index."""
+  a window on every qwen layer; `max_shard_size` (e.g. "20KB"): several files with an index;
+  `save_dtype` (e.g. torch.bfloat16): the model is cast to it before saving."""
   torch.manual_seed(seed)
   kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden - 16,
             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -41,6 +42,8 @@ def tiny_hf_model(arch: str, tied: bool, out_dir: str, *, layers: int = 2, seed:
       elif "norm" in name:
         p.normal_(1, 0.2)
   model.eval()
+  if save_dtype is not None:
+    model.to(save_dtype)
   if max_shard_size:
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
   else:

@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 import transformers
 from ml_collections import ConfigDict
 
 from rag_r1_jax import sharding
-from rag_r1_jax.models import hf_checkpoint, safetensors_io
+from rag_r1_jax.models import hf_checkpoint, params, safetensors_io
+from rag_r1_jax.models.config import DecoderConfig
 from tests.models.hf_fixtures import tiny_hf_model, torch_logits
 
 
@@ -37,14 +39,82 @@ def test_load_export_reload_in_transformers(tmp_path, arch, scan):
                              torch_logits(ref, tokens), atol=1e-4)
 
 
-def test_export_bfloat16_and_tokenizer(tmp_path):
+def _word_tokenizer(**special):
+  """Token w{i} -> id i for i < 97; `special` names tokens, e.g. eos_token="w3"."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  src = str(tmp_path / "src")
-  ref = tiny_hf_model("llama", tied=True, out_dir=src)
   vocab = {f"w{i}": i for i in range(97)}
   raw = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
   raw.pre_tokenizer = pre_tokenizers.Whitespace()
-  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0")
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0", **special)
+
+
+def _read(directory, name):
+  with open(os.path.join(directory, name)) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("arch,kw", [("qwen3", dict(head_dim=24)), ("mistral", dict(sliding_window=5))])
+def test_export_vllm_can_serve(tmp_path, arch, kw):
+  """A bfloat16 source exports as bfloat16 ("auto"), sharded with its index, carrying its
+  generation_config.json and pad_token_id; transformers loads it with our logits."""
+  src, out = str(tmp_path / "src"), str(tmp_path / "out")
+  tiny_hf_model(arch, False, src, save_dtype=torch.bfloat16, pad_token_id=4, eos_token_id=3, **kw)
+  generation = {"eos_token_id": [3, 5], "do_sample": True, "temperature": 0.7, "top_p": 0.8}
+  with open(os.path.join(src, "generation_config.json"), "w") as f:
+    json.dump(generation, f)
+  model, cfg = hf_checkpoint.load_hf(src, _mesh())
+  assert (cfg.param_dtype, cfg.checkpoint_dtype, cfg.pad_token_id) == ("float32", "bfloat16", 4)
+  hf_checkpoint.export_hf(model, out, tokenizer=_word_tokenizer(eos_token="w3"), dtype="auto",
+                          max_shard_bytes=20_000)
+
+  assert _read(out, "generation_config.json") == generation
+  config = _read(out, "config.json")
+  assert (config["torch_dtype"], config["pad_token_id"], config["eos_token_id"]) == ("bfloat16", 4, 3)
+  index = _read(out, hf_checkpoint.INDEX_FILE)
+  shards = {name: safetensors_io.SafetensorsFile(os.path.join(out, name))
+            for name in set(index["weight_map"].values())}
+  assert len(shards) > 1
+  assert index["metadata"]["total_size"] == sum(
+      f.get(k).nbytes for f in shards.values() for k in f.keys())
+  assert {k for f in shards.values() for k in f.keys()} == set(index["weight_map"])
+  assert {f.get(k).dtype.name for f in shards.values() for k in f.keys()} == {"bfloat16"}
+
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  assert reloaded.generation_config.temperature == 0.7
+  assert reloaded.config.pad_token_id == 4
+  tokens = np.random.RandomState(0).randint(0, 97, (2, 13))
+  ours = np.asarray(model(jnp.asarray(tokens))[0])
+  # The source's weights are bfloat16 values, so the bfloat16 export loses nothing.
+  np.testing.assert_allclose(torch_logits(reloaded, tokens), ours, atol=1e-5, rtol=0)
+
+
+def test_generation_config_built_from_end_ids(tmp_path):
+  """Without a source generation_config.json the export names the config's and the
+  tokenizer's end ids; the parameters' float32 stays float32 by default."""
+  cfg = DecoderConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=1,
+                      num_heads=4, num_kv_heads=2, head_dim=8, architecture="qwen3",
+                      bos_token_id=1, eos_token_id=(2, 6))
+  model = params.init_on_mesh(cfg, _mesh(), seed=1)
+  out = str(tmp_path / "out")
+  hf_checkpoint.export_hf(model, out, tokenizer=_word_tokenizer(eos_token="w3", pad_token="w9"))
+  assert _read(out, "generation_config.json") == {
+      "bos_token_id": 1, "eos_token_id": [2, 3, 6], "pad_token_id": 9}
+  assert (_read(out, "config.json")["torch_dtype"], _read(out, "config.json")["pad_token_id"]) \
+      == ("float32", 9)
+  assert hf_checkpoint.export_dtype(cfg, "auto") == "float32"
+  with pytest.raises(ValueError, match="export dtype 'fp8'"):
+    hf_checkpoint.export_dtype(cfg, "fp8")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+  assert reloaded.generation_config.eos_token_id == [2, 3, 6]
+  tokens = np.arange(10)[None]
+  np.testing.assert_allclose(torch_logits(reloaded, tokens), np.asarray(model(jnp.asarray(tokens))[0]),
+                             atol=1e-5, rtol=0)
+
+
+def test_export_bfloat16_and_tokenizer(tmp_path):
+  src = str(tmp_path / "src")
+  ref = tiny_hf_model("llama", tied=True, out_dir=src)
+  tokenizer = _word_tokenizer()
   model, _ = hf_checkpoint.load_hf(src, _mesh())
   out = str(tmp_path / "out")
   hf_checkpoint.export_hf(model, out, tokenizer=tokenizer, dtype="bfloat16")
