@@ -1,16 +1,17 @@
 """One Flax NNX decoder for the Llama, Qwen2 / Qwen2.5, Qwen3 (dense) and Mistral families.
 
 RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, optional QKV bias, per-head
-query/key RMSNorm (Qwen3), an optional sliding attention window, tied or untied embeddings. Weights are stored as `[in, out]` kernels. With `scan_layers` the layer
-weights are stacked along a leading `layers` axis and a cache-free forward (training,
-scoring) applies them with `jax.lax.scan` (fast compiles for deep models); otherwise each
-layer is its own module. The cached forward (prefill, decode) never scans: it applies the
-layers in a Python loop, each with its own cache blocks, because on XLA:CPU slicing one layer
-out of a stacked array (cache blocks or weights) copies it, and a scan did so every decode
-step. A scanned model's layer weights are sliced out once per sampler call instead
-(`layer_weights`, hoisted out of the decode loop): a transient second copy of them for the
-call, and the sampler compiles every layer rather than one (SmolLM2's 30 layers: append and
-decode still compile in ~4 s each on CPU, as when they scanned).
+query/key RMSNorm (Qwen3), an optional sliding attention window, tied or untied embeddings.
+Weights are stored as `[in, out]` kernels. With `scan_layers` the layer weights are stacked
+along a leading `layers` axis and a cache-free forward (training, scoring) applies them with
+`jax.lax.scan` (fast compiles for deep models); otherwise each layer is its own module. The
+cached forward (prefill, decode) never scans: it applies the layers in a Python loop, each with
+its own cache blocks, because on XLA:CPU slicing one layer out of a stacked array (cache blocks
+or weights) copies it, and a scan did so every decode step. A scanned model's layer weights are
+sliced out once per sampler call instead (`layer_weights`, hoisted out of the decode loop): a
+transient second copy of them for the call, and the sampler compiles every layer rather than one
+(SmolLM2's 30 layers: append and decode still compile in ~4 s each on CPU, as when they
+scanned).
 
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask or the segment ids of
@@ -144,7 +145,7 @@ class Decoder(nnx.Module):
                                       window=cfg.sliding_window)
       write_idx = kvc.chunk_write_indices(cache.lengths, chunk_lengths, seq, cache.capacity)
       attend_len = jnp.max(jnp.minimum(cache.lengths + chunk_lengths, cache.capacity))
-      # The first cache slot any row's window reaches (0 without a window).
+      # The first cache slot any row's window reaches (None: no window).
       attend_from = jnp.maximum(jnp.min(cache.lengths) - cfg.sliding_window + 1, 0) \
           if cfg.sliding_window else None
     x = _constrain_stream(jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype))
@@ -278,10 +279,11 @@ def _cached_attention(q, k_blocks, v_blocks, mask, attend_len, attend_from, cfg:
   [b, t, capacity]; attend_len: the largest valid length after this chunk; attend_from: the
   first slot inside some row's sliding window (None: no window). A block starting at or past
   attend_len, or ending at or before attend_from, is skipped by a `lax.cond` (its slots are
-  masked for every row), so a short row set reads a short prefix with one compilation. Each block read yields its own
-  softmax statistics (max, sum of exponentials, unnormalised output), which are rescaled to
-  the overall max and summed at the end. Both products are matmuls batched over (row, kv head)
-  on the blocks as stored, for a decode step (t = 1) and a prefill chunk alike.
+  masked for every row), so a short row set reads a short prefix with one compilation. Each
+  block read yields its own softmax statistics (max, sum of exponentials, unnormalised output),
+  which are rescaled to the overall max and summed at the end. Both products are matmuls batched
+  over (row, kv head) on the blocks as stored, for a decode step (t = 1) and a prefill chunk
+  alike.
   """
   batch, seq, heads, dim = q.shape
   q = q.reshape(batch, seq, cfg.num_kv_heads, cfg.num_groups, dim)

@@ -150,10 +150,11 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
 
   The forward keeps a running max and sum of exponentials per query row (float32) over the key
   blocks (FlashAttention's online softmax) and saves only q, k, v, the output and each row's
-  logsumexp; the backward recomputes each tile's probabilities from them. Only tiles on or
-  below the causal diagonal, and before the last key block holding a real token of some row,
-  are computed (and, with a window, on or after the first key block it reaches). Every array is q-, k- or tile-sized: no [t, t] array exists, forward or back.
-  t need not be a multiple of the blocks (the blocks are padded with padding keys).
+  logsumexp; the backward recomputes each tile's probabilities from them. Only tiles on or below
+  the causal diagonal, and before the last key block holding a real token of some row, are
+  computed (and, with a window, on or after the first key block it reaches). Every array is q-,
+  k- or tile- sized: no [t, t] array exists, forward or back. t need not be a multiple of the
+  blocks (the blocks are padded with padding keys).
 
   Not cuDNN's fused attention (`jax.nn.dot_product_attention(..., implementation="cudnn")`,
   7x faster fwd+bwd on an H200 at t = 8192 with Qwen2.5-7B's heads): its causal mask with

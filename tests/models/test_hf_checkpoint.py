@@ -53,7 +53,8 @@ def _read(directory, name):
     return json.load(f)
 
 
-@pytest.mark.parametrize("arch,kw", [("qwen3", dict(head_dim=24)), ("mistral", dict(sliding_window=5))])
+@pytest.mark.parametrize("arch,kw", [("qwen3", dict(head_dim=24)),
+                                     ("mistral", dict(sliding_window=5))])
 def test_export_vllm_can_serve(tmp_path, arch, kw):
   """A bfloat16 source exports as bfloat16 ("auto"), sharded with its index, carrying its
   generation_config.json and pad_token_id; transformers loads it with our logits."""
@@ -69,7 +70,8 @@ def test_export_vllm_can_serve(tmp_path, arch, kw):
 
   assert _read(out, "generation_config.json") == generation
   config = _read(out, "config.json")
-  assert (config["torch_dtype"], config["pad_token_id"], config["eos_token_id"]) == ("bfloat16", 4, 3)
+  assert (config["torch_dtype"], config["pad_token_id"], config["eos_token_id"]) == (
+      "bfloat16", 4, 3)
   index = _read(out, hf_checkpoint.INDEX_FILE)
   shards = {name: safetensors_io.SafetensorsFile(os.path.join(out, name))
             for name in set(index["weight_map"].values())}
@@ -99,16 +101,16 @@ def test_generation_config_built_from_end_ids(tmp_path):
   hf_checkpoint.export_hf(model, out, tokenizer=_word_tokenizer(eos_token="w3", pad_token="w9"))
   assert _read(out, "generation_config.json") == {
       "bos_token_id": 1, "eos_token_id": [2, 3, 6], "pad_token_id": 9}
-  assert (_read(out, "config.json")["torch_dtype"], _read(out, "config.json")["pad_token_id"]) \
-      == ("float32", 9)
+  config = _read(out, "config.json")
+  assert (config["torch_dtype"], config["pad_token_id"]) == ("float32", 9)
   assert hf_checkpoint.export_dtype(cfg, "auto") == "float32"
   with pytest.raises(ValueError, match="export dtype 'fp8'"):
     hf_checkpoint.export_dtype(cfg, "fp8")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
   assert reloaded.generation_config.eos_token_id == [2, 3, 6]
   tokens = np.arange(10)[None]
-  np.testing.assert_allclose(torch_logits(reloaded, tokens), np.asarray(model(jnp.asarray(tokens))[0]),
-                             atol=1e-5, rtol=0)
+  ours = np.asarray(model(jnp.asarray(tokens))[0])
+  np.testing.assert_allclose(torch_logits(reloaded, tokens), ours, atol=1e-5, rtol=0)
 
 
 def test_export_bfloat16_and_tokenizer(tmp_path):
