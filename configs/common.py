@@ -24,7 +24,7 @@ def base_config() -> config_dict.ConfigDict:
   # scratch: random init from the fields below; hf: a Hugging Face directory; gguf: a GGUF file.
   c.model.source = "scratch"
   c.model.path = ""
-  c.model.architecture = "llama"  # llama | qwen2
+  c.model.architecture = "llama"  # llama | qwen2 | qwen3 | mistral
   c.model.vocab_size = 32000
   c.model.hidden_size = 256
   c.model.intermediate_size = 688
@@ -58,7 +58,8 @@ def base_config() -> config_dict.ConfigDict:
 
   c.data = config_dict.ConfigDict()
   c.data.source = "synthetic_world"  # synthetic_world | flashrag | wiki_extracts
-  c.data.dir = ""  # FlashRAG-layout JSONL files for the benchmark builders.
+  c.data.dir = ""  # dataset names are read as <dir>/<name>/{train,dev,test}.{jsonl,json,parquet}
+  # Comma-separated: a name under data.dir, a directory, or one .jsonl/.json/.parquet file.
   c.data.train_datasets = "hotpotqa"
   c.data.eval_datasets = "nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
   c.data.tfds_dir = ""  # where prepared tfds data goes; empty: tfds's default
@@ -144,6 +145,7 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.micro_batch_size_per_device = 0
   c.sft.length_bucket = 64  # pad SFT batches to a multiple of this many tokens
   c.sft.max_length = 1024
+  c.sft.max_nonfinite_steps = 5  # halt after this many skipped (non-finite) steps in a row
   c.sft.pack_length = 0  # N: pack examples into rows of N tokens (>= max_length); 0: pad
 
   c.rl = config_dict.ConfigDict()

@@ -2,18 +2,21 @@
 
 from typing import Any, Callable
 
+from rag_r1_jax.data import sources
+from rag_r1_jax.models import config as model_config
 from rag_r1_jax.rl import kl_control, losses, rewards
 
 STAGES = ("sft", "rl", "eval")
 
 _CHOICES = {
     "model.source": ("scratch", "hf", "gguf"),
-    "model.architecture": ("llama", "qwen2"),
+    "model.architecture": tuple(sorted(set(model_config.SUPPORTED_ARCHITECTURES.values()))),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "tokenizer.kind": ("hf", "world"),
-    "data.source": ("synthetic_world", "flashrag", "wiki_extracts"),
+    "data.source": tuple(sources.SOURCES),
+    "export.dtype": ("auto", "float32", "bfloat16", "float16"),
     "retrieval.backend": ("faiss", "bm25", "server"),
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.mode": ("mq", "sq"),
@@ -39,7 +42,8 @@ _POSITIVE = (
     "rollout.max_total_length", "sft.batch_size", "sft.max_length", "rl.batch_size",
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
-    "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold",
+    "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold", "rl.max_nonfinite_steps",
+    "sft.max_nonfinite_steps",
 )
 _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
                  "sft.decision_drills",

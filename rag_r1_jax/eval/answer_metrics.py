@@ -119,4 +119,4 @@ def extract_last_answer(response_text: str) -> Optional[str]:
                                         search_call.ANSWER_CLOSE)
   if span is None:
     return None
-  return text[span[1]:text.index(search_call.ANSWER_CLOSE, span[1])].strip()
+  return text[span[1]:span[2]].strip()

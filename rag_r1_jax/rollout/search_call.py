@@ -54,14 +54,18 @@ class Action:
 
 
 def last_complete_pair(text: str, open_tag: str, close_tag: str) -> tuple[int, int, int] | None:
-  """(open start, body start, close start) of the last complete tag pair, or None."""
+  """(open start, body start, close start) of the last complete tag pair, or None.
+
+  The pair opens at the last opening tag that some closing tag follows and closes at the first
+  closing tag after it: '<answer>a</answer> b </answer>' has the body 'a'."""
   close = text.rfind(close_tag)
   if close < 0:
     return None
   start = text.rfind(open_tag, 0, close)
   if start < 0:
     return None
-  return start, start + len(open_tag), close
+  body = start + len(open_tag)
+  return start, body, text.find(close_tag, body)
 
 
 def _last_action_body(text: str) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rag_r1_jax.data import sources
 from rag_r1_jax.data.iterator import BatchIterator
 from rag_r1_jax.eval import answer_metrics
 from rag_r1_jax.rl import group_filter, kl_control
@@ -38,12 +39,17 @@ def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: s
   return np.asarray(out, np.float32)
 
 
-def rollout_metrics(rollout: Rollout, rewards: np.ndarray, golds) -> dict[str, float]:
+def rollout_metrics(rollout: Rollout, rewards: np.ndarray, golds,
+                    row_sources: Sequence[str] = ()) -> dict[str, float]:
+  """Means over the rolled-out rows; with questions from two or more data sources
+  (row_sources: each question's data_source) also 'reward/<source>' and 'em/<source>'."""
   records = rollout.records
   em = [answer_metrics.exact_match(r.answer, golds[r.prompt_index]) for r in records]
   searches = [r.turns for r in records]
   queries = [q for r in records for q in r.queries_per_turn]
-  return {
+  by_source = sources.per_source_means([row_sources[r.prompt_index] for r in records],
+                                       reward=rewards, em=em) if row_sources else {}
+  return by_source | {
       "reward": float(rewards.mean()),
       "em": float(np.mean(em)),
       "answer_rate": float(np.mean([r.answer is not None for r in records])),
@@ -105,7 +111,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   sampling = SamplingParams.from_config(config.sampling)
   # Rows of steps after the checkpoint (written before a crash) are dropped; 0 starts afresh.
   writer = MetricsWriter(workdir, "rl", start_step=start + 1 if start else 0, total_steps=rl.steps)
-  streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps)
+  streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps, "rl.max_nonfinite_steps")
   bar = progress_bar("rl", rl.steps, initial=start)
   for step in range(start, rl.steps):
     engine.retriever = ws.rl_retriever_at(step % draws)
@@ -134,7 +140,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
           kl_coef, update_metrics["kl_ref_seq_mean"], len(batch["rewards"]), kind=rl.kl_ctrl,
           target=rl.kl_target, horizon=rl.kl_horizon)
     streak = streak.update(update_metrics.get("skipped", 0) == 0, step + 1)
-    metrics = rollout_metrics(rollout, rewards, golds)  # over every row rolled out
+    metrics = rollout_metrics(rollout, rewards, golds,  # over every row rolled out
+                              [sources.source_of(r) for r in batch_rows])
     metrics.update(update_metrics, mixed_groups=float(mixed.mean()),
                    trained_mixed_groups=float(mixed[groups].mean()))
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)

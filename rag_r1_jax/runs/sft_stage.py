@@ -7,8 +7,8 @@ retriever so the `<information>` text is exactly what the rollout engine inserts
 otherwise one example per trajectory trains all its policy turns at once (the same targets,
 a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
 
-A step whose loss or gradients are not finite is skipped; `rl.max_nonfinite_steps` skipped in a
-row halt the run (the limit RL applies), and a policy whose validation loss or parameters are
+A step whose loss or gradients are not finite is skipped; `sft.max_nonfinite_steps` skipped in a
+row halt the run (as rl.max_nonfinite_steps does in RL), and a policy whose validation loss or parameters are
 not finite is never exported.
 """
 
@@ -109,7 +109,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   writer = MetricsWriter(workdir, "sft", start_step=start + 1 if start else 0, total_steps=total)
   bar = progress_bar("sft", total, initial=start)
   step = start
-  streak = optimizer.NonfiniteStreak(config.rl.max_nonfinite_steps)
+  streak = optimizer.NonfiniteStreak(config.sft.max_nonfinite_steps, "sft.max_nonfinite_steps")
   for epoch in range(meta["epoch"], sft.epochs):
     first_batch = meta["batch"] if epoch == meta["epoch"] else 0
 

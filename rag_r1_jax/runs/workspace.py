@@ -214,7 +214,8 @@ class Workspace:
 
     Every process takes part (the parameters are gathered from all); process 0 writes."""
     path = self.stage_model_dir(stage)
-    export = lambda tmp: hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer)  # noqa: E731
+    def export(tmp):
+      hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer, dtype=self.config.export.dtype)
     if multihost.is_primary():
       write_dir_atomically(path, export)
     else:

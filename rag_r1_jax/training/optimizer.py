@@ -240,16 +240,19 @@ def constrain_like_params(new_params: PyTree, opt_state: PyTree,
 
 
 class NonfiniteStreak(NamedTuple):
-  """Host-side count of consecutive skipped steps; `update` raises after `limit` in a row."""
+  """Host-side count of consecutive skipped steps; `update` raises after `limit` in a row.
+
+  field: the config field `limit` came from (named in the error)."""
   limit: int
+  field: str
   count: int = 0
 
   def update(self, finite: bool, step: int) -> "NonfiniteStreak":
-    """The next streak; raises FloatingPointError after rl.max_nonfinite_steps skips in a row."""
+    """The next streak; raises FloatingPointError after `limit` skips in a row."""
     count = 0 if finite else self.count + 1
     if count and count >= self.limit:
       raise FloatingPointError(
           f"step {step}: loss or gradients non-finite for {count} consecutive steps "
-          f"(rl.max_nonfinite_steps={self.limit}); halting. Lower the learning rate or "
+          f"({self.field}={self.limit}); halting. Lower the learning rate or "
           "restore an earlier checkpoint.")
-    return NonfiniteStreak(self.limit, count)
+    return self._replace(count=count)

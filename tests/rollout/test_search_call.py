@@ -78,7 +78,8 @@ def test_empty_search_is_invalid_with_problem(body):
     ("<answer> b </answer> then <search> a </search>", Action("search", ("a",))),
     ("<answer> 1 </answer><answer> 2 </answer>", Action("answer", answer="2")),
     ("<search> a <search> b </search>", Action("search", ("b",))),  # nearest opening tag
-    ("<answer> x <answer> y </answer> </answer>", Action("answer", answer="y </answer>")),
+    ("<answer> x <answer> y </answer> </answer>", Action("answer", answer="y")),
+    ("<answer>London</answer> blah </answer>", Action("answer", answer="London")),
     ("no tags at all", Action("invalid")),
     ("<search> unclosed", Action("invalid")),
     ("</search> <search>", Action("invalid")),

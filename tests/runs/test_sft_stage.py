@@ -42,7 +42,7 @@ def _run(tmp_path, monkeypatch, **sft):
   config.sft.update(dict(batch_size=1, learning_rate=1e-2, warmup_ratio=0.0, schedule="constant",
                          epochs=2, validation_fraction=0.2))
   config.sft.update(sft)
-  config.rl.max_nonfinite_steps = 3
+  config.sft.max_nonfinite_steps = 3
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   ws = TinyWorkspace(config, mesh, str(tmp_path))
   monkeypatch.setattr(sft_stage, "build_examples", lambda ws: _examples())
@@ -56,14 +56,14 @@ def _exported(tmp_path) -> list[str]:
 def test_a_streak_of_nonfinite_steps_halts_sft_without_an_export(tmp_path, monkeypatch):
   _, run = _run(tmp_path, monkeypatch, learning_rate=1e30)  # step 1 blows the weights up
   with pytest.raises(FloatingPointError, match=r"step 4: loss or gradients non-finite for 3 "
-                     r"consecutive steps \(rl.max_nonfinite_steps=3\)"):
+                     r"consecutive steps \(sft.max_nonfinite_steps=3\)"):
     run()
   assert _exported(tmp_path) == []
 
 
 def test_a_nonfinite_policy_is_never_exported(tmp_path, monkeypatch):
   ws, run = _run(tmp_path, monkeypatch, learning_rate=1e30)
-  ws.config.rl.max_nonfinite_steps = 1000
+  ws.config.sft.max_nonfinite_steps = 1000
   with pytest.raises(FloatingPointError, match=r"sft: after epoch 1 the policy's validation loss "
                      r"is nan; it is not exported"):
     run()

@@ -179,7 +179,7 @@ def test_nonfinite_guard_skips_update_and_keeps_state():
 
 
 def test_nonfinite_streak_halts_after_limit():
-  streak = opt_lib.NonfiniteStreak(limit=3)
+  streak = opt_lib.NonfiniteStreak(limit=3, field="rl.max_nonfinite_steps")
   streak = streak.update(False, 1).update(False, 2).update(True, 3)
   assert streak.count == 0
   streak = streak.update(False, 4).update(False, 5)

@@ -141,7 +141,7 @@ def test_nonfinite_step_is_skipped_then_training_proceeds():
     np.testing.assert_array_equal(a, b)
   for a, b in zip(opt_before, jax.tree.leaves(state.opt_state)):
     np.testing.assert_array_equal(a, np.asarray(b))
-  streak = opt_lib.NonfiniteStreak(limit=2).update(metrics["skipped"] == 0, step=0)
+  streak = opt_lib.NonfiniteStreak(limit=2, field="rl.max_nonfinite_steps").update(metrics["skipped"] == 0, step=0)
   assert streak.count == 1
   good = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
   state, metrics = rl_update.rl_update(state, good, config)
