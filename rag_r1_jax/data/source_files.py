@@ -39,15 +39,10 @@ def _decode(data: bytes, path: str, first_line: int = 1) -> str:
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
   """(line number, parsed object) for each non-blank line of a JSONL file."""
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, start=1):
-      line = _decode(raw, path, line_no)
-      if not line.strip():
-        continue
-      try:
-        yield line_no, json.loads(line)
-      except json.JSONDecodeError as e:
-        raise _fail(path, line_no, f"bad JSON ({e.msg} at column {e.colno})") from None
+  for line_no, row, why in _line_rows(path):
+    if why is not None:
+      raise _fail(path, line_no, why)
+    yield line_no, row
 
 
 def _iter_json_array(path: str) -> Iterator[tuple[int, Any]]:
@@ -138,17 +133,18 @@ def _qa_row(row: Any, index: int, split: str, default_source: str) -> dict:
                                                             sort_keys=True)}
 
 
-def _line_rows(path: str) -> Iterator[tuple[str, Any, str | None]]:
-  """(where, row, None) per JSONL line, or (where, None, why) for a line that is not JSON."""
+def _line_rows(path: str) -> Iterator[tuple[int, Any, str | None]]:
+  """(line number, row, None) per non-blank JSONL line, or (line number, None, why) for a
+  line that is not JSON."""
   with open(path, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       line = _decode(raw, path, line_no)
       if not line.strip():
         continue
       try:
-        yield f"{path}:{line_no}", json.loads(line), None
+        yield line_no, json.loads(line), None
       except json.JSONDecodeError as e:
-        yield f"{path}:{line_no}", None, f"bad JSON ({e.msg} at column {e.colno})"
+        yield line_no, None, f"bad JSON ({e.msg} at column {e.colno})"
 
 
 def read_qa_rows(path: str, split: str, default_source: str) -> list[dict]:
@@ -173,7 +169,8 @@ def read_qa_rows(path: str, split: str, default_source: str) -> list[dict]:
       except ValueError as e:
         bad.append((f"{path}:{line}", str(e)))
   elif path.endswith(".jsonl"):
-    for where, row, why in _line_rows(path):
+    for line_no, row, why in _line_rows(path):
+      where = f"{path}:{line_no}"
       try:
         if why is not None:
           raise ValueError(why)

@@ -9,7 +9,7 @@ import pytest
 from rag_r1_jax.data import iterator, qa_builders
 
 
-def _write_jsonl(path, rows):
+def write_jsonl(path, rows):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     for row in rows:
@@ -31,10 +31,10 @@ def _read(name, split, n):
 def flashrag_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("flashrag")
   for k, name in enumerate(qa_builders.QA_DATASETS):
-    _write_jsonl(root / name / "test.jsonl", _qa_rows(name, "test", 3 + k))
+    write_jsonl(root / name / "test.jsonl", _qa_rows(name, "test", 3 + k))
     if name in ("nq", "hotpotqa", "rl"):
-      _write_jsonl(root / name / "train.jsonl", _qa_rows(name, "train", 5))
-      _write_jsonl(root / name / "dev.jsonl", _qa_rows(name, "dev", 2))
+      write_jsonl(root / name / "train.jsonl", _qa_rows(name, "train", 5))
+      write_jsonl(root / name / "dev.jsonl", _qa_rows(name, "dev", 2))
   return str(root)
 
 
@@ -75,16 +75,16 @@ def test_missing_split_and_dataset_are_clear(flashrag_dir, tfds_dir):
 
 
 def test_edited_source_is_prepared_afresh(tmp_path):
-  path = _write_jsonl(tmp_path / "src" / "popqa" / "test.jsonl", _qa_rows("popqa", "test", 2))
+  path = write_jsonl(tmp_path / "src" / "popqa" / "test.jsonl", _qa_rows("popqa", "test", 2))
   first = qa_builders.load_split("popqa", "test", str(tmp_path / "src"), str(tmp_path / "tfds"))
   assert len(first) == 2
-  _write_jsonl(path, _qa_rows("popqa", "test", 4))
+  write_jsonl(path, _qa_rows("popqa", "test", 4))
   second = qa_builders.load_split("popqa", "test", str(tmp_path / "src"), str(tmp_path / "tfds"))
   assert len(second) == 4 and second[3]["id"] == "test_3"
 
 
 def test_missing_ids_are_numbered_and_int_ids_become_strings(tmp_path):
-  path = _write_jsonl(tmp_path / "musique" / "dev.jsonl", [
+  path = write_jsonl(tmp_path / "musique" / "dev.jsonl", [
       {"question": "a?", "golden_answers": ["x"]}, "",
       {"id": 7, "question": "b?", "golden_answers": ["y"]},
       {"question": "c?", "golden_answers": ["z"]}])
@@ -103,7 +103,7 @@ def test_missing_ids_are_numbered_and_int_ids_become_strings(tmp_path):
 ])
 def test_malformed_qa_rows_fail_with_file_and_line(tmp_path, bad_line, message):
   good = json.dumps({"id": "0", "question": "q?", "golden_answers": ["a"]})
-  path = _write_jsonl(tmp_path / "data" / "nq" / "test.jsonl", [good, "", bad_line, good])
+  path = write_jsonl(tmp_path / "data" / "nq" / "test.jsonl", [good, "", bad_line, good])
   with pytest.raises(ValueError, match=f"{path}:3: .*{message}"):
     qa_builders.load_split("nq", "test", str(tmp_path / "data"), str(tmp_path / "tfds"))
   written = [f for _, _, fs in os.walk(tmp_path / "tfds") for f in fs]
@@ -131,7 +131,7 @@ def test_sft_json_array_and_jsonl(tmp_path, tfds_dir):
   os.makedirs(tmp_path / "sft")
   with open(tmp_path / "sft" / "train.json", "w") as f:
     json.dump(rows, f, indent=2)
-  _write_jsonl(tmp_path / "sft" / "dev.jsonl", rows[:1])
+  write_jsonl(tmp_path / "sft" / "dev.jsonl", rows[:1])
   train = qa_builders.load_split("sft", "train", str(tmp_path), tfds_dir)
   assert list(train) == [{"instruction": "Q1", "input": "", "output": "<think>a</think>",
                           "system": ""},

@@ -11,6 +11,7 @@ import pytest
 
 from configs.common import base_config
 from rag_r1_jax.data import qa_builders, search_r1_parquet, sources
+from tests.data.test_qa_builders import write_jsonl
 
 # Search-R1's 'base' template, shortened; the question follows its last "Question: ".
 TEMPLATE = ("Answer the given question. ... call a search engine by <search> query </search> ... "
@@ -31,14 +32,6 @@ def _search_r1_row(source, question, answers, index, split="train", keep_columns
 def _write_parquet(path, rows):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   pq.write_table(pa.Table.from_pylist(rows), path)
-  return str(path)
-
-
-def _write_jsonl(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
   return str(path)
 
 
@@ -81,11 +74,11 @@ def test_search_r1_mixed_parquet_trains_and_evaluates_per_source(tmp_path, capsy
 
 def test_flashrag_jsonl_under_any_name_and_mixed_sets(tmp_path, capsys):
   data = tmp_path / "data"
-  _write_jsonl(data / "nq_search" / "train.jsonl",
+  write_jsonl(data / "nq_search" / "train.jsonl",
                [{"id": i, "question": f"n{i}?", "golden_answers": [f"a{i}"]} for i in range(3)])
-  _write_jsonl(data / "nq_search" / "dev.jsonl",
+  write_jsonl(data / "nq_search" / "dev.jsonl",
                [{"id": "d0", "question": "nd?", "golden_answers": ["x"]}])
-  _write_jsonl(data / "my set" / "test.jsonl",
+  write_jsonl(data / "my set" / "test.jsonl",
                [{"id": "t0", "question": "m?", "golden_answers": "only"}])
   config = _config(tmp_path, train="nq_search", evals="nq_search, my set")
   rows = sources.get(config).train_rows(config)
@@ -130,7 +123,7 @@ def test_bad_rows_are_all_named_by_file_and_row(tmp_path):
       "(2 bad rows in all; no row was used):",
       f"  {path}: row 2: 'reward_model.ground_truth.target' must be a non-empty string or "
       "list of strings, got []"]
-  jsonl = _write_jsonl(tmp_path / "data" / "x" / "train.jsonl", [
+  jsonl = write_jsonl(tmp_path / "data" / "x" / "train.jsonl", [
       {"question": "q?", "golden_answers": ["a"]}, "{oops", "",
       {"question": "q?", "golden_answers": ["a"], "data_source": 3}])
   config = _config(tmp_path, train="x")
@@ -145,7 +138,7 @@ def test_eval_sources_that_collide_and_missing_splits_are_refused(tmp_path):
   config = _config(tmp_path, evals=f"{a},{b}")
   with pytest.raises(ValueError, match="data_source 'nq' comes from both a and b"):
     sources.get(config).eval_datasets(config)
-  _write_jsonl(tmp_path / "data" / "only_test" / "test.jsonl",
+  write_jsonl(tmp_path / "data" / "only_test" / "test.jsonl",
                [{"question": "q?", "golden_answers": ["a"]}])
   config = _config(tmp_path, train="only_test")
   with pytest.raises(FileNotFoundError, match=r"only_test: no train file \(\['test'\] only\)"):
@@ -160,11 +153,11 @@ def test_eval_sources_that_collide_and_missing_splits_are_refused(tmp_path):
 
 def test_resolve_spec_names_directories_and_files(tmp_path):
   data = tmp_path / "data"
-  _write_jsonl(data / "nq" / "test.jsonl", [])
-  _write_jsonl(data / "nq" / "test.parquet", [])
+  write_jsonl(data / "nq" / "test.jsonl", [])
+  write_jsonl(data / "nq" / "test.parquet", [])
   with pytest.raises(ValueError, match="nq: both test.jsonl and test.parquet"):
     qa_builders.resolve_spec("nq", str(data))
-  one = _write_jsonl(tmp_path / "sets" / "popqa_small.jsonl", [])
+  one = write_jsonl(tmp_path / "sets" / "popqa_small.jsonl", [])
   spec = qa_builders.resolve_spec(one, str(data))
   assert (spec.name, spec.single_file, spec.split_path("test")) == ("popqa_small", True, one)
   with pytest.raises(FileNotFoundError, match="dataset file .*/missing.parquet does not exist"):
