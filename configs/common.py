@@ -234,6 +234,12 @@ def base_config() -> config_dict.ConfigDict:
   # is a fifth of them), and RL on a single draw learned that prior: the policy answered the
   # draw's favourite cities at test time whatever it had just read (DEVELOPERS.md).
   c.rl.world_draw_count = 1
+  # Validation (Search-R1's test_freq): every N steps the policy answers the first
+  # rl.eval_questions questions of each evaluation dataset (0: all) greedily, and 'val/...'
+  # metrics (EM, answer rate, searches; per dataset when there are several) join that step's
+  # row. 0: off.
+  c.rl.eval_every = 0
+  c.rl.eval_questions = 64
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 50
@@ -250,4 +256,15 @@ def base_config() -> config_dict.ConfigDict:
   c.eval.max_questions = 0  # 0: all
   c.eval.batch_size = 32
   c.eval.greedy = True
+
+  # Metrics go to <workdir>/metrics/*.jsonl and TensorBoard always; a stage's steps show as a
+  # progress bar on a terminal, else as one line every logging.console_every steps.
+  c.logging = config_dict.ConfigDict()
+  c.logging.console_every = 10
+  # Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works): one W&B run per
+  # workdir, resumed by the run id kept in <workdir>/metrics/wandb_run_id.
+  c.logging.wandb = config_dict.ConfigDict()
+  c.logging.wandb.enabled = False
+  c.logging.wandb.project = "rag_r1_jax"
+  c.logging.wandb.run_name = ""  # empty: config.name
   return c
