@@ -5,6 +5,7 @@ from typing import Any, Callable
 from rag_r1_jax.data import sources
 from rag_r1_jax.models import config as model_config
 from rag_r1_jax.rl import kl_control, losses, rewards
+from rag_r1_jax.training import wandb_run
 
 STAGES = ("sft", "rl", "eval")
 
@@ -43,7 +44,7 @@ _POSITIVE = (
     "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
     "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold", "rl.max_nonfinite_steps",
-    "sft.max_nonfinite_steps",
+    "sft.max_nonfinite_steps", "logging.console_every",
 )
 _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
                  "sft.decision_drills",
@@ -53,7 +54,8 @@ _NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_
                  "rl.world_draw", "rollout.cache_block_size", "sft.pack_length",
                  "rl.length_bucket", "model.attention_block", "rl.micro_batch_size_per_device",
                  "sft.micro_batch_size_per_device", "rollout.rows_in_flight",
-                 "rl.critic_epochs", "rl.critic_mini_batch_size")
+                 "rl.critic_epochs", "rl.critic_mini_batch_size", "rl.eval_every",
+                 "rl.eval_questions")
 _FRACTIONS = ("sft.validation_fraction", "sft.warmup_ratio", "rl.warmup_ratio", "rl.clip_eps_low",
               "rl.gamma", "rl.gae_lambda", "rl.min_lr_ratio")
 
@@ -155,6 +157,10 @@ def validate(config) -> None:
   check("rollout.max_total_length",
         lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")
+  if config.logging.wandb.enabled:
+    check("logging.wandb.project", bool, "is required when config.logging.wandb.enabled")
+    check("logging.wandb.enabled", lambda v: wandb_run.available(),
+          "needs the wandb package (`pip install wandb`), or set it to False")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
