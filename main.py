@@ -1,7 +1,8 @@
 """rag_r1_jax entry point: `python main.py --config=configs/rag_r1.py[:variant] [--config.x.y=v]`.
 
 Runs the configured stages (sft, rl, eval) in order under --workdir; each stage resumes from
-its own checkpoints when they exist.
+its own checkpoints when they exist. Before anything loads, every path the configured stages
+read is checked and all missing ones are named with their fields (rag_r1_jax/config_paths.py).
 
 Several processes (hosts) run one pipeline over all their devices when each is started with
 the same --coordinator_address=HOST:PORT and --num_processes=N and its own --process_id (or
@@ -80,7 +81,7 @@ def main(argv):
   # Imported here so --help and flag errors stay fast and JAX flags from the env apply.
   import jax
   import numpy as np
-  from rag_r1_jax import config_validation, multihost, pipeline, sharding
+  from rag_r1_jax import config_paths, config_validation, multihost, pipeline, sharding
 
   try:  # before anything touches a device
     local_ids = [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None
@@ -92,6 +93,8 @@ def main(argv):
   config = _CONFIG.value
   try:
     config_validation.validate(config)
+    if not _DRY_RUN.value:  # a dry run sizes the run from the config alone
+      config_paths.validate_paths(config)
   except config_validation.ConfigError as e:
     print(e, file=sys.stderr)
     sys.exit(2)

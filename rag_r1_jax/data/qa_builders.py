@@ -125,7 +125,8 @@ class DatasetSpec:
     return self.files.get(split)
 
 
-def _is_path(spec: str) -> bool:
+def is_path_spec(spec: str) -> bool:
+  """Whether a dataset entry names a file or directory (else it is a name under data.dir)."""
   return "/" in spec or os.sep in spec or spec.endswith(source_files.QA_EXTENSIONS)
 
 
@@ -137,7 +138,7 @@ def resolve_spec(spec: str, data_dir: str) -> DatasetSpec:
   spec = os.path.expanduser(spec.strip())
   if not spec:
     raise ValueError("empty dataset name")
-  if not _is_path(spec):
+  if not is_path_spec(spec):
     return DatasetSpec(spec, find_source_files(spec, data_dir))
   if os.path.isdir(spec):
     name = os.path.basename(os.path.normpath(spec))
