@@ -1,13 +1,21 @@
-"""The paper's setting: Qwen2.5-7B-Instruct, RL with retrieval over Wikipedia, on a TPU v5p
-slice or 8 GPUs. Paths are the user's (a HF model directory, FlashRAG JSONL files, a corpus
-and a FAISS index built with `python -m rag_r1_jax.retrieval build`); every number below is the
-paper's (see ../shared facts in README / third_party/README.md).
+"""The paper's setting: Qwen2.5-7B-Instruct, SFT then RL with retrieval over Wikipedia, on a
+TPU v5p slice or 8 GPUs. Paths are the user's: a HF model directory, RAG-R1's SFT set (alpaca /
+LLaMA-Factory JSON), FlashRAG QA files, and a corpus with its FAISS index (built by FlashRAG or
+Search-R1, or with `python -m rag_r1_jax.retrieval build`); every number below is the paper's.
 
   python main.py --config=configs/rag_r1_qwen2_5_7b.py:mq \
-    --config.model.path=/data/Qwen2.5-7B-Instruct --config.data.dir=/data/flashrag \
+    --config.model.path=/data/Qwen2.5-7B-Instruct \
+    --config.sft.data_path=/data/rag_r1/sft.json \
+    --config.data.dir=/data/flashrag \
+    --config.retrieval.encoder_path=/data/bge-large-en-v1.5 \
     --config.retrieval.corpus_path=/data/wiki-18.jsonl \
-    --config.retrieval.index_path=/data/bge_flat.index \
-    --config.retrieval.encoder_path=/data/bge-large-en-v1.5
+    --config.retrieval.index_path=/data/bge_Flat.index
+
+data.dir holds FlashRAG's layout: hotpotqa/train.jsonl (the RL questions; or point
+`--config.data.train_datasets` at RAG-R1's RL JSON file) and a test (else dev) file for each of
+nq, triviaqa, popqa, hotpotqa, 2wikimultihopqa, musique, bamboogle. main.py checks every path
+the configured stages read before loading anything and names each missing one with its field.
+`--config.stages=rl,eval` skips SFT (and sft.data_path).
 
 Variants: mq (RAG-R1-mq, default), sq (RAG-R1-sq), ppo (the paper's PPO with a critic).
 """
@@ -74,6 +82,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.sampling.temperature = 1.0
   c.sampling.top_p = 0.95
 
+  c.sft.data_path = "/path/to/rag_r1_sft.json"
   c.sft.epochs = 5
   c.sft.batch_size = 64
   c.sft.learning_rate = 1e-5
