@@ -75,7 +75,7 @@ def build_questions(datasets: Mapping[str, Sequence[Mapping[str, Any]]], tokeniz
   return out
 
 
-def _check_prompt_lengths(engine: RolloutEngine, questions: Sequence[EvalQuestion]) -> None:
+def check_prompt_lengths(engine: RolloutEngine, questions: Sequence[EvalQuestion]) -> None:
   """Fails before any rollout if a prompt cannot fit the sampler's cache."""
   capacity = engine.sampler.capacity
   for q in questions:
@@ -158,7 +158,7 @@ def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[M
     raise ValueError(f"no questions to evaluate: every dataset is empty ({list(datasets)})")
   for name in skipped:
     print(f"eval: dataset {name!r} has no questions; skipped", flush=True)
-  _check_prompt_lengths(engine, questions)
+  check_prompt_lengths(engine, questions)
   records = rollout_records(engine, questions, batch_size=batch_size, sampling=sampling,
                             seed=seed, progress=progress)
   if multihost.is_primary():

@@ -4,10 +4,11 @@ Each step: draw `rl.batch_size` questions (the train split, or with rl.world_dra
 draw of the synthetic world searched over its own passages, step s taking draw
 rl.world_draw + s mod rl.world_draw_count; `rl.oversample` times as many when above 1), roll
 out `rl.group_size` samples of each, reward the policy's final answers, keep `rl.batch_size`
-groups (mixed rewards first: rl/group_filter.py), run the update, log, and
-checkpoint every `checkpoint.every_steps` (state, PRNG keys, data-iterator position). A
-restarted run resumes from the latest complete checkpoint and replays exactly. The final
-policy is exported as a HF directory (rl/model).
+groups (mixed rewards first: rl/group_filter.py), run the update, validate every
+`rl.eval_every` steps (runs/rl_validation.py), log, and checkpoint every
+`checkpoint.every_steps` (state, PRNG keys, data-iterator position). A restarted run resumes
+from the latest complete checkpoint and replays exactly. The final policy is exported as a HF
+directory (rl/model).
 """
 
 import time
@@ -21,10 +22,11 @@ from rag_r1_jax.eval import answer_metrics
 from rag_r1_jax.rl import group_filter, kl_control
 from rag_r1_jax.rl import rewards as rewards_lib
 from rag_r1_jax.rollout.trajectories import Rollout, group_rows
+from rag_r1_jax.runs import rl_validation
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import optimizer, rl_update, train_state
-from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
+from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
 
 def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: str,
                        format_weight: float) -> np.ndarray:
@@ -109,10 +111,12 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     print(f"rl: resumed from step {start}", flush=True)
   engine = ws.engine(state.model(), ws.rl_retriever_at(0))
   sampling = SamplingParams.from_config(config.sampling)
+  val_questions = (rl_validation.validation_questions(ws, engine, rl.eval_questions)
+                   if rl.eval_every else [])
   # Rows of steps after the checkpoint (written before a crash) are dropped; 0 starts afresh.
-  writer = MetricsWriter(workdir, "rl", start_step=start + 1 if start else 0, total_steps=rl.steps)
+  writer = stage_writer(config, workdir, "rl", start + 1 if start else 0, rl.steps)
   streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps, "rl.max_nonfinite_steps")
-  bar = progress_bar("rl", rl.steps, initial=start)
+  progress = StepProgress("rl", rl.steps, initial=start, every=config.logging.console_every)
   for step in range(start, rl.steps):
     engine.retriever = ws.rl_retriever_at(step % draws)
     batch_rows = next(iterators[step % draws])
@@ -148,14 +152,27 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
                    update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
+    if rl.eval_every and (step + 1) % rl.eval_every == 0:
+      engine.sampler.update_params(state.params)
+      engine.retriever = ws.retriever  # the evaluation questions search the run's corpus
+      if rl.offload_during_rollout:
+        state = train_state.move_unused_in_rollouts(state, "pinned_host")
+      val = rl_validation.run_validation(engine, val_questions, batch_size=config.eval.batch_size,
+                                         seed=config.seed)
+      if rl.offload_during_rollout:
+        state = train_state.move_unused_in_rollouts(state, "device")
+      metrics.update(val)
+      progress.write(f"rl step {step + 1}: validation on {len(val_questions)} questions: em "
+                     f"{val['val/em']:.4g}, answer rate {val['val/answer_rate']:.4g}, searches "
+                     f"{val['val/searches_per_question']:.3g}")
     writer.write(step + 1, metrics)
-    bar.update(1)
-    bar.set_postfix(reward=f"{metrics['reward']:.3f}", searches=f"{metrics['searches_per_question']:.2f}")
+    progress.update(step + 1, {"reward": metrics["reward"], "em": metrics["em"],
+                               "searches": metrics["searches_per_question"]})
     if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
       manager.save(step + 1, state, {"step": step + 1, "data": iterator_states(iterators),
                                      "config": config.to_dict(), "metrics": metrics,
                                      "kl_coef": kl_coef})
-  bar.close()
+  progress.close()
   manager.wait_until_finished()
   writer.close()
   return ws.export_stage_model("rl", state.model())

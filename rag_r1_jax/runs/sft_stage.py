@@ -20,7 +20,7 @@ from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace, resolve_path
 from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
-from rag_r1_jax.training.metrics_writer import MetricsWriter, progress_bar
+from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
 
 
 def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
@@ -106,8 +106,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   packed = f" (packed into rows of {pack} tokens)" if pack else ""
   print(f"sft: {len(train)} train / {len(validation)} validation examples{packed}, "
         f"{per_epoch[0]} steps per epoch x {sft.epochs} epochs", flush=True)
-  writer = MetricsWriter(workdir, "sft", start_step=start + 1 if start else 0, total_steps=total)
-  bar = progress_bar("sft", total, initial=start)
+  writer = stage_writer(config, workdir, "sft", start + 1 if start else 0, total)
+  progress = StepProgress("sft", total, initial=start, every=config.logging.console_every)
   step = start
   streak = optimizer.NonfiniteStreak(config.sft.max_nonfinite_steps, "sft.max_nonfinite_steps")
   for epoch in range(meta["epoch"], sft.epochs):
@@ -119,8 +119,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
       streak = streak.update(metrics["skipped"] == 0, step)
       batch_index = step - first_step[epoch]
       writer.write(step, dict(metrics, epoch=epoch))
-      bar.update(1)
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+      progress.update(step, {"loss": metrics["loss"], "epoch": epoch})
       if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch[epoch]:
         manager.save(step, state, dict(meta, epoch=epoch, batch=batch_index))
 
@@ -138,11 +137,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     if best is None or loss < best:
       meta["best_validation_loss"] = loss
       ws.export_stage_model("sft_best", state.model())  # -> sft_best/model
-    bar.write(f"sft: epoch {epoch + 1}/{sft.epochs} validation loss {loss:.4f} "
+    progress.write(f"sft: epoch {epoch + 1}/{sft.epochs} validation loss {loss:.4f} "
               f"(best {meta['best_validation_loss']:.4f})")
     meta.update(epoch=epoch + 1, batch=0)
     manager.save(step, state, dict(meta))
-  bar.close()
+  progress.close()
   manager.wait_until_finished()
   writer.close()
   ws.copy_stage_model("sft_best", "sft")

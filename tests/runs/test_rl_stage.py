@@ -1,9 +1,25 @@
-"""The RL stage's per-step rollout metrics, exact on hand-made records."""
+"""The RL stage: per-step rollout metrics exact on hand-made records; validation every
+rl.eval_every steps on a scripted toy policy (its rows, W&B, resume, unchanged training)."""
 
+import functools
+import os
+import shutil
+
+import jax
 import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import ConfigDict
 
+from configs import common
+from rag_r1_jax import sharding
+from rag_r1_jax.retrieval.base import Document, ExactRetriever
 from rag_r1_jax.rollout.trajectories import Rollout, RowRecord
 from rag_r1_jax.runs import rl_stage
+from rag_r1_jax.runs.workspace import Workspace
+from rag_r1_jax.training import metrics_writer
+from tests.sampling import toy
+from tests.training import fake_wandb
 
 
 def _rollout(answers, prompt_index, turns):
@@ -35,3 +51,141 @@ def test_rollout_metrics_one_source_adds_nothing():
   rollout = _rollout(["paris"], [0], [1])
   got = rl_stage.rollout_metrics(rollout, np.array([1.0]), [["Paris"]], ["nq"])
   assert not any("/" in key for key in got)
+
+
+# ---- the stage on a scripted toy policy: validation, W&B, resume --------------------------
+
+
+class ToyRLWorkspace(Workspace):
+  """The toy bigram policy searching one document; every prompt templated to 'x Q:'."""
+
+  exported: dict
+
+  @functools.cached_property
+  def tokenizer(self):
+    tokenizer = toy.toy_tokenizer()
+    tokenizer.chat_template = "{{ 'x Q:' }}"
+    return tokenizer
+
+  @functools.cached_property
+  def retriever(self):
+    return ExactRetriever([Document("d1", "Alpha", "alpha is near paris")])
+
+  def initial_model(self):
+    graphdef, state = _toy_split(self.mesh)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x.copy(), state))  # training donates it
+
+  def rl_rows(self, index=0):
+    return [{"id": f"t{i}", "question": f"q{i}", "golden_answers": ["paris"]} for i in range(2)]
+
+  def eval_datasets(self):
+    row = lambda i, gold: {"id": str(i), "question": f"v{i}", "golden_answers": [gold]}  # noqa
+    return {"nq": [row(0, "paris"), row(1, "paris")],
+            "hotpotqa": [row(2, "paris"), row(3, "Beta"), row(4, "paris")]}
+
+  def export_stage_model(self, stage, model):
+    self.exported = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return self.stage_model_dir(stage)
+
+
+@functools.cache
+def _toy_split(mesh):
+  tokenizer = toy.toy_tokenizer()
+  model = toy.bigram_model(tokenizer, SUCCESSOR, default="<answer>", mesh=mesh, hidden=128)
+  # After <answer>: "paris" (greedy) or "beta" (sampled now and then), so GRPO groups differ.
+  head = np.array(model.lm_head[...])
+  answer = tokenizer.convert_tokens_to_ids("<answer>")
+  head[answer] = 0.0
+  head[answer, tokenizer.convert_tokens_to_ids("paris")] = 1.0
+  head[answer, tokenizer.convert_tokens_to_ids("beta")] = 0.7
+  model.lm_head.set_value(jax.device_put(head, model.lm_head[...].sharding))
+  return nnx.split(model)
+
+
+SUCCESSOR = {"Q:": "<search>", "<search>": "alpha", "alpha": "</search>",
+             "paris": "</answer>", "beta": "</answer>"}
+VAL_KEYS = {"val/em", "val/answer_rate", "val/searches_per_question", "val/seconds",
+            "val/em/nq", "val/em/hotpotqa", "val/searches_per_question/nq",
+            "val/searches_per_question/hotpotqa"}
+TIMES = ("rollout_seconds", "retrieval_seconds", "update_seconds", "tokens_per_second",
+         "val/seconds")
+
+
+def _toy_config(eval_every: int):
+  c = common.base_config()
+  c.name = "toy"
+  c.rl.update(dict(steps=4, batch_size=2, mini_batch_size=2, group_size=4, learning_rate=1e-3,
+                   warmup_ratio=0.0, kl_coef=0.0, entropy_coef=0.0, eval_every=eval_every,
+                   eval_questions=0))
+  c.rollout.update(dict(max_turns=2, max_turn_tokens=8, max_obs_length=32,
+                        max_total_length=256))
+  c.retrieval.topk = 1
+  c.checkpoint.update(dict(every_steps=2, async_save=False))
+  c.eval.batch_size = 4
+  return c
+
+
+def _run_rl(workdir, config):
+  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
+  ws = ToyRLWorkspace(config, mesh, str(workdir))
+  rl_stage.run(config, mesh, str(workdir), workspace=ws)
+  return ws, metrics_writer.read_jsonl(os.path.join(workdir, "metrics", "rl.jsonl"))
+
+
+def _without_times(rows):
+  return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def validated_run(tmp_path_factory):
+  """Four steps validating every second one, logged to a fake W&B as well."""
+  monkeypatch = pytest.MonkeyPatch()
+  wandb = fake_wandb.install(monkeypatch)
+  workdir = tmp_path_factory.mktemp("validated")
+  config = _toy_config(eval_every=2)
+  config.logging.wandb.enabled = True
+  ws, rows = _run_rl(workdir, config)
+  monkeypatch.undo()
+  return workdir, ws, rows, wandb.runs
+
+
+@pytest.mark.slow
+def test_validation_rows_at_every_eval_step_and_wandb_gets_them(validated_run):
+  _, _, rows, (wandb_run,) = validated_run
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert [sorted(k for k in r if k.startswith("val/")) for r in rows] == [
+      [], sorted(VAL_KEYS), [], sorted(VAL_KEYS)]
+  for row in rows[1::2]:  # greedy: search once, answer "paris"; "Beta" is the one miss
+    assert row["val/em"] == 0.8 and row["val/answer_rate"] == 1.0
+    assert row["val/em/nq"] == 1.0 and row["val/em/hotpotqa"] == 2 / 3
+    assert row["val/searches_per_question"] == 1.0 == row["val/searches_per_question/hotpotqa"]
+  assert [{k.removeprefix("rl/"): v for k, v in logged.items()}
+          for logged in wandb_run.logged] == rows
+  assert wandb_run.finished
+
+
+@pytest.mark.slow
+def test_validation_leaves_training_unchanged(validated_run, tmp_path):
+  _, validated, validated_rows, _ = validated_run
+  plain, plain_rows = _run_rl(tmp_path, _toy_config(eval_every=0))
+  assert validated.exported.keys() == plain.exported.keys()
+  for name, value in plain.exported.items():
+    np.testing.assert_array_equal(validated.exported[name], value, err_msg=str(name))
+  strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("val/")}  # noqa
+                        for r in _without_times(rows)]
+  assert strip(validated_rows) == strip(plain_rows)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_each_validation_once(validated_run, tmp_path, monkeypatch):
+  workdir, _, rows, _ = validated_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "rl" / "checkpoints" / "4")  # as if the run died after logging step 4
+  wandb = fake_wandb.install(monkeypatch)
+  config = _toy_config(eval_every=2)
+  config.logging.wandb.enabled = True
+  _, resumed = _run_rl(copy, config)
+  assert _without_times(resumed) == _without_times(rows)
+  (run,) = wandb.runs
+  assert run.logged == []  # W&B already had steps 3 and 4 from the first run

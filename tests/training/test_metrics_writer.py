@@ -1,15 +1,21 @@
-"""MetricsWriter: JSONL rows, resume without duplicates, TensorBoard events, console line, bar."""
+"""MetricsWriter: JSONL rows, resume without duplicates, TensorBoard events, W&B, console
+line; StepProgress: a bar on a terminal, plain lines without one."""
 
 import glob
+import io
 import json
 import os
 import struct
+import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from tensorboardX.proto import event_pb2
 
+from configs import common
 from rag_r1_jax.training import metrics_writer as mw
+from tests.training import fake_wandb
 
 
 def _tb_events(logdir):
@@ -89,8 +95,71 @@ def test_console_line_format():
   assert mw.format_console_line("eval", 3, {}, total_steps=7) == "eval step 3/7"
 
 
-def test_progress_bar_resumes_at_initial():
-  bar = mw.progress_bar("rl", total=500, initial=100, disable=False)
-  bar.update(2)
-  assert (bar.n, bar.total, bar.desc) == (102, 500, "rl")
-  bar.close()
+def test_progress_on_a_terminal_is_a_bar_with_key_metrics():
+  stream = io.StringIO()
+  progress = mw.StepProgress("rl", total=500, initial=100, stream=stream, tty=True)
+  progress.update(101, {"reward": 0.41234, "em": np.float32(0.5)})
+  progress.update(102, {"reward": 0.5, "em": 0.25})
+  bar = progress._bar
+  assert (bar.n, bar.total, bar.desc, bar.postfix) == (102, 500, "rl", "reward=0.5, em=0.25")
+  progress.close()
+  assert "102/500" in stream.getvalue()
+
+
+def test_progress_without_a_terminal_prints_a_line_every_n_steps(capsys):
+  stream = io.StringIO()
+  progress = mw.StepProgress("sft", total=7, initial=1, every=3, stream=stream)
+  assert not progress.tty  # a StringIO is not a terminal
+  for step in range(2, 8):
+    progress.update(step, {"loss": step / 8})
+  progress.write("sft: epoch 1/1 validation loss 0.5")
+  progress.close()
+  lines = capsys.readouterr().out.splitlines()
+  assert stream.getvalue() == ""  # no bar drawn
+  assert [line.split(" | s/step")[0].rsplit(" | ", 1)[0] for line in lines[:2]] == [
+      "sft step 3/7 | loss 0.375", "sft step 6/7 | loss 0.75"]
+  assert lines[2].startswith("sft step 7/7 | loss 0.875 | ") and lines[2].endswith(" s/step")
+  assert lines[3] == "sft: epoch 1/1 validation loss 0.5"
+  assert len(lines) == 4
+
+
+def test_wandb_gets_the_jsonl_rows_once_across_a_resume(tmp_path, monkeypatch):
+  wandb = fake_wandb.install(monkeypatch)
+  config = _logging_config(wandb=True)
+  with mw.stage_writer(config, str(tmp_path), "rl", 0, 4) as writer:
+    for step in (1, 2, 3):
+      writer.write(step, {"loss": step / 4, "val/em": 0.5})
+  (run,) = wandb.runs
+  assert run.logged == [{"rl/step": s, "rl/loss": s / 4, "rl/val/em": 0.5} for s in (1, 2, 3)]
+  assert [{"step": r["rl/step"], "loss": r["rl/loss"], "val/em": r["rl/val/em"]}
+          for r in run.logged] == _rows(writer.path)
+  assert run.defined == [("rl/step", None), ("rl/*", "rl/step")] and run.finished
+  assert run.init_kwargs["project"] == "proj" and run.init_kwargs["name"] == "tiny"
+  assert run.init_kwargs["resume"] == "allow" and run.init_kwargs["config"]["name"] == "tiny"
+  # Restarted from a checkpoint at step 1: steps 2 and 3 are rewritten to the JSONL file but
+  # W&B, which already has them, gets only the steps after them, in the same run.
+  with mw.stage_writer(config, str(tmp_path), "rl", 2, 4) as writer:
+    for step in (2, 3, 4):
+      writer.write(step, {"loss": step / 4})
+  resumed = wandb.runs[1]
+  assert resumed.init_kwargs["id"] == run.init_kwargs["id"]
+  assert resumed.logged == [{"rl/step": 4, "rl/loss": 1.0}]
+  assert [r["step"] for r in _rows(writer.path)] == [1, 2, 3, 4]
+
+
+def test_stage_writer_without_wandb_needs_no_package(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails
+  with mw.stage_writer(_logging_config(wandb=False), str(tmp_path), "sft", 0, 2) as writer:
+    writer.write(1, {"loss": 1.0})
+  assert _rows(writer.path) == [{"step": 1, "loss": 1.0}]
+  with pytest.raises(ImportError, match=r"config.logging.wandb.enabled=True needs the wandb "
+                     r"package: `pip install wandb`"):
+    mw.stage_writer(_logging_config(wandb=True), str(tmp_path), "sft", 0, 2)
+
+
+def _logging_config(wandb: bool):
+  config = common.base_config()
+  config.name = "tiny"
+  config.logging.wandb.enabled = wandb
+  config.logging.wandb.project = "proj"
+  return config
