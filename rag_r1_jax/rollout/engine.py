@@ -99,14 +99,15 @@ class RolloutEngine:
                        f"group size {group_size} (rl.group_size): a group shares one prefill")
     per_chunk = in_flight // group_size if in_flight else padded_prompts
     if padded_prompts <= per_chunk:
-      host, keep, records = self._run_chunk(list(prompts), sampling, jax.random.key(seed),
-                                            group_size, padded_prompts)
-      return build_rollout(host, keep, records, group_size)
-    hosts, keep, records = [], [], []
+      host, keep, records, row_steps = self._run_chunk(
+          list(prompts), sampling, jax.random.key(seed), group_size, padded_prompts)
+      return build_rollout(host, keep, records, group_size, row_steps)
+    hosts, keep, records, row_steps = [], [], [], []
     for c, start in enumerate(range(0, num_prompts, per_chunk)):
       key = jax.random.key(seed) if c == 0 else jax.random.fold_in(jax.random.key(seed), c)
-      host, chunk_keep, chunk_records = self._run_chunk(
+      host, chunk_keep, chunk_records, chunk_steps = self._run_chunk(
           list(prompts[start:start + per_chunk]), sampling, key, group_size, per_chunk)
+      row_steps += chunk_steps
       offset = sum(h["tokens"].shape[0] for h in hosts)
       hosts.append(host)
       keep += [b + offset for b in chunk_keep]
@@ -115,11 +116,12 @@ class RolloutEngine:
     width = max(h["tokens"].shape[1] for h in hosts)  # chunks are fetched at their own widths
     pad = lambda x: np.pad(x, [(0, 0), (0, width - x.shape[1])]) if x.ndim == 2 else x  # noqa: E731
     host = {k: np.concatenate([pad(h[k]) for h in hosts]) for k in hosts[0]}
-    return build_rollout(host, keep, records, group_size)
+    return build_rollout(host, keep, records, group_size, row_steps)
 
   def _run_chunk(self, prompts: Sequence[str], sampling: SamplingParams, rng: jax.Array,
                  group_size: int, padded_prompts: int):
-    """Rolls out `prompts` in one sampler batch: (host arrays, kept rows, their records)."""
+    """Rolls out `prompts` in one sampler batch: (host arrays, kept rows, their records,
+    (useful, all) decode row-steps per turn)."""
     num_prompts = len(prompts)
     prompt_ids = [self._encode(p) for p in prompts]
     capacity = self.sampler.capacity
@@ -145,12 +147,16 @@ class RolloutEngine:
           row.finish_reason = "padding"
       # The rows this process's devices decode: it parses and retrieves for these alone.
       local = multihost.local_rows(state.status)
+      turn_tokens = []  # per turn: (most tokens a local row decoded, tokens all local rows did)
 
       while True:
+        decoding = [b for b in local.tolist() if rows[b].finish_reason is None]
         with decode_watch():
           state = self.sampler.decode(state, settings)
           turn = self.sampler.fetch_turn(state, [row.turn_start for row in rows],
                                          self.settings.max_turn_tokens)
+        new = [int(turn["lengths"][b]) - rows[b].turn_start for b in decoding]
+        turn_tokens.append((max(new, default=0), sum(new)))
         observations, pending = self._act(rows, local, turn)
         if pending:
           with retrieval_watch():
@@ -164,9 +170,15 @@ class RolloutEngine:
           else:
             state = self.sampler.append(state, chunks)
 
-      for part in multihost.gather_objects({int(b): dataclasses.asdict(rows[b]) for b in local}):
-        for b, fields in part.items():
+      parts = multihost.gather_objects({"rows": {int(b): dataclasses.asdict(rows[b])
+                                                 for b in local}, "turn_tokens": turn_tokens})
+      for part in parts:
+        for b, fields in part["rows"].items():
           rows[int(b)] = _Row(**fields)
+      # A decode call runs as many steps as its longest-decoding row, each step over the batch.
+      row_steps = [(sum(p["turn_tokens"][t][1] for p in parts),
+                    max(p["turn_tokens"][t][0] for p in parts) * batch)
+                   for t in range(len(turn_tokens))]
       width = sampler_lib.bucket(int(turn["lengths"][local].max(initial=1)))
       host = self.sampler.fetch(state, min(multihost.max_over_processes(width), capacity))
     keep = [b for b in range(batch) if rows[b].finish_reason != "padding"]
@@ -188,7 +200,7 @@ class RolloutEngine:
           retrieval_seconds=retrieval_watch.seconds / n,
           total_seconds=total_watch.seconds / n,
           compile_seconds=total_watch.compile_seconds / n))
-    return host, keep, records
+    return host, keep, records, row_steps
 
   def _reprefill(self, state: sampler_lib.SamplerState, chunks):
     """Baseline without cache reuse: each resumed row re-prefills its whole history.

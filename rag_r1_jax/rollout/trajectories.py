@@ -41,6 +41,15 @@ class Rollout:
   sampler_logprobs: np.ndarray  # [batch, width] float32: log p(token) when sampled, else 0
   group_ids: np.ndarray  # [batch] int32: rows of one prompt share an id
   records: list[RowRecord]
+  # Per decode call (turn), (row-steps of rows still decoding, all row-steps): a decode step
+  # costs every row of the sampler's batch, finished and padding rows included.
+  decode_row_steps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+  @property
+  def slot_use(self) -> float:
+    """Useful / all decode row-steps (1.0: no row ever waited; nan: no decoding)."""
+    useful, total = np.sum(self.decode_row_steps, axis=0) if self.decode_row_steps else (0, 0)
+    return float(useful / total) if total else float("nan")
 
   def tensors(self) -> dict[str, np.ndarray]:
     return {"tokens": self.tokens, "positions": self.positions,
@@ -66,7 +75,7 @@ class Rollout:
         attention_mask=cut(self.attention_mask), loss_mask=cut(self.loss_mask),
         sampler_logprobs=cut(self.sampler_logprobs),
         group_ids=np.repeat(np.arange(len(groups), dtype=np.int32), group_size),
-        records=[self.records[r] for r in rows])
+        records=[self.records[r] for r in rows], decode_row_steps=self.decode_row_steps)
 
 
 def _bucketed_width(lengths: np.ndarray, limit: int) -> int:
@@ -81,7 +90,7 @@ def group_rows(groups: np.ndarray, group_size: int) -> np.ndarray:
 
 
 def build_rollout(host: dict[str, np.ndarray], keep: list[int], records: list[RowRecord],
-                  group_size: int) -> Rollout:
+                  group_size: int, decode_row_steps: list[tuple[int, int]] = ()) -> Rollout:
   """Cuts the sampler's per-row buffers down to the kept rows and a bucketed width."""
   lengths = host["lengths"][keep]
   width = _bucketed_width(lengths, host["tokens"].shape[1])
@@ -95,4 +104,4 @@ def build_rollout(host: dict[str, np.ndarray], keep: list[int], records: list[Ro
       loss_mask=generated.astype(np.float32),
       sampler_logprobs=np.where(generated, host["logprobs"][keep, :width], 0).astype(np.float32),
       group_ids=(np.asarray(keep) // group_size).astype(np.int32),
-      records=records)
+      records=records, decode_row_steps=list(decode_row_steps))

@@ -149,7 +149,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     metrics.update(update_metrics, mixed_groups=float(mixed.mean()),
                    trained_mixed_groups=float(mixed[groups].mean()))
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
-    metrics.update(rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
+    metrics.update(slot_use=rollout.slot_use,  # useful / all decode row-steps
+                   rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
                    update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     if rl.eval_every and (step + 1) % rl.eval_every == 0:

@@ -226,3 +226,18 @@ def test_rows_in_flight_must_hold_whole_groups(toy):
   eng.settings = engine_lib.RolloutSettings(**{**eng.settings.__dict__, "rows_in_flight": 3})
   with pytest.raises(ValueError, match="rows_in_flight=3 must be a multiple of the group size 2"):
     eng.run(PROMPTS, sampling=GREEDY, group_size=2)
+
+
+def test_slot_use_counts_decode_row_steps(toy):
+  """Turn 1: Q rows decode '<search>alpha,beta</search>' (5 tokens), the A row
+  '<answer>paris</answer>' (3), the B row babbles to the 12-token budget: the call runs 12 steps
+  over 4 rows. Over the rollout, useful row-steps are the generated tokens."""
+  out = _engine(toy).run(PROMPTS, sampling=GREEDY)
+  assert out.decode_row_steps[0] == (5 + 3 + 12 + 5, 12 * 4)
+  assert sum(u for u, _ in out.decode_row_steps) == sum(r.generated_tokens for r in out.records)
+  assert all(total % 4 == 0 and useful <= total for useful, total in out.decode_row_steps)
+  useful, total = np.sum(out.decode_row_steps, axis=0)
+  assert out.slot_use == useful / total and 0 < out.slot_use < 1
+  # Padding rows (batch_size 6 for 4 prompts) cost slots too.
+  padded = _engine(toy).run(PROMPTS, sampling=GREEDY, batch_size=6)
+  assert padded.decode_row_steps[0] == (25, 12 * 6)
