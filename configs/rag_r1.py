@@ -77,7 +77,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
 
   # GRPO: 32 steps of 32 questions x 8 samples, one update per step in 8 microbatches (32-row
   # microbatches: 2.06x faster than one 256-row pass on 2 cores, bench_rl_microbatches.py). From one
-  # SFT policy (issue 7 notes): 16 questions per step at lr 6e-4 left test EM flat or lower, and
+  # SFT policy (docs/experiment_log.md): 16 questions per step at lr 6e-4 left test EM flat, and
   # lr 2e-3 (or 1e-3 with a KL penalty) drifted the policy (entropy and KL up, reward down).
   # Training on mixed-reward groups first (rl.oversample=1.5) moved test EM by +0.3 at this lr
   # and -3.8 at 1e-3, at 1.7x the rollout time (DEVELOPERS.md), so it is off here.

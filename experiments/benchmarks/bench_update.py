@@ -74,7 +74,7 @@ def bench_jax(model_dir: str, batch: dict, repeats: int, group: int) -> float:
   holder = {"state": state}
 
   def step():
-    holder["state"], metrics = update.grpo_update(holder["state"], mb, hp)
+    holder["state"], metrics = update.minibatch_update(holder["state"], mb, hp)
     jax.block_until_ready(metrics["loss"])
 
   return time_steps(step, repeats)

@@ -8,7 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-# The 12.4M-parameter Qwen2 config whose transformers figures ASSETS.md quotes.
+# A 12.4M-parameter Qwen2 config (the default run's decoder size), for transformers baselines.
 SMALL_QWEN2 = dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
                    tie_word_embeddings=True)

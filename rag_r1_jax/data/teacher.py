@@ -121,9 +121,7 @@ def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Seg
   """`count` (user text, segments) drills: repeat a list of world names and numbers in order.
 
   Dense copy targets for a model trained from scratch, which otherwise sees only a few copied
-  tokens per search trajectory. Measured on the default world (issue 7 notes): with 8 fresh
-  train draws and 8,000 drills, copying of entity names emerged within 1,156 SFT steps; the
-  drills themselves stay hard for the tiny model (about 2-4 nats on many items). Items are
+  tokens per search trajectory (docs/experiment_log.md has what they did). Items are
   fresh combinations of the world's name words (60%) and numbers a world fact can state (40%,
   synthetic_world.FACT_NUMBERS): the very tokens a policy must copy out of a passage. Numbers
   off those grids split into other tokens and trained nothing the policy copies (the session-2

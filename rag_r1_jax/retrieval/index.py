@@ -26,7 +26,7 @@ import tqdm  # noqa: E402
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 # faiss uses its BLAS path only for batches of at least this many queries; the default
 # (128000 in faiss-cpu 1.15) keeps rollout-sized batches on a slow per-query loop. 20 makes
-# 256 queries x 100k x 384 about 10x faster (../shared/ASSETS.md). This is process-global.
+# 256 queries x 100k x 384 about 10x faster (bench_retrieval.py). This is process-global.
 BLAS_THRESHOLD = 20
 
 
@@ -70,7 +70,7 @@ class IndexMeta:
 
 
 def tune_faiss() -> None:
-  """Lowers faiss' BLAS threshold so batched search uses matrix products (see ASSETS.md)."""
+  """Lowers faiss' BLAS threshold so batched search uses matrix products (BLAS_THRESHOLD)."""
   faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
 
 

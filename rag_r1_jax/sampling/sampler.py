@@ -36,7 +36,6 @@ from rag_r1_jax.sampling import sampling_fns, stop_strings
 
 # Row status codes.
 RUNNING, STOPPED, TURN_LIMIT, EOS, LENGTH, IDLE = range(6)
-STATUS_NAMES = ("running", "stop_string", "turn_limit", "eos", "length", "idle")
 MIN_BUCKET = 16
 
 

@@ -246,7 +246,3 @@ def abstract(state: TrainState) -> TrainState:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       state)
 
-
-def num_params(state: TrainState) -> int:
-  """Number of policy parameters."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))

@@ -265,7 +265,6 @@ def minibatch_update(state: TrainState, mb: Batch, hp: RLHparams,
   return _apply_gradients(state, _gradients(state, mb, hp, hp.microbatches, parts), hp)
 
 
-grpo_update = ppo_update = minibatch_update  # the names callers know; hp picks the algorithm
 
 
 @functools.partial(jax.jit, static_argnames=("hp", "parts"))

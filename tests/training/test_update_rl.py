@@ -158,9 +158,9 @@ def test_bfloat16_microbatched_updates_keep_float32_state_and_compile_once():
   before = _params(state)
   batch = h.trajectory_batch(ROWS, SEQ, cfg.vocab_size, seed=8)
   state, metrics = rl_update.rl_update(state, batch, config)
-  compiled = update.grpo_update._cache_size()
+  compiled = update.minibatch_update._cache_size()
   state, metrics = rl_update.rl_update(state, batch, config)
-  assert update.grpo_update._cache_size() == compiled
+  assert update.minibatch_update._cache_size() == compiled
   assert metrics["updates"] == 4 and metrics["skipped"] == 0 and int(state.step) == 8
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
