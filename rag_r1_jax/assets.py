@@ -33,3 +33,11 @@ def asset_path(name: str) -> str:
   if not os.path.exists(path):
     raise AssetNotInstalledError(f"asset {name!r}: {path} is missing from package {package!r}")
   return path
+
+
+def resolve(path: str) -> str:
+  """A config path: `asset:NAME` -> the packaged asset's path (AssetNotInstalledError when
+  absent); anything else with ~ expanded."""
+  if path.startswith("asset:"):
+    return asset_path(path[len("asset:"):])
+  return os.path.expanduser(path)

@@ -17,13 +17,6 @@ from rag_r1_jax.config_validation import ConfigError, stages
 CORPUS_FILE_SOURCES = ("flashrag",)
 
 
-def _resolve(path: str) -> str:
-  """`asset:NAME` -> the asset's path (AssetNotInstalledError when absent); else ~ expanded."""
-  if path.startswith("asset:"):
-    return assets.asset_path(path[len("asset:"):])
-  return os.path.expanduser(path)
-
-
 def _is_model_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "config.json"))
 
@@ -58,7 +51,7 @@ class _Problems:
   def exists(self, field: str, ok: Callable[[str], bool], expected: str) -> None:
     """Adds a problem unless the field's (resolved) path passes `ok`."""
     try:
-      path = _resolve(str(self.value(field)))
+      path = assets.resolve(str(self.value(field)))
     except (assets.AssetNotInstalledError, KeyError) as e:
       self.add(field, str(e).strip("'\""))
       return

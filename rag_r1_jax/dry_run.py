@@ -187,8 +187,6 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
                             update.score, state, mb, hp, old=not on_policy))
   fields = ["tokens", "positions", "attention_mask", "loss_mask", "advantages",
             *rl_update.minibatch_logprob_fields(hp, on_policy)]
-  if hp.algorithm == "grpo" and hp.kl_coef > 0:
-    fields.append("ref_logprobs")
   if hp.algorithm == "ppo":
     fields += ["returns", "old_values"]
   with jax.set_mesh(mesh):

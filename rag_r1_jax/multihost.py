@@ -137,8 +137,12 @@ def fetch_local(tree: PyTree) -> PyTree:
     if x.is_fully_addressable:
       return np.asarray(jax.device_get(x))
     out = np.zeros(x.shape, x.dtype)
-    for shard in x.addressable_shards:
-      out[shard.index] = np.asarray(shard.data)
+    copied = set()
+    for shard in x.addressable_shards:  # replicas (e.g. over the tensor axis) copied once
+      key = tuple(s.indices(n) for s, n in zip(shard.index, x.shape))
+      if key not in copied:
+        copied.add(key)
+        out[shard.index] = np.asarray(shard.data)
     return out
   return jax.tree.map(leaf, tree)
 

@@ -170,14 +170,3 @@ def evaluate(engine: RolloutEngine, tokenizer, datasets: Mapping[str, Sequence[M
     summary = json.load(f)
   summary["skipped_datasets"] = skipped
   return summary
-
-
-def load_eval_datasets(config) -> dict[str, list[dict]]:
-  """The evaluation questions config.data names: dataset -> rows (rag_r1_jax/data/sources.py).
-
-  'flashrag': each of data.eval_datasets, its test split (dev where a dataset has no test
-  file, as FlashRAG's HotpotQA, 2Wiki and MuSiQue), one dataset per data_source.
-  'synthetic_world': the world's test questions, one dataset per question kind.
-  """
-  from rag_r1_jax.data import sources
-  return sources.get(config).eval_datasets(config)

@@ -362,5 +362,7 @@ def ppo_actor_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax
   loss = pg_loss - entropy_coef * ent
   metrics.update({"loss": loss, "entropy": ent})
   if ref_logprobs is not None:
-    metrics["kl"] = _masked_mean(kl_penalty(logprobs, ref_logprobs, kl_estimator), loss_mask)
+    # Aggregated like the loss: microbatches combine "kl" with the loss's weights.
+    metrics["kl"] = aggregate(kl_penalty(logprobs, ref_logprobs, kl_estimator), loss_mask, agg,
+                              norm_length)
   return loss, metrics

@@ -14,11 +14,11 @@ not finite is never exported.
 
 import math
 
-from rag_r1_jax import sharding
+from rag_r1_jax import assets, sharding
 from rag_r1_jax.data import prompts, synthetic_world, teacher
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
-from rag_r1_jax.runs.workspace import Workspace, resolve_path
+from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
 from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
 
@@ -28,7 +28,7 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   config, tokenizer = ws.config, ws.tokenizer
   if config.sft.data_path:
     from rag_r1_jax.data import qa_builders
-    rows = qa_builders.load_split("sft", "train", files={"train": resolve_path(config.sft.data_path)},
+    rows = qa_builders.load_split("sft", "train", files={"train": assets.resolve(config.sft.data_path)},
                                   tfds_dir=config.data.tfds_dir or None)
     return [sft_data.encode_alpaca_row(tokenizer, dict(r)) for r in rows]
   if config.data.source != "synthetic_world":

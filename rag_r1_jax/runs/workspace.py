@@ -22,13 +22,6 @@ from rag_r1_jax.rollout.engine import RolloutEngine, RolloutSettings
 from rag_r1_jax.sampling.sampler import Sampler
 
 
-def resolve_path(path: str) -> str:
-  """`asset:NAME` -> the packaged asset's path; anything else unchanged (with ~ expanded)."""
-  if path.startswith("asset:"):
-    return assets.asset_path(path[len("asset:"):])
-  return os.path.expanduser(path)
-
-
 def write_dir_atomically(path: str, write: Callable[[str], None]) -> None:
   """Calls write(tmp) on a fresh `path.partial`, then renames it to `path` (replacing it).
 
@@ -145,7 +138,7 @@ class Workspace:
       multihost.barrier("world tokenizer")  # process 0 wrote it; every process loads it
       return factory.load_tokenizer(out)
     path = self.config.tokenizer.path or self._checkpoint_dir()
-    return factory.load_tokenizer(resolve_path(path))
+    return factory.load_tokenizer(assets.resolve(path))
 
   @functools.cached_property
   def retriever(self) -> Retriever:
@@ -156,7 +149,7 @@ class Workspace:
     cfg = self.config.retrieval.copy_and_resolve_references()
     with cfg.unlocked():
       for field in ("encoder_path", "corpus_path", "index_path"):
-        cfg[field] = resolve_path(cfg[field]) if cfg[field] else ""
+        cfg[field] = assets.resolve(cfg[field]) if cfg[field] else ""
     return cfg
 
   @functools.cached_property
@@ -172,14 +165,14 @@ class Workspace:
   def _checkpoint_dir(self) -> str:
     model_config = self.config.model.copy_and_resolve_references()
     with model_config.unlocked():
-      model_config.path = resolve_path(model_config.path)
+      model_config.path = assets.resolve(model_config.path)
     return factory.checkpoint_dir(model_config)
 
   def initial_model(self) -> Decoder:
     """The configured starting policy (random for source=scratch, else the checkpoint)."""
     model_config = self.config.model.copy_and_resolve_references()
     with model_config.unlocked():
-      model_config.path = resolve_path(model_config.path) if model_config.path else ""
+      model_config.path = assets.resolve(model_config.path) if model_config.path else ""
     vocab = len(self.tokenizer) if not self.config.model.vocab_size else None
     model, _ = factory.build_model(model_config, self.mesh, self.config.seed, vocab_size=vocab)
     return model

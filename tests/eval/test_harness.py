@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs.common import base_config
-from rag_r1_jax.data import synthetic_world
+from rag_r1_jax.data import sources, synthetic_world
 from rag_r1_jax.eval import answer_metrics, harness, plots, summarize
 from rag_r1_jax.retrieval.base import Document, ExactRetriever
 from rag_r1_jax.rollout import engine as engine_lib
@@ -196,7 +196,7 @@ def test_synthetic_world_loader_splits_test_questions_by_kind():
   config = base_config()
   config.data.source = "synthetic_world"
   config.data.world_entities = 60
-  datasets = harness.load_eval_datasets(config)
+  datasets = sources.get(config).eval_datasets(config)
   assert list(datasets) == ["single", "bridge", "comparison", "fanout"]
   world = synthetic_world.make_world(config.data.world_seed, config.data.world_entities)
   by_id = {q.id: q for q in world.questions}
@@ -227,7 +227,7 @@ def test_flashrag_loader_reads_test_else_dev(tmp_path):
   config.data.dir = str(data_dir)
   config.data.tfds_dir = str(tmp_path / "tfds")
   config.data.eval_datasets = "nq, hotpotqa"
-  datasets = harness.load_eval_datasets(config)
+  datasets = sources.get(config).eval_datasets(config)
   assert list(datasets) == ["nq", "hotpotqa"]
   assert [r["id"] for r in datasets["nq"]] == ["nq-test-0", "nq-test-1"]
   assert [r["id"] for r in datasets["hotpotqa"]] == ["hotpotqa-dev-0", "hotpotqa-dev-1"]
@@ -235,4 +235,4 @@ def test_flashrag_loader_reads_test_else_dev(tmp_path):
                                "data_source": "nq", "extra_info": ""}
   config.data.source = "wiki"
   with pytest.raises(ValueError, match="config.data.source='wiki'"):
-    harness.load_eval_datasets(config)
+    sources.get(config).eval_datasets(config)
