@@ -93,12 +93,7 @@ def _toy_split(mesh):
   tokenizer = toy.toy_tokenizer()
   model = toy.bigram_model(tokenizer, SUCCESSOR, default="<answer>", mesh=mesh, hidden=128)
   # After <answer>: "paris" (greedy) or "beta" (sampled now and then), so GRPO groups differ.
-  head = np.array(model.lm_head[...])
-  answer = tokenizer.convert_tokens_to_ids("<answer>")
-  head[answer] = 0.0
-  head[answer, tokenizer.convert_tokens_to_ids("paris")] = 1.0
-  head[answer, tokenizer.convert_tokens_to_ids("beta")] = 0.7
-  model.lm_head.set_value(jax.device_put(head, model.lm_head[...].sharding))
+  toy.fork_after(model, tokenizer, "<answer>", {"paris": 1.0, "beta": 0.7})
   return nnx.split(model)
 
 

@@ -55,3 +55,14 @@ def bigram_model(tokenizer, successor: dict[str, str], default: str, *, mesh=Non
   model.embed.set_value(shard(embed, model.embed[...]))
   model.lm_head.set_value(shard(head, model.lm_head[...]))
   return model
+
+
+def fork_after(model, tokenizer, token: str, successors: dict[str, float]) -> None:
+  """Makes the greedy choice after `token` uncertain: its next-token logits become
+  `successors` (token -> weight on the one-hot embedding), 0 elsewhere."""
+  head = np.array(model.lm_head[...])
+  row = tokenizer.convert_tokens_to_ids(token)
+  head[row] = 0.0
+  for successor, weight in successors.items():
+    head[row, tokenizer.convert_tokens_to_ids(successor)] = weight
+  model.lm_head.set_value(multihost.put(head, model.lm_head[...].sharding))

@@ -15,7 +15,7 @@ from rag_r1_jax.runs.rl_stage import trajectory_rewards
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import rl_update, train_state
-from tests.sampling.toy import EOS, bigram_model, toy_tokenizer
+from tests.sampling.toy import EOS, bigram_model, fork_after, toy_tokenizer
 
 SUCCESSOR = {"Q:": "<search>", "<search>": "alpha", "alpha": "</search>",
              "paris": "</answer>", "beta": "</answer>"}
@@ -42,13 +42,7 @@ def test_reward_rises_with_engine_in_the_loop(algorithm):
   tokenizer = toy_tokenizer()
   model = bigram_model(tokenizer, SUCCESSOR, default="<answer>", hidden=128)
   # After <answer>: "paris" and "beta" equally likely (the only uncertain step).
-  head = np.array(model.lm_head[...])
-  answer = tokenizer.convert_tokens_to_ids("<answer>")
-  head[answer] = 0.0
-  head[answer, tokenizer.convert_tokens_to_ids("paris")] = 1.0
-  head[answer, tokenizer.convert_tokens_to_ids("beta")] = 1.0
-  import jax
-  model.lm_head.set_value(jax.device_put(head, model.lm_head[...].sharding))
+  fork_after(model, tokenizer, "<answer>", {"paris": 1.0, "beta": 1.0})
   config = _config(algorithm)
   state = train_state.create_rl_state(model, config)
   sampler = sampler_lib.Sampler(state.model(), tokenizer, capacity=256,
