@@ -50,6 +50,12 @@ class SamplerState:
   stop_index: jax.Array  # [batch] int32: which stop string ended the turn, -1 if none
   stop_states: jax.Array  # [batch, num_stop_strings] int32: automaton states
   turn_tokens: jax.Array  # [batch] int32: tokens generated since the row last resumed
+  # A decode call that ends at its step limit (`DecodeSettings.chunk_steps`) leaves rows
+  # mid-turn RUNNING; the token the loop sampled for each of them is kept here, and the next
+  # call feeds it instead of sampling from `next_logits` (which only an append sets).
+  pending_token: jax.Array  # [batch] int32
+  pending_logprob: jax.Array  # [batch] float32
+  resume_pending: jax.Array  # [batch] bool: the next decode feeds pending_token
   rng: jax.Array  # PRNG key
 
   @property
@@ -59,9 +65,15 @@ class SamplerState:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:
-  """Static settings of the decode loop (hashable)."""
+  """Static settings of the decode loop (hashable).
+
+  chunk_steps: 0 decodes until no row is running (at most max_turn_tokens steps, one turn);
+  N > 0 returns after at most N steps, rows mid-turn still RUNNING (a continuous schedule's
+  boundary: the host refills and resumes rows between calls).
+  """
   sampling: sampling_fns.SamplingParams
   max_turn_tokens: int
+  chunk_steps: int = 0
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
@@ -112,6 +124,9 @@ class Sampler:
     self._decode = jax.jit(self._decode_impl, static_argnums=(2,), donate_argnums=(1,))
     self._replicate = jax.jit(self._replicate_impl, static_argnums=(2,))
     self._window = jax.jit(self._window_impl, static_argnums=(2,))
+    self._reset_rows = jax.jit(self._reset_rows_impl, donate_argnums=(0,))
+    self._append_rows = jax.jit(self._append_rows_impl, donate_argnums=(1,))
+    self._copy_rows = jax.jit(self._copy_rows_impl, donate_argnums=(0,))
 
   def update_params(self, model_or_params) -> None:
     """Points the sampler at new weights (after an optimizer step); no recompilation.
@@ -143,6 +158,9 @@ class Sampler:
         stop_index=jnp.full((batch_size,), -1, jnp.int32),
         stop_states=jnp.zeros((batch_size, len(self.stop_strings)), jnp.int32),
         turn_tokens=jnp.zeros((batch_size,), jnp.int32),
+        pending_token=jnp.zeros((batch_size,), jnp.int32),
+        pending_logprob=jnp.zeros((batch_size,), jnp.float32),
+        resume_pending=jnp.zeros((batch_size,), jnp.bool_),
         rng=rng)
     return self._place(state)
 
@@ -174,6 +192,57 @@ class Sampler:
     with self._mesh_context():
       return self._replicate(state, state.rng, n)
 
+  # ---- per-row slots (a continuous schedule refills rows while others decode) ---------------
+
+  def reset_rows(self, state: SamplerState, rows: Sequence[int]) -> SamplerState:
+    """Empties these rows (length 0, IDLE, no tokens, fresh stop states) for a new prompt."""
+    if not len(rows):
+      return state
+    with self._mesh_context():
+      return self._reset_rows(state, self._row_ids(rows, state))
+
+  def append_rows(self, state: SamplerState, rows: Sequence[int],
+                  chunks: Sequence[Sequence[int]]) -> SamplerState:
+    """Appends chunks[i] to row rows[i] (marks it RUNNING), prefilling only these rows.
+
+    Equals `append` with those chunks and None elsewhere, at a cost that grows with the
+    number of rows given (padded to `row_bucket`) instead of the batch.
+    """
+    assert len(rows) == len(chunks) and all(len(c) for c in chunks), (rows, chunks)
+    if not len(rows):
+      return state
+    ids = self._row_ids(rows, state)
+    lengths = np.zeros(ids.shape, np.int32)
+    lengths[:len(chunks)] = [len(c) for c in chunks]
+    padded = np.zeros((len(ids), bucket(int(lengths.max()))), np.int32)
+    for i, chunk in enumerate(chunks):
+      padded[i, :len(chunk)] = np.asarray(chunk, np.int32)
+    self.prefill_tokens += int(lengths.sum())
+    with self._mesh_context():
+      return self._append_rows(self.params, state, ids, jnp.asarray(padded), jnp.asarray(lengths))
+
+  def copy_rows(self, state: SamplerState, src: Sequence[int], dst: Sequence[int]
+                ) -> SamplerState:
+    """Row dst[i] becomes a copy of row src[i] (cache and state): a GRPO group's members take
+    their prompt's prefill from the row that was prefilled."""
+    assert len(src) == len(dst), (src, dst)
+    if not len(dst):
+      return state
+    with self._mesh_context():
+      return self._copy_rows(state, self._row_ids(src, state, pad=0),
+                             self._row_ids(dst, state))
+
+  def _row_ids(self, rows: Sequence[int], state: SamplerState, pad: int | None = None
+               ) -> jax.Array:
+    """rows padded to `row_bucket` with `pad` (default: the batch size, an index writes drop)."""
+    if jax.process_count() > 1:
+      raise ValueError("per-row refills (config.rollout.schedule='continuous') run in a "
+                       "single-process run only")
+    batch = state.status.shape[0]
+    ids = np.full((row_bucket(len(rows), batch),), batch if pad is None else pad, np.int32)
+    ids[:len(rows)] = rows
+    return jnp.asarray(ids)
+
   def fetch(self, state: SamplerState, width: int | None = None) -> dict[str, np.ndarray]:
     """Every row's tokens, log-probs and generated flags ([batch, width]: the first `width`
     columns, None: all), status, stop_index and lengths ([batch]), gathered from every
@@ -200,7 +269,8 @@ class Sampler:
   def _model(self, params) -> Decoder:
     return nnx.merge(self.graphdef, params)
 
-  def _append_impl(self, params, state: SamplerState, chunk, chunk_lengths) -> SamplerState:
+  def _append_impl(self, params, state: SamplerState, chunk, chunk_lengths,
+                   constrain: bool = True) -> SamplerState:
     """chunk [batch, width] int32, chunk_lengths [batch] int32."""
     batch, width = chunk.shape
     start = state.lengths
@@ -219,8 +289,9 @@ class Sampler:
         status=jnp.where(got, RUNNING, state.status),
         stop_index=jnp.where(got, -1, state.stop_index),
         stop_states=jnp.where(got[:, None], 0, state.stop_states),
-        turn_tokens=jnp.where(got, 0, state.turn_tokens))
-    return self._constrain(state)
+        turn_tokens=jnp.where(got, 0, state.turn_tokens),
+        resume_pending=state.resume_pending & ~got)
+    return self._constrain(state) if constrain else state
 
   def _decode_impl(self, params, state: SamplerState, settings: DecodeSettings) -> SamplerState:
     model = self._model(params)
@@ -236,9 +307,11 @@ class Sampler:
     head = model.output_head()
     layers = model.layer_weights()  # a scanned model's layers, sliced out once per call
 
+    limit = settings.chunk_steps or settings.max_turn_tokens
+
     def cond(carry):
       state, _, _, steps = carry
-      return jnp.any(state.status == RUNNING) & (steps < settings.max_turn_tokens)
+      return jnp.any(state.status == RUNNING) & (steps < limit)
 
     def body(carry):
       state, token, logprob, steps = carry  # token, logprob [batch]: sampled from next_logits
@@ -281,10 +354,56 @@ class Sampler:
       token, logprob = sampling_fns.sample_with_logprob(logits, key, settings.sampling)
       return state.replace(rng=rng), token, logprob
 
-    state, *_ = jax.lax.while_loop(
-        cond, body, (*sample(state, state.next_logits), jnp.int32(0)))
-    # The loop also ends at the step limit; rows still running have hit their turn budget.
-    return state.replace(status=jnp.where(state.status == RUNNING, TURN_LIMIT, state.status))
+    # The key is split for the first token only when some running row needs one from
+    # next_logits, so a turn decoded in chunks draws the same tokens as in one call.
+    fresh = jnp.any((state.status == RUNNING) & ~state.resume_pending)
+    rng = state.rng
+    state, token, logprob = sample(state, state.next_logits)
+    state = state.replace(rng=jax.lax.cond(fresh, lambda: state.rng, lambda: rng))
+    token = jnp.where(state.resume_pending, state.pending_token, token)
+    logprob = jnp.where(state.resume_pending, state.pending_logprob, logprob)
+    state, token, logprob, _ = jax.lax.while_loop(cond, body, (state, token, logprob, jnp.int32(0)))
+    # A row still running has used less than its turn budget (the body marks TURN_LIMIT when
+    # it is used); it resumes from the token sampled after its last step.
+    running = state.status == RUNNING
+    return state.replace(pending_token=jnp.where(running, token, 0),
+                         pending_logprob=jnp.where(running, logprob, 0.0),
+                         resume_pending=running)
+
+  def _reset_rows_impl(self, state: SamplerState, rows) -> SamplerState:
+    """rows [r] int32 (out-of-range entries ignored)."""
+    empty = lambda x, value: x.at[rows].set(value, mode="drop")  # noqa: E731
+    state = state.replace(
+        cache=state.cache.replace(lengths=empty(state.cache.lengths, 0)),
+        tokens=empty(state.tokens, 0), logprobs=empty(state.logprobs, 0.0),
+        generated=empty(state.generated, False), next_logits=empty(state.next_logits, 0.0),
+        status=empty(state.status, IDLE), stop_index=empty(state.stop_index, -1),
+        stop_states=empty(state.stop_states, 0), turn_tokens=empty(state.turn_tokens, 0),
+        pending_token=empty(state.pending_token, 0),
+        pending_logprob=empty(state.pending_logprob, 0.0),
+        resume_pending=empty(state.resume_pending, False))
+    return self._constrain(state)
+
+  def _append_rows_impl(self, params, state: SamplerState, rows, chunk, chunk_lengths
+                        ) -> SamplerState:
+    """rows [r] int32 (out-of-range: padding), chunk [r, width] int32, chunk_lengths [r] int32.
+
+    The rows are gathered into an r-row state, appended to as `_append_impl` does, and
+    scattered back; padding rows read the last row and are dropped on the way back.
+    """
+    take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+    put = lambda x, part: x.at[rows].set(part, mode="drop")  # noqa: E731
+    sub = jax.tree.map(take, state.replace(rng=None))
+    sub = self._append_impl(params, sub.replace(rng=state.rng), chunk, chunk_lengths,
+                            constrain=False)
+    merged = jax.tree.map(put, state.replace(rng=None), sub.replace(rng=None))
+    return self._constrain(merged.replace(rng=state.rng))
+
+  def _copy_rows_impl(self, state: SamplerState, src, dst) -> SamplerState:
+    """src, dst [r] int32: row dst[i] <- row src[i] (out-of-range dst: ignored)."""
+    copy = lambda x: x.at[dst].set(jnp.take(x, src, axis=0), mode="drop")  # noqa: E731
+    merged = jax.tree.map(copy, state.replace(rng=None))
+    return self._constrain(merged.replace(rng=state.rng))
 
   def _window_impl(self, state: SamplerState, starts, width: int) -> dict[str, jax.Array]:
     """starts [batch] int32 -> each row's `width` columns from its start, plus per-row fields."""
@@ -303,7 +422,7 @@ class Sampler:
                         lengths=rep(state.cache.lengths))
     fields = {f: rep(getattr(state, f)) for f in (
         "tokens", "logprobs", "generated", "next_logits", "status", "stop_index", "stop_states",
-        "turn_tokens")}
+        "turn_tokens", "pending_token", "pending_logprob", "resume_pending")}
     return self._constrain(SamplerState(cache=cache, rng=rng, **fields))
 
   # ---- sharding ------------------------------------------------------------------------------
@@ -323,7 +442,8 @@ class Sampler:
         tokens=by_row(self.capacity), logprobs=by_row(self.capacity),
         generated=by_row(self.capacity), next_logits=by_row(self.cfg.vocab_size),
         status=by_row(), stop_index=by_row(), stop_states=by_row(len(self.stop_strings)),
-        turn_tokens=by_row(), rng=sharding.replicated(self.mesh))
+        turn_tokens=by_row(), pending_token=by_row(), pending_logprob=by_row(),
+        resume_pending=by_row(), rng=sharding.replicated(self.mesh))
 
   def _constrain(self, state: SamplerState) -> SamplerState:
     if self.mesh is None:
@@ -343,6 +463,12 @@ class Sampler:
     return multihost.put(state, self._shardings(state.status.shape[0]))
 
 
+def row_bucket(n: int, batch: int) -> int:
+  """How many rows a per-row call is padded to: the smallest power of two >= n, at most the
+  batch (so a batch of B rows compiles each per-row function for about log2(B) row counts)."""
+  return min(int(batch), 1 << max(int(n) - 1, 0).bit_length())
+
+
 def decode_dtypes(params, dtype):
   """Floating weights wider than the compute `dtype` cast to it (the decoder casts each weight
   to the compute dtype where it reads it, so the values it computes are unchanged)."""
@@ -355,4 +481,5 @@ def decode_dtypes(params, dtype):
 def compile_count(sampler: Sampler) -> dict[str, int]:
   """How many executables each jitted function holds (bounded by the bucket count)."""
   return {name: getattr(sampler, name)._cache_size()
-          for name in ("_append", "_decode", "_replicate", "_window")}
+          for name in ("_append", "_decode", "_replicate", "_window", "_reset_rows",
+                       "_append_rows", "_copy_rows")}

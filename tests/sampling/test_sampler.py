@@ -82,3 +82,88 @@ def test_block_size_defaults_to_the_automatic_one():
     sampler = sampler_lib.Sampler(model, tokenizer, capacity=capacity)
     assert sampler.block_size == block
   assert jax.eval_shape(lambda: sampler.init(2, jax.random.key(0))).cache.k[0][0].shape[2] == 512
+
+
+def _sampler(model, tokenizer, capacity=CAPACITY):
+  return sampler_lib.Sampler(model, tokenizer, capacity=capacity, stop_strings_=("\x00",),
+                             block_size=8)
+
+
+def _prompts(tokenizer):
+  rng = np.random.RandomState(6)
+  return [rng.randint(1, len(tokenizer), n).tolist() for n in PROMPT_LENGTHS]
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(greedy=True),
+                                      SamplingParams(temperature=1.0, top_k=20)])
+def test_decode_in_chunks_equals_one_call(sampling):
+  """A decode that returns every few steps, rows mid-turn resuming from their pending token,
+  writes the same tokens and log-probs (random sampling too: the key is split per step alike)
+  and ends the same rows with the same statuses."""
+  tokenizer = toy_tokenizer()
+  model = _model(tokenizer, scan=False)
+  sampler = _sampler(model, tokenizer)
+  whole = sampler.fetch(sampler.decode(
+      sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
+      sampler_lib.DecodeSettings(sampling, NEW)))
+  state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
+  chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=3)
+  calls = 0
+  while np.any(np.asarray(state.status) == sampler_lib.RUNNING):
+    state = sampler.decode(state, chunked)
+    calls += 1
+    running = np.asarray(state.status) == sampler_lib.RUNNING
+    np.testing.assert_array_equal(np.asarray(state.resume_pending), running)
+  assert calls == -(-NEW // 3)  # 20 tokens in calls of at most 3 steps
+  out = sampler.fetch(state)
+  for key in ("tokens", "generated", "status", "lengths", "stop_index"):
+    np.testing.assert_array_equal(out[key], whole[key], err_msg=key)
+  np.testing.assert_allclose(out["logprobs"], whole["logprobs"], atol=1e-6, rtol=0)
+  assert compile_count_of(sampler)["_decode"] == 2  # one per DecodeSettings
+
+
+def compile_count_of(sampler):
+  return sampler_lib.compile_count(sampler)
+
+
+def test_row_refills_equal_a_fresh_batch():
+  """reset_rows + append_rows + copy_rows on a batch that decoded other prompts give the rows
+  the same trajectories as appending (and replicating) those prompts into a fresh state."""
+  tokenizer = toy_tokenizer()
+  model = _model(tokenizer, scan=False)
+  sampler = _sampler(model, tokenizer)
+  settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), NEW)
+  prompts = _prompts(tokenizer)
+  # Reference: prompts 0 and 2 each in a group of two rows.
+  fresh = sampler.append(sampler.init(2, jax.random.key(1)), [prompts[0], prompts[2]])
+  fresh = sampler.fetch(sampler.decode(sampler.replicate(fresh, 2), settings))
+  # A batch of 4 that first decodes other prompts, then gets refilled row by row.
+  state = sampler.append(sampler.init(4, jax.random.key(2)), prompts[::-1])
+  state = sampler.decode(state, settings)
+  state = sampler.reset_rows(state, [3, 0, 1, 2])
+  assert (np.asarray(state.lengths) == 0).all()
+  assert (np.asarray(state.status) == sampler_lib.IDLE).all()
+  state = sampler.append_rows(state, [3, 1], [prompts[0], prompts[2]])
+  state = sampler.copy_rows(state, [3, 1], [0, 2])
+  state = sampler.decode(state, settings)
+  out = sampler.fetch(state)
+  for row, ref in ((3, 0), (0, 1), (1, 2), (2, 3)):
+    n = out["lengths"][row]
+    assert n == fresh["lengths"][ref]
+    np.testing.assert_array_equal(out["tokens"][row, :n], fresh["tokens"][ref, :n])
+    np.testing.assert_array_equal(out["generated"][row, :n], fresh["generated"][ref, :n])
+    np.testing.assert_allclose(out["logprobs"][row, :n], fresh["logprobs"][ref, :n], atol=1e-6,
+                               rtol=0)
+    assert out["status"][row] == fresh["status"][ref]
+  # Rows not given to append_rows are untouched by it.
+  state = sampler.reset_rows(state, [2])
+  before = sampler.fetch(state)
+  after = sampler.fetch(sampler.append_rows(state, [2], [prompts[1]]))
+  np.testing.assert_array_equal(after["tokens"][[0, 1, 3]], before["tokens"][[0, 1, 3]])
+  np.testing.assert_array_equal(after["lengths"], [before["lengths"][0], before["lengths"][1],
+                                                   PROMPT_LENGTHS[1], before["lengths"][3]])
+  counts = compile_count_of(sampler)
+  # Row counts 1, 2 and 4 are their own buckets; prompt widths fall in two.
+  assert counts["_reset_rows"] == 2 and counts["_copy_rows"] == 1, counts
+  assert counts["_append_rows"] <= 3, counts
+  assert [sampler_lib.row_bucket(n, 6) for n in (0, 1, 2, 3, 4, 5, 6)] == [1, 1, 2, 4, 4, 6, 6]
