@@ -50,6 +50,13 @@ def base_config() -> config_dict.ConfigDict:
   # chunks of AUTO_CHUNK positions whenever all at once would exceed AUTO_MAX_LOGITS floats
   # (rag_r1_jax/training/logprobs.py): a 150k vocabulary over 8192 tokens never materialises.
   c.model.logprob_chunk = -1
+  # LoRA (rag_r1_jax/models/lora.py): rank r > 0 adds adapters to the projections named in
+  # lora_targets (a comma-separated subset of q,k,v,o,gate,up,down), scaled by lora_alpha / r,
+  # and SFT and RL train the adapters alone; the KL reference is the base model (adapters off)
+  # and exports merge the adapters into the weights. 0: full fine-tuning.
+  c.model.lora_rank = 0
+  c.model.lora_alpha = 16.0
+  c.model.lora_targets = "q,k,v,o,gate,up,down"
 
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world

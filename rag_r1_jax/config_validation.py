@@ -4,6 +4,7 @@ from typing import Any, Callable
 
 from rag_r1_jax.data import sources
 from rag_r1_jax.models import config as model_config
+from rag_r1_jax.models import lora
 from rag_r1_jax.rl import kl_control, losses, rewards
 from rag_r1_jax.training import wandb_run
 
@@ -125,6 +126,11 @@ def validate(config) -> None:
   check("model.num_heads", lambda v: v % config.model.num_kv_heads == 0,
         f"must be a multiple of config.model.num_kv_heads={config.model.num_kv_heads}")
   check("model.head_dim", lambda v: v % 2 == 0, "must be even (rotary embeddings)")
+  check("model.lora_rank", lambda v: v == int(v) and v >= 0, "must be 0 (off) or a rank > 0")
+  check("model.lora_alpha", lambda v: v > 0, "must be positive (adapters scale by alpha / rank)")
+  check("model.lora_targets",
+        lambda v: lora.parse_targets(v) and set(lora.parse_targets(v)) <= set(lora.TARGETS),
+        f"must be a comma-separated subset of {','.join(lora.TARGETS)}")
   if config.model.source in ("hf", "gguf"):
     check("model.path", bool, f"is required when config.model.source={config.model.source!r}")
   if config.retrieval.backend == "server":

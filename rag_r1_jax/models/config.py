@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from rag_r1_jax.models import lora
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
@@ -56,6 +58,11 @@ class DecoderConfig:
   # Cache-free attention over more than N tokens in [N, N] tiles (ops.blocked_attention);
   # 0: always dense. Runtime only (not in config.json); configs/common.py sets the default.
   attention_block: int = 512
+  # LoRA adapters (models/lora.py): their rank (0: none), alpha (the scale is alpha / rank) and
+  # the projections they adapt (lora.TARGETS keys). Runtime only (not in config.json).
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -93,6 +100,14 @@ class DecoderConfig:
       problems.append(f"o_bias is only defined for the {_ATTENTION_BIAS_FAMILIES} architectures")
     if self.qkv_bias and self.architecture == "mistral":
       problems.append("qkv_bias is not defined for the mistral architecture")
+    if int(self.lora_rank) < 0:
+      problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
+    targets_ok = self.lora_targets and set(self.lora_targets) <= set(lora.TARGETS)
+    if self.lora_rank and not targets_ok:
+      problems.append(f"lora_targets {self.lora_targets!r} must be a non-empty subset of "
+                      f"{tuple(lora.TARGETS)} when lora_rank > 0")
+    if self.lora_rank and not float(self.lora_alpha) > 0:
+      problems.append(f"lora_alpha must be positive, got {self.lora_alpha}")
     if int(self.sliding_window) < 0:
       problems.append(f"sliding_window must be >= 0, got {self.sliding_window}")
     if self.sliding_window and self.architecture not in _SLIDING_FAMILIES:
@@ -120,6 +135,19 @@ class DecoderConfig:
   @property
   def num_groups(self) -> int:
     return self.num_heads // self.num_kv_heads
+
+  @property
+  def lora_projections(self) -> tuple[str, ...]:
+    """The projections that carry adapters (none when lora_rank is 0)."""
+    return tuple(lora.TARGETS[t] for t in self.lora_targets) if self.lora_rank else ()
+
+  @property
+  def lora_scale(self) -> float:
+    return float(self.lora_alpha) / self.lora_rank if self.lora_rank else 0.0
+
+  def without_adapters(self) -> "DecoderConfig":
+    """This config with no LoRA adapters (the base model's, the merged model's)."""
+    return dataclasses.replace(self, lora_rank=0, lora_targets=())
 
   def replace(self, **changes) -> "DecoderConfig":
     return dataclasses.replace(self, **changes)
@@ -165,7 +193,14 @@ def from_model_config(model_config) -> DecoderConfig:
       scan_layers=bool(model_config.scan_layers),
       remat=str(model_config.remat),
       attention_block=int(model_config.attention_block),
+      **lora_fields(model_config),
   )
+
+
+def lora_fields(model_config) -> dict[str, Any]:
+  """The DecoderConfig LoRA fields from the `config.model` ConfigDict."""
+  return dict(lora_rank=int(model_config.lora_rank), lora_alpha=float(model_config.lora_alpha),
+              lora_targets=lora.parse_targets(model_config.lora_targets))
 
 
 def _sliding_window(hf: Mapping[str, Any], family: str, num_layers: int) -> int:

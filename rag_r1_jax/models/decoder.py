@@ -13,6 +13,10 @@ transient second copy of them for the call, and the sampler compiles every layer
 (SmolLM2's 30 layers: append and decode still compile in ~4 s each on CPU, as when they
 scanned).
 
+With `cfg.lora_rank` > 0 the projections named by `cfg.lora_targets` carry LoRA adapters
+(models/lora.py), applied wherever the layer is (scanned, looped, rematerialised); the sampler
+and the export run the merged model instead (`params.merge_adapters`).
+
 Two entry modes share the attention code:
   * `cache=None`: a full causal forward over `tokens` with a padding mask or the segment ids of
     packed rows (training, scoring);
@@ -30,6 +34,7 @@ from flax import nnx
 
 from rag_r1_jax import sharding
 from rag_r1_jax.models import kv_cache as kvc
+from rag_r1_jax.models import lora
 from rag_r1_jax.models import ops
 from rag_r1_jax.models import rope
 from rag_r1_jax.models.config import DecoderConfig
@@ -76,6 +81,22 @@ class DecoderLayer(nnx.Module):
     self.up_proj = p((d, f), ("embed", "mlp"))
     self.down_proj = p((f, d), ("mlp", "embed"))
 
+  def add_adapters(self, cfg: DecoderConfig, rngs: nnx.Rngs) -> None:
+    """LoRA factors A [in, r] (uniform) and B [r, out] (zeros) for cfg.lora_projections,
+    split over the mesh like the projection's input and output axes."""
+    for proj in cfg.lora_projections:
+      base = getattr(self, proj)
+      *lead, fan_in, fan_out = base.get_value().shape
+      *lead_axes, in_axis, out_axis = base.get_metadata()["logical_axes"]
+      bound = lora.init_bound(fan_in)
+      a = jax.random.uniform(rngs.params(), (*lead, fan_in, cfg.lora_rank), jnp.float32,
+                             -bound, bound)
+      setattr(self, lora.a_name(proj), lora.LoraParam(
+          a.astype(cfg.weight_dtype), logical_axes=(*lead_axes, in_axis, None)))
+      setattr(self, lora.b_name(proj), lora.LoraParam(
+          jnp.zeros((*lead, cfg.lora_rank, fan_out), cfg.weight_dtype),
+          logical_axes=(*lead_axes, None, out_axis)))
+
   def weights(self) -> dict[str, jax.Array]:
     return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
@@ -94,6 +115,9 @@ class Decoder(nnx.Module):
     self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), dt, 0, init="ones")
     if not cfg.tie_word_embeddings:
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dt, 0)
+    if cfg.lora_rank:  # adapters last: a seed's base weights are the same with and without
+      for layer in [self.layers] if cfg.scan_layers else self.layers:
+        layer.add_adapters(cfg, rngs)
 
   def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                attention_mask: jax.Array | None = None, cache: kvc.KVCache | None = None,
@@ -220,8 +244,11 @@ def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return weight.astype(x.dtype) * x32.astype(x.dtype)
 
 
-def _linear(x, w, b=None):
-  y = ops.matmul(x, w.astype(x.dtype))
+def _linear(x, w, name, scale, b=None):
+  """x @ w[name] (+ its LoRA adapter's output when `w` holds one) (+ bias b)."""
+  y = ops.matmul(x, w[name].astype(x.dtype))
+  if lora.a_name(name) in w:
+    y = y + lora.delta(x, w[lora.a_name(name)], w[lora.b_name(name)], scale)
   return y if b is None else y + b.astype(x.dtype)
 
 
@@ -232,9 +259,10 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_
   h = _rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
   heads = lambda y, n: sharding.constrain(  # noqa: E731
       y.reshape(batch, seq, n, cfg.head_dim), ("act_batch", "act_seq", "act_heads", None))
-  q = heads(_linear(h, w["q_proj"], w.get("q_bias")), cfg.num_heads)
-  k = heads(_linear(h, w["k_proj"], w.get("k_bias")), cfg.num_kv_heads)
-  v = heads(_linear(h, w["v_proj"], w.get("v_bias")), cfg.num_kv_heads)
+  linear = functools.partial(_linear, scale=cfg.lora_scale)
+  q = heads(linear(h, w, "q_proj", b=w.get("q_bias")), cfg.num_heads)
+  k = heads(linear(h, w, "k_proj", b=w.get("k_bias")), cfg.num_kv_heads)
+  v = heads(linear(h, w, "v_proj", b=w.get("v_bias")), cfg.num_kv_heads)
   if cfg.qk_norm:
     q = _rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
     k = _rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
@@ -246,12 +274,12 @@ def _block(w, x, k_blocks, v_blocks, *, cfg, inv_freq, positions, mask, segment_
     attn = _cached_attention(q, k_blocks, v_blocks, mask, attend_len, attend_from, cfg)
   else:
     attn = _attention(q, k, v, mask, segment_ids, cfg)
-  x = _constrain_stream(x + _linear(attn.reshape(batch, seq, -1), w["o_proj"], w.get("o_bias")))
+  x = _constrain_stream(x + linear(attn.reshape(batch, seq, -1), w, "o_proj", b=w.get("o_bias")))
   h = _rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
   h = sharding.constrain(h, ("act_mlp_batch", "act_seq", "act_embed"))
-  mlp = jax.nn.silu(_linear(h, w["gate_proj"])) * _linear(h, w["up_proj"])
+  mlp = jax.nn.silu(linear(h, w, "gate_proj")) * linear(h, w, "up_proj")
   mlp = sharding.constrain(mlp, ("act_mlp_batch", "act_seq", "act_mlp"))
-  x = _constrain_stream(x + _linear(mlp, w["down_proj"]))
+  x = _constrain_stream(x + linear(mlp, w, "down_proj"))
   return x, k_blocks, v_blocks
 
 

@@ -13,6 +13,12 @@ from rag_r1_jax.models.decoder import Decoder
 RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_block")
 
 
+def runtime_overrides(model_config) -> dict:
+  """What config.model sets on a loaded checkpoint's DecoderConfig: RUNTIME_FIELDS and the
+  LoRA adapters (fresh ones, on top of the checkpoint's weights)."""
+  return {**{k: model_config[k] for k in RUNTIME_FIELDS}, **config_lib.lora_fields(model_config)}
+
+
 def checkpoint_dir(model_config) -> str:
   """The HF directory behind config.model (converting a GGUF file on first use)."""
   if model_config.source == "hf":
@@ -33,8 +39,8 @@ def build_model(model_config, mesh: Mesh, seed: int = 0,
     cfg = config_lib.from_model_config(model_config)
     return params.init_on_mesh(cfg, mesh, seed), cfg
   if model_config.source in ("hf", "gguf"):
-    runtime = {k: model_config[k] for k in RUNTIME_FIELDS}
-    return hf_checkpoint.load_hf(checkpoint_dir(model_config), mesh, **runtime)
+    return hf_checkpoint.load_hf(checkpoint_dir(model_config), mesh,
+                                 **runtime_overrides(model_config))
   raise ValueError(f"config.model.source must be scratch, hf or gguf, got {model_config.source!r}")
 
 

@@ -118,7 +118,9 @@ def load_hf(model_dir: str, mesh: Mesh, **config_overrides) -> tuple[Decoder, co
 
 
 def model_tensors(model: Decoder) -> dict[str, np.ndarray]:
-  """All parameters under their HF names, in HF layout, gathered to the host."""
+  """All parameters under their HF names, in HF layout, gathered to the host; LoRA adapters
+  are merged into the projections they adapt."""
+  model = params_lib.merge_adapters(model)
   flat = dict(nnx.to_flat_state(nnx.state(model)))
   out = {}
   for source in params_lib.param_sources(model.cfg):

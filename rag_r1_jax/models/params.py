@@ -1,6 +1,8 @@
-"""Parameter placement: shardings from logical axes, initialisation on a mesh, HF name maps."""
+"""Parameter placement: shardings from logical axes, initialisation on a mesh, HF name maps,
+LoRA adapters merged into the weights they adapt."""
 
 import dataclasses
+import functools
 from typing import Callable, Iterator
 
 import jax
@@ -9,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rag_r1_jax import sharding
+from rag_r1_jax.models import lora
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.models.decoder import Decoder
 
@@ -139,6 +142,49 @@ def place_on_mesh(cfg: DecoderConfig, mesh: Mesh,
       return np.asarray(read(source, index), dtype=dtype)
     array = jax.make_array_from_callback(shape, flat_shardings[source.path], callback)
     variable.set_value(array)
+  for path in sorted(p for p in expected if isinstance(flat[p], lora.LoraParam)):
+    variable = flat[path]  # a fresh adapter: the checkpoint holds the weights without them
+    expected.discard(path)
+    value = lora.initial_value("/".join(map(str, path)), variable.get_value().shape,
+                               variable.get_value().dtype)
+    variable.set_value(jax.make_array_from_callback(value.shape, flat_shardings[path],
+                                                    lambda index, value=value: value[index]))
   if expected:
     raise AssertionError(f"parameters without a source: {sorted(expected)}")
   return nnx.merge(graphdef, state)
+
+
+def base_graphdef(cfg: DecoderConfig) -> nnx.GraphDef:
+  """The graph of a Decoder of `cfg` without adapters: merged with the non-adapter part of a
+  LoRA model's state it is the base model (adapters off), with `merge_adapters`' the merged one."""
+  return nnx.graphdef(abstract_model(cfg.without_adapters()))
+
+
+@functools.partial(jax.jit, static_argnames="scale")
+def _fold_layers(layers: dict[str, dict[str, jax.Array]], scale: float) -> dict:
+  return {prefix: lora.fold(weights, scale) for prefix, weights in layers.items()}
+
+
+def merge_adapters(model: Decoder) -> Decoder:
+  """`model` with its LoRA adapters folded into their projections (W + alpha / r A B): a
+  Decoder of cfg.without_adapters() computing the adapted model's logits; `model` itself when
+  it has no adapters. Only the adapted projections are new arrays (sharded as before); every
+  other weight is shared with `model`."""
+  cfg = model.cfg
+  if not cfg.lora_rank:
+    return model
+  _, adapters, base = nnx.split(model, lora.LoraParam, ...)
+  flat = dict(nnx.to_flat_state(base))
+  layers: dict[tuple, dict[str, jax.Array]] = {}
+  for path, variable in nnx.to_flat_state(adapters):
+    prefix = path[:-1]  # the layer's path: ("layers",) stacked, ("layers", i) looped
+    layers.setdefault(prefix, {p: flat[prefix + (p,)][...] for p in cfg.lora_projections})
+    layers[prefix][path[-1]] = variable[...]
+  keys = {"/".join(map(str, prefix)): prefix for prefix in layers}
+  folded = _fold_layers({k: layers[prefix] for k, prefix in keys.items()}, cfg.lora_scale)
+  merged = dict(flat)
+  for key, weights in folded.items():
+    for proj, value in weights.items():
+      old = flat[keys[key] + (proj,)]
+      merged[keys[key] + (proj,)] = old.replace(jax.device_put(value, old[...].sharding))
+  return nnx.merge(base_graphdef(cfg), nnx.from_flat_state(merged))

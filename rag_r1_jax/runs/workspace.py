@@ -198,7 +198,7 @@ class Workspace:
     path = self.stage_model_dir(stage)
     if not self.stage_finished(stage):
       return None
-    runtime = {k: self.config.model[k] for k in factory.RUNTIME_FIELDS}
+    runtime = factory.runtime_overrides(self.config.model)
     model, _ = hf_checkpoint.load_hf(path, self.mesh, **runtime)
     return model
 
