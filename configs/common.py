@@ -113,6 +113,15 @@ def base_config() -> config_dict.ConfigDict:
   # data x fsdp); an RL step's or an evaluation's rows run through it in chunks of this many,
   # so the KV cache is sized by it, not by the batch. 0: all rows of a call at once.
   c.rollout.rows_in_flight = 0
+  # How rows share the sampler's slots (rows_in_flight of them; 0: every row of a call).
+  # sync: decode until every row's turn has stopped, one retrieval call for all searching rows,
+  # resume; a slot stays taken until its whole chunk of rows is done. continuous: decode in
+  # calls of decode_chunk_steps steps; at each boundary finished rows' slots take the next
+  # prompts (a GRPO group as a whole) and the rows that searched since the last call go to the
+  # retriever in one call on a host thread while the others decode. Same trajectories; a
+  # single-process run only (rag_r1_jax/rollout/continuous.py).
+  c.rollout.schedule = "sync"
+  c.rollout.decode_chunk_steps = 32
   # KV-cache positions per block; 0: automatic (128, or capacity / 16 rounded up to a power of
   # two for long capacities, which bounds compile time: see kv_cache.auto_block_size).
   c.rollout.cache_block_size = 0

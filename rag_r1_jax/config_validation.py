@@ -6,6 +6,7 @@ from rag_r1_jax.data import sources
 from rag_r1_jax.models import config as model_config
 from rag_r1_jax.models import lora
 from rag_r1_jax.rl import kl_control, losses, rewards
+from rag_r1_jax.rollout import engine as rollout_engine
 from rag_r1_jax.training import wandb_run
 
 STAGES = ("sft", "rl", "eval")
@@ -22,6 +23,7 @@ _CHOICES = {
     "retrieval.backend": ("faiss", "bm25", "server"),
     "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
     "rollout.mode": ("mq", "sq"),
+    "rollout.schedule": rollout_engine.SCHEDULES,
     "rl.algorithm": ("grpo", "ppo"),
     "rl.kl_estimator": tuple(losses.KL_ESTIMATORS),
     "rl.kl_reward_estimator": tuple(losses.KL_ESTIMATORS),
@@ -41,8 +43,8 @@ _POSITIVE = (
     "model.num_kv_heads", "model.head_dim", "model.max_position_embeddings",
     "retrieval.topk", "rollout.max_turns", "rollout.max_queries_per_call",
     "rollout.max_query_chars", "rollout.max_turn_tokens", "rollout.max_obs_length",
-    "rollout.max_total_length", "sft.batch_size", "sft.max_length", "rl.batch_size",
-    "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
+    "rollout.max_total_length", "rollout.decode_chunk_steps", "sft.batch_size", "sft.max_length",
+    "rl.batch_size", "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch", "rl.microbatches",
     "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size", "rl.world_draw_count",
     "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold", "rl.max_nonfinite_steps",
     "sft.max_nonfinite_steps", "logging.console_every",

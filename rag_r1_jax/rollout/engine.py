@@ -1,6 +1,10 @@
 """The host side of the search loop: decode, parse, retrieve for every row at once, resume.
 
-Per turn: the sampler decodes until every row has stopped; each stopped row's new tokens
+Two schedules (config.rollout.schedule). "sync", described here, runs turn by turn with a
+barrier; "continuous" (rollout/continuous.py) refills finished rows' slots and retrieves on a
+host thread while the other rows decode. Both give a row the same trajectory.
+
+Per turn (sync): the sampler decodes until every row has stopped; each stopped row's new tokens
 (only those travel to the host) are parsed into an action; the queries of ALL searching rows go to the retriever in ONE batched
 call (identical queries deduplicated); each row's observation (`<information>` block, the
 invalid-action text, or the budget notice) is appended to its cache in one batched prefill;
@@ -27,6 +31,8 @@ from rag_r1_jax.rollout.trajectories import Rollout, RowRecord, build_rollout
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 
+SCHEDULES = ("sync", "continuous")
+
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSettings:
@@ -40,6 +46,8 @@ class RolloutSettings:
   topk: int = 3
   mq_json_indent: int = 2  # the mq observation's JSON indent; 0: one line
   rows_in_flight: int = 0  # rows decoded at once; a call's rows run in chunks of it (0: all)
+  schedule: str = "sync"  # one of SCHEDULES
+  decode_chunk_steps: int = 32  # continuous: decode steps between refill / retrieval boundaries
 
   @classmethod
   def from_config(cls, config) -> "RolloutSettings":
@@ -48,7 +56,8 @@ class RolloutSettings:
                max_queries_per_call=r.max_queries_per_call if r.mode == "mq" else 1,
                max_query_chars=r.max_query_chars, max_turn_tokens=r.max_turn_tokens,
                max_obs_length=r.max_obs_length, topk=config.retrieval.topk,
-               mq_json_indent=r.mq_json_indent, rows_in_flight=r.rows_in_flight)
+               mq_json_indent=r.mq_json_indent, rows_in_flight=r.rows_in_flight,
+               schedule=r.schedule, decode_chunk_steps=r.decode_chunk_steps)
 
 
 @dataclasses.dataclass
@@ -74,6 +83,7 @@ class RolloutEngine:
     self.retriever = retriever
     self.settings = settings
     self.retrieval_calls = 0
+    self.retrieval_batches: list[int] = []  # distinct queries sent in each retriever call
     self._encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
     self._truncate = observation.token_truncate(
         self._encode, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
@@ -88,7 +98,23 @@ class RolloutEngine:
     With `settings.rows_in_flight` = R > 0 the prompts run R / group_size at a time through a
     sampler batch of R rows (the last chunk padded), chunk c sampling from the key
     fold_in(key(seed), c) (chunk 0 from key(seed), so one chunk equals an unchunked call).
+    The continuous schedule instead keeps R slots busy (all rows of the call if R is 0).
     """
+    if self.settings.schedule not in SCHEDULES:
+      raise ValueError(f"config.rollout.schedule={self.settings.schedule!r} must be one of "
+                       f"{', '.join(SCHEDULES)}")
+    calls_before = len(self.retrieval_batches)
+    if self.settings.schedule == "continuous":
+      from rag_r1_jax.rollout import continuous  # noqa: PLC0415  (it imports this module)
+      rollout = continuous.run(self, prompts, sampling=sampling, seed=seed,
+                               group_size=group_size, batch_size=batch_size)
+    else:
+      rollout = self._run_sync(prompts, sampling, seed, group_size, batch_size)
+    rollout.retrieval_queries = self.retrieval_batches[calls_before:]
+    return rollout
+
+  def _run_sync(self, prompts: Sequence[str], sampling: SamplingParams, seed: int,
+                group_size: int, batch_size: int | None) -> Rollout:
     num_prompts = len(prompts)
     padded_prompts = batch_size or num_prompts
     if padded_prompts < num_prompts:
@@ -123,13 +149,8 @@ class RolloutEngine:
     """Rolls out `prompts` in one sampler batch: (host arrays, kept rows, their records,
     (useful, all) decode row-steps per turn)."""
     num_prompts = len(prompts)
-    prompt_ids = [self._encode(p) for p in prompts]
+    prompt_ids = self.encode_prompts(prompts)
     capacity = self.sampler.capacity
-    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= capacity]
-    if too_long:
-      raise ValueError(f"prompt {too_long[0]} has {len(prompt_ids[too_long[0]])} tokens, "
-                       f"which does not fit the sampler's capacity {capacity} "
-                       "(config.rollout.max_total_length)")
     settings = sampler_lib.DecodeSettings(sampling, self.settings.max_turn_tokens)
     # Seconds leave out JAX compilation (a new chunk width, the first call), kept apart.
     total_watch, decode_watch, retrieval_watch = (timing.Stopwatch() for _ in range(3))
@@ -202,6 +223,17 @@ class RolloutEngine:
           compile_seconds=total_watch.compile_seconds / n))
     return host, keep, records, row_steps
 
+  def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt; ValueError for one that leaves no room in the cache."""
+    prompt_ids = [self._encode(p) for p in prompts]
+    capacity = self.sampler.capacity
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) >= capacity]
+    if too_long:
+      raise ValueError(f"prompt {too_long[0]} has {len(prompt_ids[too_long[0]])} tokens, "
+                       f"which does not fit the sampler's capacity {capacity} "
+                       "(config.rollout.max_total_length)")
+    return prompt_ids
+
   def _reprefill(self, state: sampler_lib.SamplerState, chunks):
     """Baseline without cache reuse: each resumed row re-prefills its whole history.
 
@@ -237,26 +269,48 @@ class RolloutEngine:
       if new > turn["tokens"].shape[1]:
         raise AssertionError(f"row {b} decoded {new} tokens in a turn of at most "
                              f"{turn['tokens'].shape[1]}")
-      text = self.tokenizer.decode(turn["tokens"][b, :new].tolist(), skip_special_tokens=False)
-      step = next_step(text, int(turn["status"][b]), row.searches, row.turns, self.settings)
-      row.turns += 1
-      if step.finish_reason:
-        row.finish_reason, row.answer = step.finish_reason, step.answer
-        continue
-      if step.queries:
-        row.searches += 1
-        row.queries_per_turn.append(len(step.queries))
-        pending[b] = step.queries
-      if step.observation is not None:
-        observations[b] = step.observation
+      text, queries = self.advance(row, turn["tokens"][b, :new].tolist(), int(turn["status"][b]))
+      if queries:
+        pending[b] = queries
+      if text is not None:
+        observations[b] = text
     return observations, pending
+
+  def advance(self, row: "_Row", turn_ids: list[int], status: int
+              ) -> tuple[str | None, tuple[str, ...]]:
+    """Applies a row's next step after a turn (its new token ids, the decode status): finishes
+    it, or returns its observation text (for a search: a note on the call's problem, or None)
+    and its queries."""
+    text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
+    step = next_step(text, status, row.searches, row.turns, self.settings)
+    row.turns += 1
+    if step.finish_reason:
+      row.finish_reason, row.answer = step.finish_reason, step.answer
+      return None, ()
+    if step.queries:
+      row.searches += 1
+      row.queries_per_turn.append(len(step.queries))
+    return step.observation, step.queries
 
   def _retrieve_into(self, observations: dict[int, str], pending: dict[int, tuple[str, ...]]):
     """One batched retriever call for the queries of every searching row."""
+    unique = self.distinct_queries(pending)
+    self.information_into(observations, pending, self.search(unique))
+
+  def distinct_queries(self, pending: dict[int, tuple[str, ...]]) -> list[str]:
+    """The rows' queries, each once, in order; counted as one retriever call."""
     unique = list(dict.fromkeys(q for queries in pending.values() for q in queries))
-    results = self.retriever.retrieve(unique, self.settings.topk)
     self.retrieval_calls += 1
-    by_query: dict[str, list[Document]] = dict(zip(unique, results))
+    self.retrieval_batches.append(len(unique))
+    return unique
+
+  def search(self, unique: list[str]) -> dict[str, list[Document]]:
+    """One retriever call (thread-safe as far as the retriever is: it touches no engine state)."""
+    return dict(zip(unique, self.retriever.retrieve(unique, self.settings.topk)))
+
+  def information_into(self, observations: dict[int, str], pending: dict[int, tuple[str, ...]],
+                       by_query: dict[str, list[Document]]) -> None:
+    """Each searching row's `<information>` block (with its problem note, if any)."""
     for b, queries in pending.items():
       docs = [by_query[q] for q in queries]
       observations[b] = observation.information_block(
@@ -267,16 +321,19 @@ class RolloutEngine:
   def _observation_chunks(self, rows: list[_Row], turn, observations: dict[int, str]):
     """Token chunks to append; a row whose observation no longer fits ends with 'length'."""
     chunks: list[list[int] | None] = [None] * len(rows)
-    capacity = self.sampler.capacity
     for b, text in observations.items():
-      ids = self._encode(text)
-      length = int(turn["lengths"][b])
-      if length + len(ids) >= capacity:  # no room for the observation plus one more token
-        rows[b].finish_reason = "length"
-        continue
-      chunks[b] = ids
-      rows[b].turn_start = length + len(ids)
+      chunks[b] = self.observation_ids(rows[b], int(turn["lengths"][b]), text)
     return chunks
+
+  def observation_ids(self, row: "_Row", length: int, text: str) -> list[int] | None:
+    """The observation's token ids for a row at `length` tokens; None (the row ends with
+    'length') when they leave no room for one more token."""
+    ids = self._encode(text)
+    if length + len(ids) >= self.sampler.capacity:
+      row.finish_reason = "length"
+      return None
+    row.turn_start = length + len(ids)
+    return ids
 
 
 @dataclasses.dataclass(frozen=True)

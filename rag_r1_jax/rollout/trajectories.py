@@ -44,6 +44,8 @@ class Rollout:
   # Per decode call (turn), (row-steps of rows still decoding, all row-steps): a decode step
   # costs every row of the sampler's batch, finished and padding rows included.
   decode_row_steps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+  # Distinct queries sent in each retriever call of this rollout (this process's calls).
+  retrieval_queries: list[int] = dataclasses.field(default_factory=list)
 
   @property
   def slot_use(self) -> float:
@@ -75,7 +77,8 @@ class Rollout:
         attention_mask=cut(self.attention_mask), loss_mask=cut(self.loss_mask),
         sampler_logprobs=cut(self.sampler_logprobs),
         group_ids=np.repeat(np.arange(len(groups), dtype=np.int32), group_size),
-        records=[self.records[r] for r in rows], decode_row_steps=self.decode_row_steps)
+        records=[self.records[r] for r in rows], decode_row_steps=self.decode_row_steps,
+        retrieval_queries=self.retrieval_queries)
 
 
 def _bucketed_width(lengths: np.ndarray, limit: int) -> int:

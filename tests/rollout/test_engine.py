@@ -241,3 +241,131 @@ def test_slot_use_counts_decode_row_steps(toy):
   # Padding rows (batch_size 6 for 4 prompts) cost slots too.
   padded = _engine(toy).run(PROMPTS, sampling=GREEDY, batch_size=6)
   assert padded.decode_row_steps[0] == (25, 12 * 6)
+
+
+def _continuous(toy, rows_in_flight=0, chunk_steps=3, retriever=None, **kwargs):
+  eng = _engine(toy, **kwargs)
+  eng.settings = engine_lib.RolloutSettings(**{
+      **eng.settings.__dict__, "schedule": "continuous", "rows_in_flight": rows_in_flight,
+      "decode_chunk_steps": chunk_steps})
+  if retriever is not None:
+    eng.retriever = retriever
+  return eng
+
+
+def _assert_same_rollouts(got, want):
+  for key, value in want.tensors().items():
+    if key == "sampler_logprobs":  # batches of other sizes may sum in another order
+      np.testing.assert_allclose(got.tensors()[key], value, atol=1e-6, rtol=0, err_msg=key)
+    else:
+      np.testing.assert_array_equal(got.tensors()[key], value, err_msg=key)
+  strip = lambda r: {k: v for k, v in r.to_dict().items() if not k.endswith("seconds")}  # noqa: E731
+  assert [strip(r) for r in got.records] == [strip(r) for r in want.records]
+
+
+# Prompts of different lengths whose rows take 1 (A), 3 (Q: two searches and the budget
+# notice) or 4 turns (B: an invalid turn first), so slots free at different times.
+MIXED = ["hello Q:", "a much longer prompt A:", "x B:", "why Q:", "A:", "some B:", "Q:",
+         "the last, longest prompt of all A:"]
+
+
+@pytest.mark.parametrize("group_size,rows_in_flight", [(1, 0), (1, 3), (2, 4)])
+def test_continuous_schedule_equals_sync(toy, group_size, rows_in_flight):
+  """Greedy rollouts under the continuous schedule (decode in 3-step calls, slots refilled
+  from the queue, retrieval on a thread) equal the synchronous engine's: tokens, masks,
+  log-probs, groups, finish reasons, answers and turn counts of every row, in prompt order."""
+  sync = _engine(toy).run(MIXED, sampling=GREEDY, group_size=group_size)
+  eng = _continuous(toy, rows_in_flight=rows_in_flight)
+  got = eng.run(MIXED, sampling=GREEDY, group_size=group_size)
+  _assert_same_rollouts(got, sync)
+  assert {r.finish_reason for r in got.records} == {"answer", "max_turns"}
+  assert {r.turns for r in got.records} == {0, 2}
+  # Every generated token was a useful row-step; slots are whole calls over every slot.
+  slots = rows_in_flight or len(MIXED) * group_size
+  assert sum(u for u, _ in got.decode_row_steps) == sum(r.generated_tokens for r in got.records)
+  assert all(total % slots == 0 and total <= 3 * slots for _, total in got.decode_row_steps)
+  # Each call sends the distinct queries of the rows that paused since the last one.
+  assert got.retrieval_queries == [2] * len(got.retrieval_queries)
+  assert sum(got.retrieval_queries) == 2 * len(eng.retriever.batches)
+
+
+def test_continuous_refill_keeps_slots_busier_than_sync(toy):
+  """With 2 slots, an answering row's slot takes the next prompt while a babbling row
+  decodes on: a larger share of row-steps is useful than in sync chunks of 2 rows."""
+  prompts = ["x B:", "A:", "y B:", "A:", "z B:", "A:"]
+  chunked = _engine(toy)
+  chunked.settings = engine_lib.RolloutSettings(**{**chunked.settings.__dict__,
+                                                   "rows_in_flight": 2})
+  sync = chunked.run(prompts, sampling=GREEDY)
+  got = _continuous(toy, rows_in_flight=2, chunk_steps=4).run(prompts, sampling=GREEDY)
+  _assert_same_rollouts(got, sync)
+  assert got.slot_use > sync.slot_use + 0.1, (got.slot_use, sync.slot_use)
+
+
+class GatedRetriever(CountingRetriever):
+  """Answers only after the engine has decoded while it waited (or fails after 20 s)."""
+
+  def __init__(self, docs, sampler):
+    super().__init__(docs)
+    self.sampler, self.overlapped = sampler, []
+
+  def retrieve(self, queries, topk):
+    import time
+    start, deadline = self._decodes(), time.time() + 20
+    while self._decodes() == start and time.time() < deadline:
+      time.sleep(0.005)
+    self.overlapped.append(self._decodes() > start)
+    return super().retrieve(queries, topk)
+
+  def _decodes(self):
+    return self.sampler.decode_calls
+
+
+def test_retrieval_runs_while_other_rows_decode(toy):
+  """A search call is answered on the retrieval thread while the device decodes the babbling
+  rows: the retriever sees decode calls made after it started, and the result still equals
+  the synchronous engine's."""
+  sync = _engine(toy).run(MIXED[:4], sampling=GREEDY)
+  eng = _continuous(toy, chunk_steps=2)
+  sampler = eng.sampler
+  sampler.decode_calls = 0
+  decode = sampler.decode
+
+  def counting_decode(state, settings_):
+    sampler.decode_calls += 1
+    return decode(state, settings_)
+
+  sampler.decode = counting_decode
+  eng.retriever = GatedRetriever(DOCS, sampler)
+  got = eng.run(MIXED[:4], sampling=GREEDY)
+  _assert_same_rollouts(got, sync)
+  assert eng.retriever.overlapped and eng.retriever.overlapped[0], eng.retriever.overlapped
+
+
+def test_continuous_compilations_stay_bounded(toy):
+  """Per-row functions compile once per row bucket (1, 2, 4 rows) and chunk width; calls with
+  other prompts, orders and groups compile nothing new."""
+  eng = _continuous(toy, rows_in_flight=4)
+  batches = [(MIXED, 1), (MIXED[::-1], 2), (MIXED[2:], 1), (["A:"], 2)]
+  for prompts, group_size in batches:
+    eng.run(prompts, sampling=GREEDY, group_size=group_size)
+  counts = sampler_lib.compile_count(eng.sampler)
+  assert counts["_decode"] == 1 and counts["_window"] == 1, counts
+  assert counts["_reset_rows"] <= 4 and counts["_copy_rows"] <= 4, counts
+  assert counts["_append_rows"] <= 4 * 4, counts
+  assert counts["_append"] == counts["_replicate"] == 0
+  for prompts, group_size in batches[::-1]:
+    eng.run(prompts, sampling=GREEDY, group_size=group_size)
+  assert sampler_lib.compile_count(eng.sampler) == counts
+
+
+def test_continuous_schedule_refuses_several_processes_and_bad_names(toy, monkeypatch):
+  eng = _continuous(toy)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match="config.rollout.schedule='continuous'.*single-process"):
+    eng.run(PROMPTS, sampling=GREEDY)
+  monkeypatch.undo()
+  eng.settings = engine_lib.RolloutSettings(**{**eng.settings.__dict__, "schedule": "async"})
+  with pytest.raises(ValueError, match="config.rollout.schedule='async' must be one of sync, "
+                     "continuous"):
+    eng.run(PROMPTS, sampling=GREEDY)
