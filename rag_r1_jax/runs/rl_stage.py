@@ -105,11 +105,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   start = manager.latest_step() or 0
   kl_coef = rl.kl_coef  # PPO's reward KL coefficient, moved by rl.kl_ctrl after each step
   if start:
-    state, meta = manager.restore(train_state.abstract(state), start)
+    state, meta = train_state.restore(manager, state, start)
     set_iterator_states(iterators, meta["data"])
     kl_coef = meta.get("kl_coef", kl_coef)
     print(f"rl: resumed from step {start}", flush=True)
-  engine = ws.engine(state.model(), ws.rl_retriever_at(0))
+  engine = ws.engine(state.merged_model(), ws.rl_retriever_at(0))
   sampling = SamplingParams.from_config(config.sampling)
   val_questions = (rl_validation.validation_questions(ws, engine, rl.eval_questions)
                    if rl.eval_every else [])
@@ -122,7 +122,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     batch_rows = next(iterators[step % draws])
     golds = [r["golden_answers"] for r in batch_rows]
     t0 = time.perf_counter()
-    engine.sampler.update_params(state.params)
+    engine.sampler.update_params(state.merged_model())  # LoRA: adapters folded in
     if rl.offload_during_rollout:
       state = train_state.move_unused_in_rollouts(state, "pinned_host")
     rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
@@ -154,7 +154,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                    update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     if rl.eval_every and (step + 1) % rl.eval_every == 0:
-      engine.sampler.update_params(state.params)
+      engine.sampler.update_params(state.merged_model())
       engine.retriever = ws.retriever  # the evaluation questions search the run's corpus
       if rl.offload_during_rollout:
         state = train_state.move_unused_in_rollouts(state, "pinned_host")
@@ -170,9 +170,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     progress.update(step + 1, {"reward": metrics["reward"], "em": metrics["em"],
                                "searches": metrics["searches_per_question"]})
     if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
-      manager.save(step + 1, state, {"step": step + 1, "data": iterator_states(iterators),
-                                     "config": config.to_dict(), "metrics": metrics,
-                                     "kl_coef": kl_coef})
+      manager.save(step + 1, train_state.saved(state),
+                   {"step": step + 1, "data": iterator_states(iterators),
+                    "config": config.to_dict(), "metrics": metrics, "kl_coef": kl_coef})
   progress.close()
   manager.wait_until_finished()
   writer.close()

@@ -101,7 +101,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
   start = manager.latest_step() or 0
   if start:
-    state, meta = manager.restore(train_state.abstract(state), start)
+    state, meta = train_state.restore(manager, state, start)
     print(f"sft: resumed at step {start} (epoch {meta['epoch']}, batch {meta['batch']})", flush=True)
   packed = f" (packed into rows of {pack} tokens)" if pack else ""
   print(f"sft: {len(train)} train / {len(validation)} validation examples{packed}, "
@@ -121,7 +121,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
       writer.write(step, dict(metrics, epoch=epoch))
       progress.update(step, {"loss": metrics["loss"], "epoch": epoch})
       if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch[epoch]:
-        manager.save(step, state, dict(meta, epoch=epoch, batch=batch_index))
+        manager.save(step, train_state.saved(state), dict(meta, epoch=epoch, batch=batch_index))
 
     state, _ = sft_update.sft_epoch(state, train, hp, epoch, start_batch=first_batch,
                                     on_step=on_step)
@@ -140,7 +140,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     progress.write(f"sft: epoch {epoch + 1}/{sft.epochs} validation loss {loss:.4f} "
               f"(best {meta['best_validation_loss']:.4f})")
     meta.update(epoch=epoch + 1, batch=0)
-    manager.save(step, state, dict(meta))
+    manager.save(step, train_state.saved(state), dict(meta))
   progress.close()
   manager.wait_until_finished()
   writer.close()

@@ -246,7 +246,7 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   hp = hp or RLHparams.from_config(config, sharding.batch_shards(mesh))
   if hp.algorithm == "ppo" and state.critic is None:
     raise ValueError("rl.algorithm='ppo' needs a TrainState with a critic (create_rl_state)")
-  if hp.kl_coef > 0 and state.ref_params is None:
+  if hp.kl_coef > 0 and not state.has_reference:
     raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
   with jax.set_mesh(mesh):
     return _rl_update(state, batch, hp, mesh, hp.kl_coef if kl_coef is None else kl_coef)
@@ -282,7 +282,7 @@ def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams, mesh:
                      f"minibatch (rl.critic_mini_batch_size x rl.group_size = "
                      f"{hp.critic_mini_batch_rows} rows)")
   on_policy = single_on_policy_update(hp, size)
-  if not on_policy or state.ref_params is not None:
+  if not on_policy or state.has_reference:
     host.update(_score_all(state, host, hp, mesh, old=not on_policy))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   fields, prep_metrics = prepare(put_rows(host, mesh), hp, jnp.float32(kl_coef))

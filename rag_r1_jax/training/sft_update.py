@@ -72,7 +72,8 @@ def sft_loss(params: nnx.State, batch: Batch, graphdef: nnx.GraphDef,
 @functools.partial(jax.jit, donate_argnums=0, static_argnames="hp")
 def sft_update(state: TrainState, batch: Batch, hp: SFTHparams) -> tuple[TrainState, dict]:
   """One SFT optimizer update (guarded against non-finite loss / gradients)."""
-  loss_fn = functools.partial(sft_loss, graphdef=state.graphdef, chunk=hp.logprob_chunk)
+  loss_fn = state.bind_frozen(functools.partial(sft_loss, graphdef=state.graphdef,
+                                                chunk=hp.logprob_chunk))
   loss, aux, grads = opt_lib.accumulate_gradients(loss_fn, state.params, batch,
                                                   hp.microbatches)
   grad_norm = optax.global_norm(grads)
@@ -90,7 +91,7 @@ def sft_update(state: TrainState, batch: Batch, hp: SFTHparams) -> tuple[TrainSt
 
 @functools.partial(jax.jit, static_argnames="chunk")
 def _eval_sums(state: TrainState, batch: Batch, chunk: int) -> tuple[jax.Array, jax.Array]:
-  return nll_sums(state.params, batch, state.graphdef, chunk)
+  return nll_sums(state.full_params(), batch, state.graphdef, chunk)
 
 
 @jax.jit

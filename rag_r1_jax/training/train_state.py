@@ -10,9 +10,15 @@ back for checkpoint restore targets.
 The reference and critic start as COPIES of the policy's arrays (own buffers), so donating
 the state to an update never deletes a buffer that another field still uses; the policy
 itself takes over the given model's arrays (no third copy of a large model).
+
+With LoRA (model.lora_rank > 0) `params` holds the adapters alone: the gradients and the
+optimizer state are theirs only. Every other weight is in `frozen`, closed over by the losses
+(`bind_frozen`), never updated and never checkpointed (`saved`: a resumed run rebuilds it from
+the model path). The KL reference is then the base model itself, `frozen` without the
+adapters (no copy of the weights), and the sampler gets the merged model (`merged_model`).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +28,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rag_r1_jax import multihost
+from rag_r1_jax.models import lora
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.models.decoder import Decoder
@@ -69,13 +76,42 @@ class TrainState:
   rng: jax.Array  # [] typed PRNG key (minibatch shuffling)
   ref_params: Optional[nnx.State] = None
   critic: Optional[CriticState] = None
+  # LoRA: the weights that are not adapters (see the module docstring), the graph that makes
+  # them the base model, and whether that base is the KL reference.
+  frozen: Optional[nnx.State] = None
+  base_graphdef: Optional[nnx.GraphDef] = struct.field(pytree_node=False, default=None)
+  ref_is_base: bool = struct.field(pytree_node=False, default=False)
+
+  def full_params(self, params: Optional[nnx.State] = None) -> nnx.State:
+    """`params` (default: the state's) with the frozen weights: the whole policy's state."""
+    params = self.params if params is None else params
+    return params if self.frozen is None else nnx.merge_state(params, self.frozen)
+
+  def bind_frozen(self, loss_fn: Callable[[nnx.State, Any], Any]
+                  ) -> Callable[[nnx.State, Any], Any]:
+    """loss_fn(whole policy state, batch) as a function of the trained params alone; the
+    frozen weights are closed over, so gradients are taken for the trained params only."""
+    if self.frozen is None:
+      return loss_fn
+    return lambda params, batch: loss_fn(self.full_params(params), batch)
 
   def model(self) -> Decoder:
     """The policy as a Decoder (shares this state's arrays)."""
-    return nnx.merge(self.graphdef, self.params)
+    return nnx.merge(self.graphdef, self.full_params())
+
+  def merged_model(self) -> Decoder:
+    """The policy with its adapters folded in (the sampler's and the export's model); the
+    policy itself without LoRA."""
+    return params_lib.merge_adapters(self.model())
+
+  @property
+  def has_reference(self) -> bool:
+    return self.ref_params is not None or self.ref_is_base
 
   def reference(self) -> Decoder:
-    """The frozen reference policy as a Decoder."""
+    """The frozen reference policy as a Decoder: its own copy, or with LoRA the base."""
+    if self.ref_is_base:
+      return nnx.merge(self.base_graphdef, self.frozen)
     assert self.ref_params is not None, "this TrainState has no reference parameters"
     return nnx.merge(self.graphdef, self.ref_params)
 
@@ -122,6 +158,7 @@ def _replicated_key(seed: int, mesh: Mesh) -> jax.Array:
 
 def critic_from_policy(policy: Decoder, seed: int) -> Critic:
   """A Critic whose decoder starts as a copy of `policy` and whose value head is random."""
+  policy = params_lib.merge_adapters(policy)  # the critic trains whole, without adapters
   cfg = policy.cfg
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Critic(cfg, rngs=nnx.Rngs(seed))))
   mesh = _mesh_of(nnx.state(policy))
@@ -139,11 +176,16 @@ def critic_from_policy(policy: Decoder, seed: int) -> Critic:
 def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
                  reference: bool = False, critic: Optional[Critic] = None,
                  critic_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
-  """A TrainState that takes over `model`'s parameter arrays; the reference is a copy.
+  """A TrainState that takes over `model`'s parameter arrays; the reference is a copy, or
+  with LoRA the base model (adapters off).
 
   The first update donates those arrays, so use `state.model()` afterwards, not `model`.
   """
-  graphdef, params = nnx.split(model)
+  adapted = model.cfg.lora_rank > 0
+  if adapted:
+    graphdef, params, frozen = nnx.split(model, lora.LoraParam, ...)
+  else:
+    (graphdef, params), frozen = nnx.split(model), None
   mesh = _mesh_of(params)
   critic_state = None
   if critic is not None:
@@ -155,7 +197,10 @@ def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
   return TrainState(graphdef=graphdef, tx=tx, params=params,
                     opt_state=init_opt_state(tx, params), step=step,
                     rng=_replicated_key(seed, mesh),
-                    ref_params=_copy(params) if reference else None, critic=critic_state)
+                    ref_params=_copy(params) if reference and not adapted else None,
+                    critic=critic_state, frozen=frozen,
+                    base_graphdef=params_lib.base_graphdef(model.cfg) if adapted else None,
+                    ref_is_base=reference and adapted)
 
 
 def rl_updates_per_step(rl_config, critic: bool = False) -> int:
@@ -234,6 +279,19 @@ def create_sft_state(model: Decoder, config, total_steps: int) -> TrainState:
   tx = opt_lib.make_optimizer(sft.learning_rate, total_steps, sft.warmup_ratio, sft.schedule,
                               sft.max_grad_norm, sft.weight_decay)
   return create_state(model, tx, seed=config.seed)
+
+
+def saved(state: TrainState) -> TrainState:
+  """What a checkpoint holds: the state without the frozen weights (LoRA's base model, which
+  a resumed run loads from the model path again)."""
+  return state.replace(frozen=None)
+
+
+def restore(manager, state: TrainState, step: int) -> tuple[TrainState, dict]:
+  """(state, meta) of checkpoint `step` of `manager` (checkpoints.CheckpointManager), restored
+  onto `state`'s shardings; the frozen weights are `state`'s own."""
+  restored, meta = manager.restore(abstract(saved(state)), step)
+  return restored.replace(frozen=state.frozen), meta
 
 
 def shardings(state: TrainState) -> TrainState:

@@ -205,7 +205,7 @@ def _loss_fn(state: TrainState, hp: RLHparams, part: str):
   if part == "critic":
     return functools.partial(critic_minibatch_loss, graphdef=state.critic.graphdef, hp=hp)
   actor = ppo_actor_minibatch_loss if hp.algorithm == "ppo" else grpo_minibatch_loss
-  return functools.partial(actor, graphdef=state.graphdef, hp=hp)
+  return state.bind_frozen(functools.partial(actor, graphdef=state.graphdef, hp=hp))
 
 
 def _params(state: TrainState, part: str) -> nnx.State:
@@ -316,7 +316,7 @@ def score(state: TrainState, mb: Batch, hp: RLHparams, old: bool = True) -> Batc
   if old:
     out["old_logprobs"] = logprobs_lib.token_logprobs(state.model(), mb, hp.logprob_chunk,
                                                       hp.temperature)[0]
-  if state.ref_params is not None:
+  if state.has_reference:
     out["ref_logprobs"] = logprobs_lib.token_logprobs(state.reference(), mb, hp.logprob_chunk,
                                                       hp.temperature)[0]
   if state.critic is not None:
