@@ -11,17 +11,38 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Iterable
 
-# faiss' OpenMP threads spin at barriers by default; when JAX (or another process) shares the
-# cores, that spinning turned a 90 ms batched search into 0.3-1.3 s here, while passive waiting
-# gave 190 ms on the one free core. It must be set before the OpenMP runtime loads; an explicit
-# OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import tqdm
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import tqdm  # noqa: E402
+
+def _import_faiss():
+  """faiss, with its OpenMP runtime started under OMP_WAIT_POLICY=PASSIVE.
+
+  faiss' OpenMP threads spin at barriers by default; when JAX (or another process) shares the
+  cores, that spinning turned a 90 ms batched search into 0.3-1.3 s, while passive waiting
+  gave 190 ms on the one free core. faiss ships its own libgomp, which reads the variable once,
+  when `import faiss` loads it; so the variable is set around that import only and removed
+  after: the process environment (child processes, torch's own OpenMP loaded later) stays as
+  it was. An OMP_WAIT_POLICY already in the environment wins. Import faiss through this module
+  (rag_r1_jax.retrieval.index) first: a faiss imported earlier keeps the spinning default.
+  """
+  if "faiss" in sys.modules:
+    return sys.modules["faiss"]
+  ours = "OMP_WAIT_POLICY" not in os.environ
+  if ours:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+  try:
+    import faiss  # pylint: disable=import-outside-toplevel
+  finally:
+    if ours:
+      del os.environ["OMP_WAIT_POLICY"]
+  return faiss
+
+
+faiss = _import_faiss()
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 # faiss uses its BLAS path only for batches of at least this many queries; the default

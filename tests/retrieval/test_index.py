@@ -111,3 +111,26 @@ def test_index_params_validation():
     index_lib.IndexParams(index_type="hnsw", fp16=True)
   with pytest.raises(ValueError, match="zero vectors"):
     index_lib.build_index([], 0, index_lib.IndexParams(), progress=False)
+
+
+def _import_in_subprocess(module: str, **env) -> tuple[str, str]:
+  """(stdout, stderr) of a fresh interpreter that imports `module` with libgomp's settings
+  displayed (OMP_DISPLAY_ENV) and prints whether OMP_WAIT_POLICY is in its environment after."""
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  child_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+  child_env.update(OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=repo, **env)
+  code = f"import os, {module}; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+  proc = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True,
+                        text=True, timeout=120, check=True)
+  return proc.stdout.strip(), proc.stderr
+
+
+def test_faiss_openmp_waits_passively_without_changing_the_environment():
+  # dense.py is what the rollout imports first; faiss's libgomp must start with spin count 0.
+  out, err = _import_in_subprocess("rag_r1_jax.retrieval.dense")
+  assert "GOMP_SPINCOUNT = '0'" in err and out == "unset"
+  out, err = _import_in_subprocess("rag_r1_jax.retrieval.index", OMP_WAIT_POLICY="ACTIVE")
+  assert "OMP_WAIT_POLICY = 'ACTIVE'" in err and out == "ACTIVE"  # the user's choice wins
