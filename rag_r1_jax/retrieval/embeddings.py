@@ -17,6 +17,7 @@ from rag_r1_jax.retrieval.docstore import DocStore
 from rag_r1_jax.retrieval.encoder import SentenceEncoder
 
 MANIFEST = "manifest.json"
+_READ_ROWS = 4096  # passages read from the corpus and tokenised at once
 
 
 def _chunk_path(out_dir: str, i: int) -> str:
@@ -54,17 +55,29 @@ def encode_corpus(encoder: SentenceEncoder, docs: DocStore, out_dir: str,
   bar = tqdm.tqdm(total=len(docs), unit="passage", desc=f"encode {encoder.name}",
                   disable=not progress)
   bar.update(sum(min(chunk_rows, len(docs) - i * chunk_rows) for i in done))
+
+  def report(finished: int, status: str) -> None:
+    """The encoder's progress: the bar moves per batch; tokenising / compiling show beside it.
+
+    The last batch only counts: `bar.close()` draws the final line, once."""
+    bar.set_postfix_str(status, refresh=False)
+    if bar.n + finished >= bar.total:
+      bar.n += finished
+    elif finished:
+      bar.update(finished)
+    else:
+      bar.refresh()
+
   for i in range(num_chunks):
     path = _chunk_path(out_dir, i)
     if os.path.isfile(path):
       continue
     rows = range(i * chunk_rows, min((i + 1) * chunk_rows, len(docs)))
     emb = np.zeros((len(rows), encoder.dim), np.float32)  # [rows, dim]
-    sub = 4096
-    for start in range(0, len(rows), sub):
-      batch = docs.get(rows[start:start + sub])
-      emb[start:start + len(batch)] = encoder.encode_passages([d.contents for d in batch])
-      bar.update(len(batch))
+    for start in range(0, len(rows), _READ_ROWS):
+      batch = docs.get(rows[start:start + _READ_ROWS])
+      emb[start:start + len(batch)] = encoder.encode_passages([d.contents for d in batch],
+                                                              report if progress else None)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
       np.save(f, emb)

@@ -1,9 +1,10 @@
 """Sentence encoder: tokenizer + jitted Flax BERT with bucketed shapes, data-parallel over a mesh.
 
-Texts are tokenised on the host, sorted by length, and padded to power-of-two sequence
-buckets (at least 16 tokens) and power-of-two batch buckets, so the number of compiled
-shapes is bounded by log2(max_length) x log2(batch_size). The batch is split over the mesh's
-data axes; weights are replicated (a BERT encoder is small).
+Texts are tokenised on the host and sorted by length; each batch of `batch_size` neighbours is
+padded to the next multiple of `seq_bucket` tokens (16: a batch of 100-111 tokens runs at 112,
+where power-of-two buckets ran it at 128) and the last, short batch to a power-of-two row
+count. Compiled shapes are thus at most ceil(max_length / seq_bucket) x (log2(batch_size) + 1).
+The batch is split over the mesh's data axes; weights are replicated (a BERT encoder is small).
 """
 
 import dataclasses
@@ -11,7 +12,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -23,7 +24,12 @@ from rag_r1_jax.retrieval import bert
 
 # E5 and BGE (English v1.5) conventions; matched on the model's name (_family_hint).
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
-_MIN_SEQ_BUCKET = 16
+# Batches computed at once before the oldest is read back: dispatch overlaps compute, and a
+# progress callback hears of each batch soon after it finishes.
+_IN_FLIGHT = 4
+# progress(texts finished since the last call, what runs now: "tokenising 4096 texts",
+# "compiling 64 x 112", "encoding").
+ProgressFn = Callable[[int, str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +97,9 @@ def _family_hint(model_dir: str) -> str:
   return hint.lower()
 
 
-def seq_bucket(length: int, max_length: int) -> int:
-  """The smallest power of two >= length (at least 16), capped at max_length."""
-  return min(max(_MIN_SEQ_BUCKET, 1 << max(0, length - 1).bit_length()), max_length)
+def seq_bucket(length: int, max_length: int, step: int) -> int:
+  """The smallest multiple of `step` >= length, capped at max_length."""
+  return min(-(-max(length, 1) // step) * step, max_length)
 
 
 def batch_bucket(n: int, batch_size: int, multiple: int) -> int:
@@ -112,13 +118,19 @@ class SentenceEncoder:
   """Encodes queries and passages with a BERT-family model; `hash` identifies model + spec."""
 
   def __init__(self, model: bert.BertModel, tokenizer, spec: EncoderSpec, name: str,
-               weights_hash: str, mesh: Mesh | None = None, batch_size: int = 64):
+               weights_hash: str, mesh: Mesh | None = None, batch_size: int = 64,
+               seq_bucket: int = 16):
+    if batch_size < 1 or seq_bucket < 1:
+      raise ValueError(f"encoder batch_size ({batch_size}) and seq_bucket ({seq_bucket}) must "
+                       "be >= 1")
     self.spec = spec
     self.tokenizer = tokenizer
     self.name = name
     self.dim = model.cfg.hidden_size
     self.batch_size = batch_size
+    self.seq_bucket = seq_bucket
     self.mesh = mesh
+    self._compiled: set[tuple[int, int]] = set()  # (batch, seq) shapes run so far
     if spec.max_length > model.cfg.max_position_embeddings:
       raise ValueError(f"encoder max_length {spec.max_length} exceeds the model's "
                        f"max_position_embeddings {model.cfg.max_position_embeddings}")
@@ -135,7 +147,8 @@ class SentenceEncoder:
 
   @classmethod
   def from_pretrained(cls, model_dir: str, spec: EncoderSpec | None = None,
-                      mesh: Mesh | None = None, batch_size: int = 64) -> "SentenceEncoder":
+                      mesh: Mesh | None = None, batch_size: int = 64,
+                      seq_bucket: int = 16) -> "SentenceEncoder":
     """Loads config.json, model.safetensors and the tokenizer from a local directory."""
     from transformers import AutoTokenizer  # the tokenizer only; no torch import
     if not os.path.isdir(model_dir):
@@ -145,7 +158,7 @@ class SentenceEncoder:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     weights_hash = _file_digest(os.path.join(model_dir, "model.safetensors"))
     name = model_name(model_dir)
-    return cls(model, tokenizer, spec, name, weights_hash, mesh, batch_size)
+    return cls(model, tokenizer, spec, name, weights_hash, mesh, batch_size, seq_bucket)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids per text, truncated to spec.max_length, with [CLS]/[SEP]."""
@@ -158,32 +171,49 @@ class SentenceEncoder:
     """[n, dim] float32 query embeddings (with the spec's query prefix)."""
     return self.encode([self.spec.query_prefix + q for q in queries])
 
-  def encode_passages(self, passages: Sequence[str]) -> np.ndarray:
+  def encode_passages(self, passages: Sequence[str],
+                      progress: ProgressFn | None = None) -> np.ndarray:
     """[n, dim] float32 passage embeddings (with the spec's passage prefix)."""
-    return self.encode([self.spec.passage_prefix + p for p in passages])
+    return self.encode([self.spec.passage_prefix + p for p in passages], progress)
 
-  def encode(self, texts: Sequence[str]) -> np.ndarray:
-    """[n, dim] float32 embeddings of texts as given; batches are formed by token length."""
+  def encode(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
+    """[n, dim] float32 embeddings of texts as given; batches are formed by token length.
+
+    `progress` hears what runs (tokenising, compiling a new shape) and each finished batch.
+    """
     if not texts:
       return np.zeros((0, self.dim), np.float32)
+    report = progress or (lambda done, status: None)
+    report(0, f"tokenising {len(texts)} texts")
     ids = self.tokenize(texts)
     order = np.argsort([len(t) for t in ids], kind="stable")
-    pending = []  # dispatch is asynchronous: pad batch i+1 while batch i computes
+    out = np.zeros((len(texts), self.dim), np.float32)
+    pending: list[tuple[np.ndarray, jax.Array]] = []  # dispatched, not yet read back
+
+    def read_oldest():
+      rows, emb = pending.pop(0)
+      out[rows] = np.asarray(emb)[:len(rows)]
+      report(len(rows), "encoding")
+
     for start in range(0, len(order), self.batch_size):
       rows = order[start:start + self.batch_size]
-      pending.append((rows, self._encode_batch([ids[r] for r in rows])))
-    out = np.zeros((len(texts), self.dim), np.float32)
-    for rows, emb in pending:
-      out[rows] = np.asarray(emb)[:len(rows)]
+      pending.append((rows, self._encode_batch([ids[r] for r in rows], report)))
+      if len(pending) > _IN_FLIGHT:
+        read_oldest()
+    while pending:
+      read_oldest()
     return out
 
-  def _encode_batch(self, ids: list[list[int]]) -> jax.Array:
+  def _encode_batch(self, ids: list[list[int]], report: ProgressFn) -> jax.Array:
     """Pads one batch to its (batch, seq) bucket and dispatches the jitted function.
 
     Returns [bucket_batch, dim]; rows past len(ids) are padding.
     """
-    seq = seq_bucket(max(len(t) for t in ids), self.spec.max_length)
+    seq = seq_bucket(max(len(t) for t in ids), self.spec.max_length, self.seq_bucket)
     batch = batch_bucket(len(ids), self.batch_size, self._data_ways)
+    if (batch, seq) not in self._compiled:
+      self._compiled.add((batch, seq))
+      report(0, f"compiling {batch} x {seq}")
     input_ids = np.zeros((batch, seq), np.int32)  # [batch, seq]
     mask = np.zeros((batch, seq), np.int32)
     for i, t in enumerate(ids):

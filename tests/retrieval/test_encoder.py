@@ -84,7 +84,9 @@ def _tiny_encoder(minilm, **spec_kwargs) -> encoder.SentenceEncoder:
 
 
 def test_buckets_bound_compiles_and_do_not_change_results(minilm):
-  assert [encoder.seq_bucket(n, 64) for n in (1, 16, 17, 33, 64, 100)] == [16, 16, 32, 64, 64, 64]
+  assert [encoder.seq_bucket(n, 64, 16) for n in (1, 16, 17, 33, 49, 64, 100)] == [
+      16, 16, 32, 48, 64, 64, 64]
+  assert [encoder.seq_bucket(n, 100, 8) for n in (1, 9, 95, 97)] == [8, 16, 96, 100]
   assert [encoder.batch_bucket(n, 8, 1) for n in (1, 3, 5, 8)] == [1, 4, 8, 8]
   assert encoder.batch_bucket(3, 64, 8) == 8 and encoder.batch_bucket(9, 64, 8) == 16
   enc = _tiny_encoder(minilm)
@@ -92,9 +94,53 @@ def test_buckets_bound_compiles_and_do_not_change_results(minilm):
   out = enc.encode(texts)
   single = np.stack([enc.encode([t])[0] for t in texts])
   np.testing.assert_allclose(out, single, atol=1e-5)
-  # seq buckets {16, 32, 64} x batch buckets {1, 4, 8} at most; well under one per text.
-  assert enc._fn._cache_size() <= 9
+  # seq buckets {16, 32, 48, 64} x batch buckets {1, 4, 8} at most; under one per text.
+  assert enc._fn._cache_size() <= 12
   assert enc.encode([]).shape == (0, 16)
+  with pytest.raises(ValueError, match="seq_bucket"):
+    encoder.SentenceEncoder(bert.BertModel(bert.BertConfig(num_layers=1), nnx.Rngs(0)),
+                            minilm.tokenizer, encoder.EncoderSpec(), "x", "0", seq_bucket=0)
+
+
+def test_fine_buckets_give_the_embeddings_of_one_padded_shape(minilm_dir, wiki_subset):
+  """MiniLM on 96 real passages: batches padded to multiples of 16 tokens (the default) give
+  the embeddings of every batch padded to max_length, i.e. the padding never leaks."""
+  texts = [d.contents for d in corpus.wiki_documents(wiki_subset[:96])]
+  spec = encoder.infer_spec(minilm_dir, max_length=128)
+  fine = encoder.SentenceEncoder.from_pretrained(minilm_dir, spec, batch_size=32)
+  padded = encoder.SentenceEncoder.from_pretrained(minilm_dir, spec, batch_size=32,
+                                                   seq_bucket=128)
+  got, want = fine.encode_passages(texts), padded.encode_passages(texts)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  assert {s for _, s in fine._compiled} < set(range(16, 129, 16)) and len(fine._compiled) > 1
+  assert padded._compiled == {(32, 128)}
+
+
+def test_encode_reports_tokenising_compiling_and_each_batch(minilm):
+  enc = _tiny_encoder(minilm)  # batch_size 8
+  texts = [" ".join(["word"] * n) for n in range(1, 41)]  # 40 texts, 3..42 tokens
+  events = []
+  enc.encode(texts, lambda done, status: events.append((done, status)))
+  assert events[0] == (0, "tokenising 40 texts")
+  compiles = [s for d, s in events if s.startswith("compiling")]
+  assert compiles == ["compiling 8 x 16", "compiling 8 x 32", "compiling 8 x 48"]
+  assert [d for d, _ in events if d] == [8] * 5  # every batch, as it finishes
+  events.clear()
+  enc.encode(texts, lambda done, status: events.append((done, status)))
+  assert not [s for _, s in events if s.startswith("compiling")]  # shapes compile once
+
+
+def test_encode_corpus_bar_announces_phases_and_ends_once(tmp_path, minilm, capfd):
+  enc = _tiny_encoder(minilm)
+  docs_list = [Document(str(i), f"T{i}", "word " * (i + 1)) for i in range(20)]
+  path = str(tmp_path / "c.jsonl")
+  corpus.write_corpus(docs_list, path)
+  capfd.readouterr()
+  embeddings.encode_corpus(enc, JsonlDocStore.build(path), str(tmp_path / "emb"), progress=True)
+  lines = [x for x in capfd.readouterr().err.replace("\r", "\n").split("\n") if x.strip()]
+  assert any("tokenising 20 texts" in x for x in lines)
+  assert any("compiling 8 x 16" in x for x in lines)
+  assert sum("20/20" in x for x in lines) == 1, lines
 
 
 def test_query_and_passage_prefixes_are_applied(minilm):
@@ -137,7 +183,7 @@ def test_encode_corpus_resumes_from_saved_chunks(tmp_path, minilm, monkeypatch):
   calls = []
   original = enc.encode_passages
   monkeypatch.setattr(enc, "encode_passages",
-                      lambda texts: calls.append(len(texts)) or original(texts))
+                      lambda texts, progress: calls.append(len(texts)) or original(texts))
   embeddings.encode_corpus(enc, docs, out, chunk_rows=4, progress=False)
   assert calls == [4]  # only the missing chunk was encoded again
   np.testing.assert_allclose(np.concatenate(list(embeddings.iter_chunks(out))), full, atol=0)
