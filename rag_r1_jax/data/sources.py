@@ -1,11 +1,12 @@
 """Where a run's questions and documents come from: `config.data.source`, in one registry.
 
-Each source gives RL training rows, evaluation datasets and (when it has them in memory) the
-documents to index. Rows are dicts with id, question, golden_answers; rows read from files
-also carry data_source and extra_info.
+Each source gives RL training rows, evaluation datasets, (when it has them in memory) the
+documents to index and (when it has a teacher) stage 1's trajectories. Rows are dicts with id,
+question, golden_answers; rows read from files also carry data_source and extra_info.
 
 - synthetic_world: the generated world's questions and passages.
-- wiki_extracts: questions over the packaged Wikipedia lead extracts, and those extracts.
+- wiki_extracts: questions over the packaged Wikipedia lead extracts (one article or two), and
+  those extracts.
 - flashrag: QA files named by `data.train_datasets` / `data.eval_datasets`, each entry a
   dataset name under `data.dir` (FlashRAG layout), a directory, or one .jsonl / .json /
   .parquet file (rag_r1_jax/data/qa_builders.py `resolve_spec`). Evaluation groups rows by
@@ -26,10 +27,16 @@ WORLD_KINDS = ("single", "bridge", "comparison", "fanout")
 
 
 class DataSource(NamedTuple):
-  """A source's three readers, each taking the run's config."""
+  """A source's readers, each taking the run's config.
+
+  sft_trajectories(config, retriever, truncate, prompt_variant) -> [(user prompt text,
+  teacher segments)]: stage 1's examples from the source's own teacher; None where the source
+  has none (stage 1 then reads `sft.data_path`).
+  """
   train_rows: Callable[..., list[dict]]
   eval_datasets: Callable[..., dict[str, list[dict]]]
   documents: Callable[..., Sequence[Document] | None]
+  sft_trajectories: Callable[..., list] | None = None
 
 
 def comma_list(text: str) -> list[str]:
@@ -70,14 +77,37 @@ def _wiki_articles(limit: int):
   return wiki_questions.articles(limit)
 
 
-def _wiki(config, split: str) -> list[dict]:
+def wiki_articles(config):
+  """The run's Wikipedia extracts (the first `data.wiki_articles`; read once)."""
+  return _wiki_articles(config.data.wiki_articles)
+
+
+def _wiki_train(config) -> list[dict]:
   from rag_r1_jax.data import wiki_questions
-  return wiki_questions.questions(_wiki_articles(config.data.wiki_articles), split)
+  return [row for kind in wiki_questions.KINDS
+          for row in wiki_questions.questions(wiki_articles(config), "train", kind)]
+
+
+def _wiki_eval(config) -> dict[str, list[dict]]:
+  from rag_r1_jax.data import wiki_questions
+  arts = wiki_articles(config)
+  return {"wiki": wiki_questions.questions(arts, "test", "single"),
+          "wiki_pairs": wiki_questions.questions(arts, "test", "pair")}
 
 
 def _wiki_documents(config) -> list[Document]:
   from rag_r1_jax.data import wiki_questions
-  return wiki_questions.documents(_wiki_articles(config.data.wiki_articles))
+  return wiki_questions.documents(wiki_articles(config))
+
+
+def _wiki_sft(config, *args):
+  from rag_r1_jax.data import wiki_teacher
+  return wiki_teacher.sft_trajectories(config, *args)
+
+
+def _world_sft(config, *args):
+  from rag_r1_jax.data import teacher
+  return teacher.sft_trajectories(config, *args)
 
 
 # ---- files (flashrag) ------------------------------------------------------------------------
@@ -142,9 +172,8 @@ def _files_eval(config) -> dict[str, list[dict]]:
 
 SOURCES: Mapping[str, DataSource] = {
     "synthetic_world": DataSource(_world_train, _world_eval,
-                                  lambda config: list(world(config).passages)),
-    "wiki_extracts": DataSource(lambda config: _wiki(config, "train"),
-                                lambda config: {"wiki": _wiki(config, "test")}, _wiki_documents),
+                                  lambda config: list(world(config).passages), _world_sft),
+    "wiki_extracts": DataSource(_wiki_train, _wiki_eval, _wiki_documents, _wiki_sft),
     "flashrag": DataSource(_files_train, _files_eval, lambda config: None),
 }
 

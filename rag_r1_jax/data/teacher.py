@@ -34,17 +34,17 @@ def trajectory_text(segments: Sequence[Segment]) -> str:
   return "".join(s.text for s in segments)
 
 
-def _search_segment(thought: str, queries: Sequence[str]) -> Segment:
+def search_segment(thought: str, queries: Sequence[str]) -> Segment:
   return Segment(f"<think> {thought} </think><search> {', '.join(queries)} </search>", "policy")
 
 
-def _answer_segment(thought: str, answer: str) -> Segment:
+def answer_segment(thought: str, answer: str) -> Segment:
   return Segment(f"<think> {thought} </think><answer> {answer} </answer>", "policy")
 
 
 def direct_answer(answer: str, thought: str = "I know this") -> list[Segment]:
   """A trajectory that answers without searching (never used for world questions)."""
-  return [_answer_segment(thought, answer)]
+  return [answer_segment(thought, answer)]
 
 
 def _need(lookups) -> str:
@@ -90,11 +90,11 @@ def teacher_trajectories(world: World, questions: Sequence[Question], retriever:
         trajectories[i] = None
         continue
       thought = "; ".join(last_facts[i] + [_need(lookups)])
-      trajectories[i] += [_search_segment(thought, names), Segment(info, "information")]
+      trajectories[i] += [search_segment(thought, names), Segment(info, "information")]
       last_facts[i] = [world.fact(lk) for lk in lookups]
   for i, q in enumerate(questions):
     if trajectories[i] is not None:
-      trajectories[i].append(_answer_segment("; ".join(last_facts[i]), q.golden_answers[0]))
+      trajectories[i].append(answer_segment("; ".join(last_facts[i]), q.golden_answers[0]))
   return trajectories
 
 
@@ -179,3 +179,48 @@ def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list
     out.append((f"Decide: {question}", [Segment(f"<think> {facts} </think>", "information"),
                                         Segment(f"<answer> {winner} </answer>", "policy")]))
   return out
+
+
+def sft_trajectories(config, retriever: Retriever, truncate: observation.Truncate,
+                     prompt_variant: str) -> list[tuple[str, list[Segment]]]:
+  """(user prompt text, segments) for stage 1 on the synthetic world (data.source =
+  synthetic_world): the teacher's solved train questions over `sft.world_draws` + 1 draws
+  and the number questions of `sft.number_draws` more, then the copy and decision drills.
+
+  Draw 0 is the run's own world, searched through the run's `retriever`; fresh draws are
+  searched exactly over their own passages. The teacher keeps only trajectories whose
+  observation holds every needed fact, so with topk=1 the observation text is what the engine
+  would insert; with more documents the others come from the draw.
+  """
+  from rag_r1_jax.data import prompts, sources
+  from rag_r1_jax.retrieval.base import ExactRetriever
+  sft = config.sft
+  world = sources.world(config)
+  kept, total = [], 0
+  full_draws = sft.world_draws + 1  # draws 0..world_draws; number draws follow them
+  for draw in range(full_draws + sft.number_draws):
+    drawn = synthetic_world.train_draw(world, draw)
+    questions = drawn.split_questions("train")
+    if draw >= full_draws:
+      questions = [q for q in questions if q.reads_numbers()]
+    trajectories = teacher_trajectories(
+        drawn, questions, retriever if draw == 0 else ExactRetriever(drawn.passages),
+        mode=config.rollout.mode, topk=config.retrieval.topk, truncate=truncate,
+        max_obs_length=config.rollout.max_obs_length, json_indent=config.rollout.mq_json_indent)
+    kept += [(prompts.build_prompt(q.question, prompt_variant), t)
+             for q, t in zip(questions, trajectories) if t is not None]
+    total += len(questions)
+  draws = f" over {sft.world_draws + 1} draws of the train split" if sft.world_draws else ""
+  if sft.number_draws:
+    draws += f" and the number questions of {sft.number_draws} more"
+  misses = retriever.stats.empty
+  misses = f"; {misses} searches found no document" if misses else ""
+  print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
+        f"(the rest lost a fact in retrieval{misses})", flush=True)
+  if sft.copy_drills:
+    kept += copy_drills(world, sft.copy_drills, config.seed)
+    print(f"sft: + {sft.copy_drills} copy drills", flush=True)
+  if sft.decision_drills:
+    kept += decision_drills(world, sft.decision_drills, config.seed)
+    print(f"sft: + {sft.decision_drills} decision drills", flush=True)
+  return kept

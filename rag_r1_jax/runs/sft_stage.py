@@ -1,11 +1,11 @@
 """Stage 1: format-learning SFT, keeping the lowest-validation-loss policy.
 
-Data: `sft.data_path` (alpaca / LLaMA-Factory JSON, how RAG-R1 ships its SFT set), or, for the
-synthetic world, trajectories of the programmatic teacher, retrieved through the run's own
-retriever so the `<information>` text is exactly what the rollout engine inserts. With
-`sft.cut_subsamples` every trajectory is cut at each policy turn (the paper's recipe);
-otherwise one example per trajectory trains all its policy turns at once (the same targets,
-a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
+Data: `sft.data_path` (alpaca / LLaMA-Factory JSON, how RAG-R1 ships its SFT set), or the data
+source's programmatic teacher (synthetic world, Wikipedia extracts: data/sources.py), searching
+through the run's own retriever so the `<information>` text is exactly what the rollout engine
+inserts. With `sft.cut_subsamples` every trajectory is cut at each policy turn (the paper's
+recipe); otherwise one example per trajectory trains all its policy turns at once (the same
+targets, a third of the compute). Checkpoints every `checkpoint.every_steps` resume mid-epoch.
 
 A step whose loss or gradients are not finite is skipped; `sft.max_nonfinite_steps` skipped in a
 row halt the run (as rl.max_nonfinite_steps does in RL), and a policy whose validation loss or parameters are
@@ -15,8 +15,7 @@ not finite is never exported.
 import math
 
 from rag_r1_jax import assets, sharding
-from rag_r1_jax.data import prompts, synthetic_world, teacher
-from rag_r1_jax.retrieval.base import ExactRetriever
+from rag_r1_jax.data import sources, teacher
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
@@ -31,45 +30,15 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     rows = qa_builders.load_split("sft", "train", files={"train": assets.resolve(config.sft.data_path)},
                                   tfds_dir=config.data.tfds_dir or None)
     return [sft_data.encode_alpaca_row(tokenizer, dict(r)) for r in rows]
-  if config.data.source != "synthetic_world":
-    raise ValueError("config.sft.data_path is empty and config.data.source is not "
-                     "'synthetic_world': give an alpaca/LLaMA-Factory JSON file for SFT")
+  teach = sources.get(config).sft_trajectories
+  if teach is None:
+    raise ValueError(f"config.sft.data_path is empty and config.data.source="
+                     f"{config.data.source!r} has no teacher: give an alpaca/LLaMA-Factory JSON "
+                     "file for SFT")
   truncate = observation.token_truncate(
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
-  kept, total = [], 0
-  full_draws = config.sft.world_draws + 1  # draws 0..world_draws; number draws follow them
-  for draw in range(full_draws + config.sft.number_draws):
-    # Draw 0 is the run's own world, searched through the run's retriever; fresh draws are
-    # searched exactly over their own passages. The teacher keeps only trajectories whose
-    # observation holds every needed fact, so with topk=1 (the default) the observation text
-    # is what the engine would insert; with more documents the others come from the draw.
-    world = synthetic_world.train_draw(ws.world, draw)
-    retriever = ws.retriever if draw == 0 else ExactRetriever(world.passages)
-    questions = world.split_questions("train")
-    if draw >= full_draws:
-      questions = [q for q in questions if q.reads_numbers()]
-    trajectories = teacher.teacher_trajectories(
-        world, questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
-        truncate=truncate, max_obs_length=config.rollout.max_obs_length,
-        json_indent=config.rollout.mq_json_indent)
-    kept += [(prompts.build_prompt(q.question, ws.prompt_variant), t)
-             for q, t in zip(questions, trajectories) if t is not None]
-    total += len(questions)
-  draws = (f" over {config.sft.world_draws + 1} draws of the train split"
-           if config.sft.world_draws else "")
-  if config.sft.number_draws:
-    draws += f" and the number questions of {config.sft.number_draws} more"
-  misses = ws.retriever.stats.empty
-  misses = f"; {misses} searches found no document" if misses else ""
-  print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
-        f"(the rest lost a fact in retrieval{misses})", flush=True)
-  if config.sft.copy_drills:
-    kept += teacher.copy_drills(ws.world, config.sft.copy_drills, config.seed)
-    print(f"sft: + {config.sft.copy_drills} copy drills", flush=True)
-  if config.sft.decision_drills:
-    kept += teacher.decision_drills(ws.world, config.sft.decision_drills, config.seed)
-    print(f"sft: + {config.sft.decision_drills} decision drills", flush=True)
+  kept = teach(config, ws.retriever, truncate, ws.prompt_variant)
   if config.sft.cut_subsamples:
     return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
   return sft_data.whole_examples(tokenizer, kept)
