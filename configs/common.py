@@ -76,7 +76,7 @@ def base_config() -> config_dict.ConfigDict:
   c.data.wiki_articles = 0  # wiki_extracts: the first N articles (0: all 10,033)
 
   c.retrieval = config_dict.ConfigDict()
-  c.retrieval.backend = "faiss"  # faiss | bm25 | server
+  c.retrieval.backend = "faiss"  # faiss | bm25 | hybrid (faiss + bm25, fused) | server
   c.retrieval.server_url = ""
   c.retrieval.corpus_path = ""
   c.retrieval.index_path = ""
@@ -89,6 +89,8 @@ def base_config() -> config_dict.ConfigDict:
   c.retrieval.query_prefix = config_dict.placeholder(str)
   c.retrieval.passage_prefix = config_dict.placeholder(str)
   c.retrieval.encode_batch_size = 64
+  # Each batch is padded to a multiple of this many tokens (compiled shapes <= max_length / it).
+  c.retrieval.encode_seq_bucket = 16
   # Index settings.
   c.retrieval.fp16 = False
   c.retrieval.hnsw_m = 32
@@ -96,6 +98,13 @@ def base_config() -> config_dict.ConfigDict:
   c.retrieval.ivf_nlist = 0  # 0: from the corpus size
   c.retrieval.ivf_nprobe = 16
   c.retrieval.pq_m = 0  # 0: dimension / 8
+  # hybrid: the faiss index at index_path and BM25 over the same corpus, fused per query.
+  c.retrieval.bm25_index_path = ""  # a saved BM25 index directory; empty: built in memory
+  c.retrieval.fusion = "rrf"  # rrf: sum of w / (rrf_k + rank) | weighted: min-max scores
+  c.retrieval.fusion_dense_weight = 1.0
+  c.retrieval.fusion_bm25_weight = 1.0
+  c.retrieval.rrf_k = 60.0
+  c.retrieval.fusion_depth = 20  # candidates from each retriever before fusion (>= topk)
   c.retrieval.topk = 3
   c.retrieval.timeout_s = 30.0
   c.retrieval.max_retries = 3

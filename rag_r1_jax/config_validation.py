@@ -5,6 +5,8 @@ from typing import Any, Callable
 from rag_r1_jax.data import sources
 from rag_r1_jax.models import config as model_config
 from rag_r1_jax.models import lora
+from rag_r1_jax.retrieval import factory as retrieval_factory
+from rag_r1_jax.retrieval import fusion, index as retrieval_index
 from rag_r1_jax.rl import kl_control, losses, rewards
 from rag_r1_jax.rollout import engine as rollout_engine
 from rag_r1_jax.training import wandb_run
@@ -20,8 +22,9 @@ _CHOICES = {
     "tokenizer.kind": ("hf", "world"),
     "data.source": tuple(sources.SOURCES),
     "export.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "retrieval.backend": ("faiss", "bm25", "server"),
-    "retrieval.index_type": ("flat", "hnsw", "ivfpq"),
+    "retrieval.backend": retrieval_factory.BACKENDS,
+    "retrieval.index_type": retrieval_index.INDEX_TYPES,
+    "retrieval.fusion": fusion.FUSION_METHODS,
     "rollout.mode": ("mq", "sq"),
     "rollout.schedule": rollout_engine.SCHEDULES,
     "rl.algorithm": ("grpo", "ppo"),
@@ -138,6 +141,16 @@ def validate(config) -> None:
   if config.retrieval.backend == "server":
     check("retrieval.server_url", lambda v: str(v).startswith(("http://", "https://")),
           "must be an http(s) URL when config.retrieval.backend='server'")
+  for field in ("retrieval.encode_batch_size", "retrieval.encode_seq_bucket",
+                "retrieval.fusion_depth"):
+    check(field, lambda v: v > 0, "must be positive")
+  for field in ("retrieval.fusion_dense_weight", "retrieval.fusion_bm25_weight",
+                "retrieval.rrf_k"):
+    check(field, lambda v: v >= 0, "must be >= 0")
+  if config.retrieval.backend == "hybrid":
+    check("retrieval.fusion_bm25_weight",
+          lambda v: v + config.retrieval.fusion_dense_weight > 0,
+          "and config.retrieval.fusion_dense_weight must not both be 0 for the hybrid backend")
   check("rl.batch_size", lambda v: v % config.rl.mini_batch_size == 0,
         f"must be a multiple of config.rl.mini_batch_size={config.rl.mini_batch_size}")
   check("rl.microbatches", lambda v: (config.rl.mini_batch_size * config.rl.group_size) % v == 0,

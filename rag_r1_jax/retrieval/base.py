@@ -79,6 +79,15 @@ def empty_rows(queries: Sequence[str], results: Sequence[Sequence[Document]]) ->
   return [i for i, (q, row) in enumerate(zip(queries, results)) if q.strip() and not row]
 
 
+def documents_at(docs, scores: np.ndarray, rows: np.ndarray) -> list[list[Document]]:
+  """scores, rows: [n, k] -> per query, the Documents of DocStore `docs` at the valid rows
+  (>= 0) with their scores; each distinct row is read from the store once."""
+  hits = sorted({int(r) for r in rows.ravel() if r >= 0})
+  by_row = dict(zip(hits, docs.get(hits)))
+  return [[dataclasses.replace(by_row[int(r)], score=float(s))
+           for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+
+
 class Retriever(abc.ABC):
   """A batched retriever: one call looks up all queries of a rollout turn at once."""
 

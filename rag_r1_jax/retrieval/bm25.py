@@ -4,7 +4,6 @@ The index is saved as a bm25s directory plus `meta.json` holding the corpus fing
 loading it against another corpus is refused.
 """
 
-import dataclasses
 import json
 import os
 from typing import Sequence
@@ -12,7 +11,7 @@ from typing import Sequence
 import bm25s
 import numpy as np
 
-from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.retrieval.base import Document, Retriever, documents_at
 from rag_r1_jax.retrieval.docstore import DocStore, JsonlDocStore, ListDocStore
 from rag_r1_jax.retrieval.index import IndexMismatchError
 
@@ -72,17 +71,18 @@ class BM25Retriever(Retriever):
                                f"{corpus_path}; rebuild it")
     return cls(bm25s.BM25.load(out_dir, show_progress=False, verbosity=0), docs)
 
+  def search_rows(self, queries: Sequence[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batched bm25s lookup -> (scores [n, k] float32, rows [n, k] int64) with
+    k = min(topk, corpus size); rows without any query term come last with score 0."""
+    k = min(topk, len(self.docs))
+    rows, scores = self.model.retrieve(_tokenize(list(queries)), k=k, show_progress=False,
+                                       n_threads=1)  # [n, k] each
+    return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
+
   def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
     if not queries:
       return []
-    k = min(topk, len(self.docs))
-    rows, scores = self.model.retrieve(_tokenize(queries), k=k, show_progress=False,
-                                       n_threads=1)  # [n, k] each
-    rows = np.asarray(rows)
-    hits = sorted({int(r) for r in rows.ravel()})
-    by_row = dict(zip(hits, self.docs.get(hits)))
-    return [[dataclasses.replace(by_row[int(r)], score=float(s)) for r, s in zip(rrow, srow)]
-            for rrow, srow in zip(rows, scores)]
+    return documents_at(self.docs, *self.search_rows(queries, topk))
 
   def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
     return self._timed(queries, topk, self._search)

@@ -11,11 +11,13 @@ import os
 import sys
 from typing import Sequence
 
-import faiss
+from rag_r1_jax.retrieval import index as index_lib  # first: it loads faiss (OMP_WAIT_POLICY)
+
+import faiss  # noqa: E402,I001
+import numpy as np
 
 from rag_r1_jax.retrieval import embeddings as embeddings_lib
-from rag_r1_jax.retrieval import index as index_lib
-from rag_r1_jax.retrieval.base import Document, Retriever
+from rag_r1_jax.retrieval.base import Document, Retriever, documents_at
 from rag_r1_jax.retrieval.docstore import (DocStore, JsonlDocStore, ListDocStore,
                                             corpus_docstore)
 from rag_r1_jax.retrieval.encoder import SentenceEncoder
@@ -99,15 +101,16 @@ class DenseRetriever(Retriever):
           f"(query prefix {encoder.spec.query_prefix!r})", file=sys.stderr, flush=True)
     return cls(encoder, index, docs)
 
+  def search_rows(self, queries: Sequence[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """One encode and one index search -> (scores [n, k] float32, rows [n, k] int64; -1 where
+    none found)."""
+    q = self.encoder.encode_queries(queries)  # [n, dim]
+    return index_lib.search(self.index, q, topk)
+
   def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
     if not queries:
       return []
-    q = self.encoder.encode_queries(queries)  # [n, dim]
-    scores, rows = index_lib.search(self.index, q, topk)  # [n, k] each
-    hits = sorted({int(r) for r in rows.ravel() if r >= 0})
-    by_row = dict(zip(hits, self.docs.get(hits)))
-    return [[dataclasses.replace(by_row[int(r)], score=float(s))
-             for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+    return documents_at(self.docs, *self.search_rows(queries, topk))
 
   def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
     return self._timed(queries, topk, self._search)
