@@ -10,7 +10,8 @@ from ml_collections import ConfigDict
 
 from configs import common
 from rag_r1_jax import config_validation, sharding
-from rag_r1_jax.models import hf_checkpoint, kv_cache, lora, params
+from rag_r1_jax.models import config as config_lib
+from rag_r1_jax.models import factory, hf_checkpoint, kv_cache, lora, params
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.models.decoder import Decoder
 from tests.models.hf_fixtures import tiny_hf_model, torch_logits
@@ -152,3 +153,14 @@ def test_bad_lora_settings_are_named():
     config_validation.validate(config)
   assert "config.model.lora_targets='q,x'" in str(e.value)
   assert "config.model.lora_alpha=0.0" in str(e.value)
+
+
+def test_config_fields_reach_the_decoder_config_and_a_loaded_checkpoint():
+  model = common.base_config().model
+  assert config_lib.from_model_config(model).lora_rank == 0  # off by default
+  model.lora_rank, model.lora_alpha, model.lora_targets = 8, 32.0, "q, v,down"
+  cfg = config_lib.from_model_config(model)
+  assert (cfg.lora_rank, cfg.lora_scale, cfg.lora_targets) == (8, 4.0, ("q", "v", "down"))
+  assert cfg.lora_projections == ("q_proj", "v_proj", "down_proj")
+  overrides = factory.runtime_overrides(model)
+  assert (overrides["lora_rank"], overrides["lora_targets"]) == (8, ("q", "v", "down"))
