@@ -2,14 +2,14 @@
 
 from typing import Any, Callable
 
-from rag_r1_jax.data import sources
+from rag_r1_jax.data import prompts, sources
 from rag_r1_jax.models import config as model_config
 from rag_r1_jax.models import lora
 from rag_r1_jax.retrieval import factory as retrieval_factory
 from rag_r1_jax.retrieval import fusion, index as retrieval_index
-from rag_r1_jax.rl import kl_control, losses, rewards
+from rag_r1_jax.rl import advantages, kl_control, losses, rewards
 from rag_r1_jax.rollout import engine as rollout_engine
-from rag_r1_jax.training import wandb_run
+from rag_r1_jax.training import optimizer, wandb_run
 
 STAGES = ("sft", "rl", "eval")
 
@@ -21,7 +21,7 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "tokenizer.kind": ("hf", "world"),
     "data.source": tuple(sources.SOURCES),
-    "export.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "export.dtype": ("auto", *model_config.DTYPES),
     "retrieval.backend": retrieval_factory.BACKENDS,
     "retrieval.index_type": retrieval_index.INDEX_TYPES,
     "retrieval.fusion": fusion.FUSION_METHODS,
@@ -32,14 +32,14 @@ _CHOICES = {
     "rl.kl_reward_estimator": tuple(losses.KL_ESTIMATORS),
     "rl.kl_ctrl": kl_control.KL_CONTROLLERS,
     "rl.policy_loss": tuple(losses.POLICY_LOSSES),
-    "rl.advantage": ("grpo", "dr_grpo"),
+    "rl.advantage": advantages.ADVANTAGE_MODES,
     "rl.loss_agg": tuple(losses.AGGREGATIONS),
-    "rl.microbatch_weighting": ("global", "mean"),
-    "rl.rollout_is": ("", "token", "sequence"),
+    "rl.microbatch_weighting": losses.MICROBATCH_WEIGHTINGS,
+    "rl.rollout_is": ("", *losses.ROLLOUT_IS_LEVELS),
     "rl.reward": tuple(rewards.METRICS),
-    "rl.schedule": ("constant", "cosine"),
-    "sft.schedule": ("constant", "cosine"),
-    "data.prompt": ("", "paper_sq", "paper_mq", "short_sq", "short_mq"),
+    "rl.schedule": optimizer.SCHEDULES,
+    "sft.schedule": optimizer.SCHEDULES,
+    "data.prompt": ("", *prompts.TEMPLATES),
 }
 _POSITIVE = (
     "model.hidden_size", "model.intermediate_size", "model.num_layers", "model.num_heads",

@@ -122,6 +122,10 @@ def aggregate_denominator(loss_mask, mode: str):
 LOSS_METRICS = ("loss", "pg_loss", "kl", "entropy", "vf_loss")
 
 
+MICROBATCH_WEIGHTINGS = ("global", "mean")  # rl.microbatch_weighting
+ROLLOUT_IS_LEVELS = ("token", "sequence")  # rl.rollout_is, when set
+
+
 def microbatch_weights(loss_masks: Sequence, mode: str,
                        weighting: str = "global") -> tuple[jax.Array, jax.Array]:
   """(loss weights [M], metric weights [M]) combining M microbatches' aggregates into one.
@@ -133,6 +137,8 @@ def microbatch_weights(loss_masks: Sequence, mode: str,
   LOSS_METRICS combine like the loss; the other metrics (token means) are averaged by the same
   shares (token_sum's by masked tokens). A minibatch with no masked token gets 1 / M.
   """
+  if weighting not in MICROBATCH_WEIGHTINGS:
+    raise ValueError(f"rl.microbatch_weighting={weighting!r}; valid: {MICROBATCH_WEIGHTINGS}")
   count = len(loss_masks)
   equal = jnp.full((count,), 1.0 / count, jnp.float32)
   if weighting == "mean":
@@ -167,8 +173,8 @@ def rollout_is_weights(old_logprobs: jax.Array, rollout_logprobs: jax.Array,
   log_ratio = (old_logprobs.astype(jnp.float32) - rollout_logprobs.astype(jnp.float32)) * mask
   if level == "sequence":
     log_ratio = jnp.broadcast_to(log_ratio.sum(axis=1, keepdims=True), log_ratio.shape)
-  elif level != "token":
-    raise ValueError(f"rl.rollout_is={level!r} must be token or sequence")
+  elif level not in ROLLOUT_IS_LEVELS:
+    raise ValueError(f"rl.rollout_is={level!r}; valid: {ROLLOUT_IS_LEVELS}")
   ratio = jnp.exp(jnp.clip(log_ratio, -_MAX_LOG_RATIO, _MAX_LOG_RATIO))
   weights = jax.lax.stop_gradient(jnp.minimum(ratio, threshold) * mask)
   metrics = {"rollout_is_mean": _masked_mean(weights, mask),

@@ -285,6 +285,8 @@ def test_microbatch_weights_recombine_the_minibatch_aggregate():
   zero = np.zeros_like(MASK)
   np.testing.assert_allclose(losses.microbatch_weights([zero, zero], "token_mean")[1], [.5, .5])
   np.testing.assert_allclose(losses.microbatch_weights([MASK], "token_sum")[0], [1.0])
+  with pytest.raises(ValueError, match="rl.microbatch_weighting='tokens'"):
+    losses.microbatch_weights([MASK], "token_mean", "tokens")
 
 
 def test_gspo_uses_the_sequence_ratio_with_a_token_gradient():
