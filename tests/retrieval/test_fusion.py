@@ -1,4 +1,5 @@
-"""Rank fusion on hand-computed rankings; the hybrid retriever's one batched call per backend."""
+"""Rank fusion on hand-computed rankings; the hybrid retriever: one batched call per backend,
+the same answers behind the HTTP server."""
 
 import numpy as np
 import pytest
@@ -6,8 +7,10 @@ import pytest
 from rag_r1_jax.retrieval import factory, fusion
 from rag_r1_jax.retrieval.base import Document
 from rag_r1_jax.retrieval.bm25 import BM25Retriever
+from rag_r1_jax.retrieval.client import RemoteRetriever
 from rag_r1_jax.retrieval.hybrid import HybridRetriever
 from rag_r1_jax.retrieval.index import IndexMismatchError
+from rag_r1_jax.retrieval.server import RetrievalServer
 
 DENSE_ROWS = np.array([[3, 1, 2], [5, 6, -1]])  # [queries, depth], best first
 DENSE_SCORES = np.array([[0.9, 0.7, 0.5], [0.8, 0.8, 0.0]])
@@ -101,3 +104,17 @@ def test_hybrid_refuses_indexes_of_different_corpora(minilm_dir):
       backend="faiss", encoder_path=minilm_dir), documents=DOCS)
   with pytest.raises(IndexMismatchError, match="different corpora"):
     HybridRetriever(dense, BM25Retriever.from_documents(DOCS[:3]), fusion.FusionParams())
+
+
+def test_hybrid_behind_the_server_answers_as_it_does_in_process(minilm_dir):
+  hybrid = factory.build_retriever(factory.retrieval_config(
+      backend="hybrid", encoder_path=minilm_dir, fusion="weighted"), documents=DOCS)
+  queries = ["capital of Germany", "tropical fruit"]
+  want = hybrid.retrieve(queries, 3)
+  with RetrievalServer(hybrid, num_documents=len(hybrid.docs)) as server:
+    got = RemoteRetriever(server.url, timeout_s=30, max_retries=0).retrieve(queries, 3)
+  assert [[(d.id, d.title, d.text) for d in row] for row in got] == \
+         [[(d.id, d.title, d.text) for d in row] for row in want]
+  assert [[d.score for d in row] for row in got] == \
+         [[pytest.approx(d.score, abs=1e-9) for d in row] for row in want]
+  assert want[0][0].id == "b" and want[0][0].score == pytest.approx(2.0)  # top of both lists
