@@ -27,8 +27,11 @@ import json
 import os
 import sys
 
+from rag_r1_jax.retrieval.fusion import FUSION_METHODS
+from rag_r1_jax.retrieval.index import INDEX_TYPES
+
 PROG = "python -m rag_r1_jax.retrieval"
-LOCAL_BACKENDS = ("faiss", "bm25", "hybrid")
+LOCAL_BACKENDS = ("faiss", "bm25", "hybrid")  # factory.BACKENDS but the server
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
@@ -53,14 +56,14 @@ def _add_retriever_args(p: argparse.ArgumentParser, need_index: bool) -> None:
   p.add_argument("--bm25_index", default="",
                  help="hybrid: a BM25 index directory over the same corpus; empty: BM25 is "
                       "built in memory")
-  p.add_argument("--fusion", choices=("rrf", "weighted"), default="rrf",
+  p.add_argument("--fusion", choices=FUSION_METHODS, default="rrf",
                  help="hybrid: reciprocal-rank fusion, or weighted min-max-normalised scores")
   p.add_argument("--rrf_k", type=float, default=60.0, help="hybrid: RRF's rank offset k")
   p.add_argument("--dense_weight", type=float, default=1.0, help="hybrid: the dense list's weight")
   p.add_argument("--bm25_weight", type=float, default=1.0, help="hybrid: the BM25 list's weight")
   p.add_argument("--fusion_depth", type=int, default=20,
                  help="hybrid: candidates from each retriever per query before fusion")
-  p.add_argument("--index_type", choices=("flat", "hnsw", "ivfpq"), default="flat",
+  p.add_argument("--index_type", choices=INDEX_TYPES, default="flat",
                  help="FAISS index type (build); a loaded index must be of this type")
   p.add_argument("--fp16", action="store_true", help="flat index with float16 vectors")
   p.add_argument("--ivf_nprobe", type=int, default=16, help="ivfpq: lists searched per query")

@@ -226,6 +226,7 @@ def test_cli_help_has_examples_and_every_flag_explained(capsys):
   undocumented = [(name, a.dest) for name, p in subparsers.choices.items() for a in p._actions
                   if not a.help or a.help == argparse.SUPPRESS]
   assert undocumented == []
+  assert set(cli.LOCAL_BACKENDS) == set(factory.BACKENDS) - {"server"}
 
 
 def test_factory_hybrid_asset_paths_and_config_checks(minilm_dir):
