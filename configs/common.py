@@ -130,7 +130,7 @@ def base_config() -> config_dict.ConfigDict:
   # retriever in one call on a host thread while the others decode. Same trajectories; a
   # single-process run only (rag_r1_jax/rollout/continuous.py).
   c.rollout.schedule = "sync"
-  c.rollout.decode_chunk_steps = 32
+  c.rollout.decode_chunk_steps = 16
   # KV-cache positions per block; 0: automatic (128, or capacity / 16 rounded up to a power of
   # two for long capacities, which bounds compile time: see kv_cache.auto_block_size).
   c.rollout.cache_block_size = 0

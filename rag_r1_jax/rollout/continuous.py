@@ -12,7 +12,7 @@ whose turn ended is parsed as the synchronous schedule parses it (`RolloutEngine
 - a row given a fixed observation (invalid action, budget notice) gets it at the next boundary.
 Free slots are refilled from the queue of prompts in order, a GRPO group as a whole: its
 prompt is prefilled in one slot and copied into its other members' slots. Only the rows that
-get something are prefilled (`Sampler.append_rows`). When no row is running the host waits
+get something are prefilled (`Sampler.append_rows`, one call per chunk width). When no row is running the host waits
 for the retrieval in flight.
 
 A row's trajectory is the synchronous schedule's: a row's tokens depend only on its own cache,
@@ -131,7 +131,12 @@ def run(engine, prompts: Sequence[str], *, sampling: SamplingParams, seed: int,
         copies[1].extend(members[1:])
       with decode_watch():
         state = sampler.reset_rows(state, admitted)
-        state = sampler.append_rows(state, append_slots, chunks)
+        # One prefill per chunk width: a prompt is not padded to an observation's width.
+        by_width = collections.defaultdict(list)
+        for s, ids in zip(append_slots, chunks):
+          by_width[sampler_lib.bucket(len(ids))].append((s, ids))
+        for group in by_width.values():
+          state = sampler.append_rows(state, *zip(*group))
         state = sampler.copy_rows(state, *copies)
       running.update(append_slots, copies[1])
 

@@ -47,7 +47,7 @@ class RolloutSettings:
   mq_json_indent: int = 2  # the mq observation's JSON indent; 0: one line
   rows_in_flight: int = 0  # rows decoded at once; a call's rows run in chunks of it (0: all)
   schedule: str = "sync"  # one of SCHEDULES
-  decode_chunk_steps: int = 32  # continuous: decode steps between refill / retrieval boundaries
+  decode_chunk_steps: int = 16  # continuous: decode steps between refill / retrieval boundaries
 
   @classmethod
   def from_config(cls, config) -> "RolloutSettings":

@@ -7,6 +7,10 @@ running. A row stops on an EOS / chat-end token, on a stop string (`</search>`, 
 on its per-turn token budget, or when its cache is full; the others keep decoding. Nothing
 before a row's length is ever recomputed.
 
+`decode` can also return every N steps (`DecodeSettings.chunk_steps`), rows mid-turn kept
+RUNNING, and `reset_rows` / `append_rows` / `copy_rows` refill single rows while the others
+keep their caches: the continuous rollout schedule's slots (rollout/continuous.py).
+
 Shapes are static: the batch and cache capacity are fixed per Sampler, and chunk widths are
 padded to buckets (`bucket`), so the number of compilations is small and bounded.
 
