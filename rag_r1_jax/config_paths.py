@@ -11,6 +11,7 @@ import os
 from typing import Callable
 
 from rag_r1_jax import assets
+from rag_r1_jax.data import sources
 from rag_r1_jax.config_validation import ConfigError, stages
 
 # Data sources whose documents come from retrieval.corpus_path (the others index their own).
@@ -78,13 +79,14 @@ def path_problems(config) -> list[str]:
       p.add("tokenizer.path", "is required with config.tokenizer.kind='hf' and "
             "config.model.source='scratch' (there is no checkpoint to take it from)")
 
-  sft_on_files = "sft" in run and config.data.source != "synthetic_world"
+  has_teacher = (config.data.source in sources.SOURCES
+                 and sources.SOURCES[config.data.source].sft_trajectories is not None)
   if "sft" in run and config.sft.data_path:
     p.exists("sft.data_path", os.path.isfile, "a file")
-  elif sft_on_files:
+  elif "sft" in run and not has_teacher:
     p.add("sft.data_path", f"is required for the sft stage when config.data.source="
-          f"{config.data.source!r} (an alpaca / LLaMA-Factory JSON file, as RAG-R1 ships its "
-          "SFT set); or leave sft out of config.stages")
+          f"{config.data.source!r} (it has no teacher): an alpaca / LLaMA-Factory JSON file, as "
+          "RAG-R1 ships its SFT set; or leave sft out of config.stages")
 
   if files_source:
     _dataset_problems(p, [field for stage, field in (("rl", "data.train_datasets"),

@@ -14,6 +14,8 @@ not finite is never exported.
 
 import math
 
+import numpy as np
+
 from rag_r1_jax import assets, sharding
 from rag_r1_jax.data import sources, teacher
 from rag_r1_jax.rollout import observation
@@ -55,6 +57,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   examples, dropped = sft_data.drop_long(build_examples(ws), sft.max_length)
   if dropped:
     print(f"sft: dropped {dropped} examples longer than sft.max_length={sft.max_length}")
+  if 0 < sft.max_examples < len(examples):
+    keep = np.random.default_rng(config.seed).choice(len(examples), sft.max_examples,
+                                                     replace=False)
+    print(f"sft: training on {sft.max_examples} of {len(examples)} examples (sft.max_examples)")
+    examples = [examples[i] for i in sorted(keep)]
   train, validation = sft_data.split_train_validation(examples, sft.validation_fraction,
                                                       config.seed)
   if not train:
