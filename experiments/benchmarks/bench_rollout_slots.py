@@ -72,8 +72,8 @@ def make_engine(tokenizer, model, args, slots: int, schedule: str) -> engine_lib
   sampler = sampler_lib.Sampler(model, tokenizer, capacity=args.capacity,
                                 eos_token_ids=[tokenizer.convert_tokens_to_ids(EOS)])
   settings = engine_lib.RolloutSettings(
-      mode="mq", max_turns=2, max_queries_per_call=3, max_turn_tokens=64, max_obs_length=args.obs_tokens,
-      topk=1, rows_in_flight=slots, schedule=schedule, decode_chunk_steps=args.chunk_steps)
+      mode="mq", max_turns=2, max_queries_per_call=3, max_turn_tokens=64,
+      max_obs_length=args.obs_tokens, topk=1, rows_in_flight=slots, schedule=schedule, decode_chunk_steps=args.chunk_steps)
   return engine_lib.RolloutEngine(sampler, tokenizer,
                                   SlowRetriever(DOCS, args.retrieval_ms / 1000), settings)
 

@@ -12,8 +12,8 @@ whose turn ended is parsed as the synchronous schedule parses it (`RolloutEngine
 - a row given a fixed observation (invalid action, budget notice) gets it at the next boundary.
 Free slots are refilled from the queue of prompts in order, a GRPO group as a whole: its
 prompt is prefilled in one slot and copied into its other members' slots. Only the rows that
-get something are prefilled (`Sampler.append_rows`, one call per chunk width). When no row is running the host waits
-for the retrieval in flight.
+get something are prefilled (`Sampler.append_rows`, one call per chunk width). When no row
+is running the host waits for the retrieval in flight.
 
 A row's trajectory is the synchronous schedule's: a row's tokens depend only on its own cache,
 and decoding a turn in chunks draws the same tokens (`Sampler.decode`). Under random sampling
