@@ -28,3 +28,29 @@ def require_asset(name: str) -> str:
     if os.environ.get("CI"):
       raise
     pytest.skip(str(e))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_executables():
+  """Drops JAX's compiled executables after each test module.
+
+  The suite compiles thousands of functions in one process; kept, they grow it by gigabytes,
+  and late in a full run XLA:CPU aborted while compiling (a memory-hungry test passed alone).
+  A module's functions are rarely reused by the next module; those that are recompile.
+  """
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Peak resident memory of the test process and of its largest finished child (an xdist
+  worker, a multi-process test's process), for CI logs."""
+  import resource
+  gib = lambda who: resource.getrusage(who).ru_maxrss / 2**20  # noqa: E731  (KiB -> GiB)
+  terminalreporter.write_line(
+      f"peak resident memory: this process {gib(resource.RUSAGE_SELF):.1f} GiB, its largest "
+      f"finished child {gib(resource.RUSAGE_CHILDREN):.1f} GiB")

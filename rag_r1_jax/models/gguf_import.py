@@ -134,7 +134,9 @@ def convert_gguf(gguf_path: str, out_dir: str | None = None) -> str:
     raise ValueError(f"{gguf_path}: unsupported GGUF architecture {arch!r} "
                      f"(supported: {sorted(_ARCHS)})")
   tensors = _dequantized_tensors(reader, arch)
-  tmp = out_dir + ".partial"
+  # A directory of this process's own, renamed into place when whole: two processes converting
+  # the same file at once (parallel test workers, several hosts on one disk) never mix files.
+  tmp = f"{out_dir}.partial-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   safetensors_io.save_file(tensors, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
@@ -142,8 +144,16 @@ def convert_gguf(gguf_path: str, out_dir: str | None = None) -> str:
     json.dump(_hf_config(reader, arch, tensors), f, indent=2)
   _write_tokenizer(gguf_path, tmp)
   open(os.path.join(tmp, "COMPLETE"), "w").close()
+  if os.path.isfile(os.path.join(out_dir, "COMPLETE")):  # another process finished first
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
   shutil.rmtree(out_dir, ignore_errors=True)
-  os.replace(tmp, out_dir)
+  try:
+    os.replace(tmp, out_dir)
+  except OSError:  # another process renamed its copy into place just now
+    if not os.path.isfile(os.path.join(out_dir, "COMPLETE")):
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
 
 
