@@ -8,7 +8,6 @@ import faiss
 import numpy as np
 import pytest
 from flax import nnx
-from ml_collections import ConfigDict
 
 from rag_r1_jax.retrieval import bert, corpus, docstore, encoder, factory, index as index_lib
 from rag_r1_jax.retrieval.base import Document
@@ -76,9 +75,9 @@ def test_flashrag_index_loads_without_reencoding_and_matches_in_memory(tmp_path,
 
 def test_through_the_factory_with_hnsw_search_params(tmp_path, tiny_encoder):
   index_path, corpus_path = _flashrag_layout(tmp_path, tiny_encoder, _docs(), "HNSW8")
-  cfg = {"backend": "faiss", "index_path": index_path, "corpus_path": corpus_path,
-         "index_type": "flat", "hnsw_ef_search": 77, "encoder_path": ""}
-  retriever = factory.build_retriever(ConfigDict(cfg), encoder=tiny_encoder)
+  cfg = factory.retrieval_config(backend="faiss", index_path=index_path,
+                                 corpus_path=corpus_path, index_type="flat", hnsw_ef_search=77)
+  retriever = factory.build_retriever(cfg, encoder=tiny_encoder)
   assert index_lib.index_kind(retriever.index) == "hnsw"
   assert faiss.downcast_index(retriever.index).hnsw.efSearch == 77
   assert len(retriever.retrieve(["subject 2"], 3)[0]) == 3
