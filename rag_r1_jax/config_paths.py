@@ -12,6 +12,7 @@ from typing import Callable
 
 from rag_r1_jax import assets
 from rag_r1_jax.data import sources
+from rag_r1_jax.retrieval import factory as retrieval_factory
 from rag_r1_jax.config_validation import ConfigError, stages
 
 # Data sources whose documents come from retrieval.corpus_path (the others index their own).
@@ -131,8 +132,9 @@ def _dataset_problems(p: _Problems, fields: list[str]) -> None:
 
 def _retrieval_problems(p: _Problems, files_source: bool) -> None:
   backend = p.config.retrieval.backend
-  if backend == "faiss" and p.require("retrieval.encoder_path",
-                                      "when config.retrieval.backend='faiss'"):
+  dense = backend in retrieval_factory.ENCODER_BACKENDS
+  if dense and p.require("retrieval.encoder_path",
+                         f"when config.retrieval.backend={backend!r}"):
     p.exists("retrieval.encoder_path", _is_model_dir,
              "a Hugging Face encoder directory (no config.json)")
   if not files_source or backend == "server":
@@ -141,10 +143,12 @@ def _retrieval_problems(p: _Problems, files_source: bool) -> None:
          f"config.retrieval.backend={backend!r}")
   if p.require("retrieval.corpus_path", why):
     p.exists("retrieval.corpus_path", os.path.isfile, "a file")
-  if backend == "faiss" and p.require("retrieval.index_path", why):
+  if dense and p.require("retrieval.index_path", why):
     p.exists("retrieval.index_path", os.path.isfile, "a FAISS index file")
   if backend == "bm25" and p.config.retrieval.index_path:
     p.exists("retrieval.index_path", os.path.isdir, "a BM25 index directory")
+  if backend == "hybrid" and p.config.retrieval.bm25_index_path:
+    p.exists("retrieval.bm25_index_path", os.path.isdir, "a BM25 index directory")
 
 
 def validate_paths(config) -> None:

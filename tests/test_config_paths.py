@@ -127,6 +127,15 @@ def test_only_the_paths_of_the_configured_stages_and_backend_are_checked(tmp_pat
   assert config_paths.path_problems(c) == [
       f"config.retrieval.index_path='{tmp_path}/no_bm25_index': {tmp_path}/no_bm25_index "
       "does not exist"]
+  c.retrieval.backend = "hybrid"  # both indexes, and the dense one's encoder
+  c.retrieval.bm25_index_path = c.retrieval.index_path
+  c.retrieval.index_path = ""
+  assert config_paths.path_problems(c) == [
+      "config.retrieval.encoder_path='': is required when config.retrieval.backend='hybrid'",
+      "config.retrieval.index_path='': is required when config.data.source='flashrag' with "
+      "config.retrieval.backend='hybrid'",
+      f"config.retrieval.bm25_index_path='{tmp_path}/no_bm25_index': {tmp_path}/no_bm25_index "
+      "does not exist"]
 
 
 def test_packaged_configs_need_no_user_path():

@@ -9,6 +9,7 @@ backend runs each device on its own thread). Everything is warmed up first (comp
 excluded), then the sides alternate --repeats times so machine noise hits all alike. Prints
 passages/s (median), the ratios ours / sentence-transformers and the embeddings' agreement.
 
+  pip install -r requirements-bench.txt   # sentence-transformers, once
   python experiments/benchmarks/bench_encoder.py --devices=2 --threads 2
 """
 

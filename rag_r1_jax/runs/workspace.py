@@ -159,7 +159,7 @@ class Workspace:
 
   def _build_retriever(self, documents: Sequence[Document] | None) -> Retriever:
     cfg = self._retrieval_config
-    encoder = self._encoder if cfg.backend == "faiss" else None
+    encoder = self._encoder if cfg.backend in retrieval_factory.ENCODER_BACKENDS else None
     return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None, encoder=encoder)
 
   def _checkpoint_dir(self) -> str:
