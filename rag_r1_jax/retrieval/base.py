@@ -9,7 +9,7 @@ import collections
 import dataclasses
 import re
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -107,6 +107,25 @@ class Retriever(abc.ABC):
     self.stats.record(len(queries), time.perf_counter() - start)
     self.stats.empty += len(empty_rows(queries, result))
     return result
+
+
+class RowRetriever(Retriever):
+  """A retriever over a DocStore `self.docs` whose `search_rows(queries, k)` gives (scores,
+  rows) [n, k] (-1 where none found): the documents are read once per call from those rows."""
+
+  docs: Any
+
+  @abc.abstractmethod
+  def search_rows(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [n, k] float32, rows [n, k] int64), best first; -1 rows where none found."""
+
+  def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
+    if not queries:
+      return []
+    return documents_at(self.docs, *self.search_rows(queries, topk))
+
+  def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
+    return self._timed(queries, topk, self._search)
 
 
 _TOKEN_RE = re.compile(r"\w+", re.UNICODE)

@@ -11,7 +11,7 @@ from typing import Sequence
 import bm25s
 import numpy as np
 
-from rag_r1_jax.retrieval.base import Document, Retriever, documents_at
+from rag_r1_jax.retrieval.base import Document, RowRetriever
 from rag_r1_jax.retrieval.docstore import DocStore, JsonlDocStore, ListDocStore
 from rag_r1_jax.retrieval.index import IndexMismatchError
 
@@ -23,7 +23,7 @@ def _tokenize(texts: list[str], progress: bool = False):
   return bm25s.tokenize(texts, stopwords="en", show_progress=progress, return_ids=False)
 
 
-class BM25Retriever(Retriever):
+class BM25Retriever(RowRetriever):
   """BM25 over a document store; ties and all-unknown queries give score-0 documents."""
 
   def __init__(self, model: bm25s.BM25, docs: DocStore):
@@ -78,11 +78,3 @@ class BM25Retriever(Retriever):
     rows, scores = self.model.retrieve(_tokenize(list(queries)), k=k, show_progress=False,
                                        n_threads=1)  # [n, k] each
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
-
-  def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
-    if not queries:
-      return []
-    return documents_at(self.docs, *self.search_rows(queries, topk))
-
-  def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
-    return self._timed(queries, topk, self._search)

@@ -17,7 +17,7 @@ import faiss  # noqa: E402,I001
 import numpy as np
 
 from rag_r1_jax.retrieval import embeddings as embeddings_lib
-from rag_r1_jax.retrieval.base import Document, Retriever, documents_at
+from rag_r1_jax.retrieval.base import Document, RowRetriever
 from rag_r1_jax.retrieval.docstore import (DocStore, JsonlDocStore, ListDocStore,
                                             corpus_docstore)
 from rag_r1_jax.retrieval.encoder import SentenceEncoder
@@ -28,7 +28,7 @@ def docstore_path(index_path: str) -> str:
   return index_path + ".docs.npy"
 
 
-class DenseRetriever(Retriever):
+class DenseRetriever(RowRetriever):
   """Encodes the batch of queries once, searches the index once, reads the hits' documents."""
 
   def __init__(self, encoder: SentenceEncoder, index: faiss.Index, docs: DocStore):
@@ -106,14 +106,6 @@ class DenseRetriever(Retriever):
     none found)."""
     q = self.encoder.encode_queries(queries)  # [n, dim]
     return index_lib.search(self.index, q, topk)
-
-  def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
-    if not queries:
-      return []
-    return documents_at(self.docs, *self.search_rows(queries, topk))
-
-  def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
-    return self._timed(queries, topk, self._search)
 
 
 def build_dense_index(encoder: SentenceEncoder, corpus_path: str, index_path: str,

@@ -11,13 +11,13 @@ from typing import Sequence
 import numpy as np
 
 from rag_r1_jax.retrieval import fusion
-from rag_r1_jax.retrieval.base import Document, Retriever, documents_at
+from rag_r1_jax.retrieval.base import RowRetriever
 from rag_r1_jax.retrieval.bm25 import BM25Retriever
 from rag_r1_jax.retrieval.dense import DenseRetriever
 from rag_r1_jax.retrieval.index import IndexMismatchError
 
 
-class HybridRetriever(Retriever):
+class HybridRetriever(RowRetriever):
   """Dense + BM25 fused by reciprocal rank or by normalised weighted score."""
 
   def __init__(self, dense: DenseRetriever, bm25: BM25Retriever, params: fusion.FusionParams):
@@ -39,11 +39,3 @@ class HybridRetriever(Retriever):
     bm25_scores, bm25_rows = self.bm25.search_rows(queries, depth)
     bm25_rows = np.where(bm25_scores > 0, bm25_rows, -1)
     return fusion.fuse(self.params, dense, (bm25_scores, bm25_rows), topk)
-
-  def _search(self, queries: list[str], topk: int) -> list[list[Document]]:
-    if not queries:
-      return []
-    return documents_at(self.docs, *self.search_rows(queries, topk))
-
-  def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
-    return self._timed(queries, topk, self._search)
