@@ -20,11 +20,10 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_DE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rag_r1_jax import assets, sharding  # noqa: E402
-from rag_r1_jax.retrieval import corpus, encoder, evaluation, fusion  # noqa: E402
+import common  # noqa: E402
+from rag_r1_jax.retrieval import corpus, evaluation, fusion  # noqa: E402
 from rag_r1_jax.retrieval import index as index_lib  # noqa: E402
 from rag_r1_jax.retrieval.bm25 import BM25Retriever  # noqa: E402
 from rag_r1_jax.retrieval.dense import DenseRetriever  # noqa: E402
@@ -57,10 +56,7 @@ def main():
   parser.add_argument("--rrf_k", type=float, default=60.0)
   parser.add_argument("--devices", type=int, default=8, help="pass as --devices=N")
   args = parser.parse_args()
-  model_dir = assets.asset_path("minilm_dir")
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-  enc = encoder.SentenceEncoder.from_pretrained(
-      model_dir, encoder.infer_spec(model_dir, max_length=args.max_length), mesh=mesh)
+  enc, _ = common.minilm_encoder(args.max_length)
   articles = corpus.read_wiki_extracts()[::args.stride]
   docs = ListDocStore(corpus.wiki_documents(articles))
   questions = evaluation.wiki_questions(articles, [[d.id] for d in docs.documents])

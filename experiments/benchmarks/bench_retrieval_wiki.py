@@ -19,11 +19,11 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_DE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rag_r1_jax import assets, sharding  # noqa: E402
-from rag_r1_jax.retrieval import corpus, encoder, index as index_lib  # noqa: E402
+import common  # noqa: E402
+from rag_r1_jax import sharding  # noqa: E402
+from rag_r1_jax.retrieval import corpus, index as index_lib  # noqa: E402
 from rag_r1_jax.retrieval.bm25 import BM25Retriever  # noqa: E402
 from rag_r1_jax.retrieval.dense import DenseRetriever  # noqa: E402
 from rag_r1_jax.retrieval.docstore import ListDocStore  # noqa: E402
@@ -41,10 +41,7 @@ def main():
   parser.add_argument("--report", default="",
                       help="replace the recall section of this report (retrieval_memory.md)")
   args = parser.parse_args()
-  model_dir = assets.asset_path("minilm_dir")
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-  enc = encoder.SentenceEncoder.from_pretrained(
-      model_dir, encoder.infer_spec(model_dir, max_length=args.max_length), mesh=mesh)
+  enc, mesh = common.minilm_encoder(args.max_length)
   articles = corpus.read_wiki_extracts()[::args.stride]
   docs = corpus.wiki_documents(articles)
   targets = [i for i, a in enumerate(articles) if a.description]

@@ -103,3 +103,15 @@ def jax_model(model_dir: str, **overrides):
   from rag_r1_jax.models import hf_checkpoint
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   return hf_checkpoint.load_hf(model_dir, mesh, **overrides)
+
+
+def minilm_encoder(max_length: int):
+  """(the packaged MiniLM sentence encoder, its mesh): data parallel over every (fake) device.
+  Import this module after setting XLA_FLAGS: the mesh is built from jax.devices()."""
+  import ml_collections
+  from rag_r1_jax import assets, sharding
+  from rag_r1_jax.retrieval import encoder
+  model_dir = assets.asset_path("minilm_dir")
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+  return encoder.SentenceEncoder.from_pretrained(
+      model_dir, encoder.infer_spec(model_dir, max_length=max_length), mesh=mesh), mesh
