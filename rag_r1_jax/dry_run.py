@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rag_r1_jax import sharding
 from rag_r1_jax.models import config as config_lib
+from rag_r1_jax.models import lora
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
@@ -70,7 +71,7 @@ def model_config(config) -> tuple[config_lib.DecoderConfig, str]:
   import os
   model = config.model
   runtime = dict(dtype=model.dtype, param_dtype=model.param_dtype, scan_layers=model.scan_layers,
-                 remat=model.remat)
+                 remat=model.remat, **config_lib.lora_fields(model))
   if model.source == "hf" and os.path.isfile(os.path.join(model.path, "config.json")):
     return config_lib.load_hf_config(model.path, **runtime), f"{model.path}/config.json"
   if not model.vocab_size:
@@ -104,8 +105,16 @@ def _abstract_opt_state(tx, params):
 
 def abstract_train_state(cfg, mesh: Mesh, tx, *, reference: bool, critic_tx=None):
   """A TrainState of ShapeDtypeStructs: policy, optimizer state, scalars, optional reference
-  and critic, each sharded as `train_state.create_state` places them."""
+  and critic, each sharded as `train_state.create_state` places them.
+
+  With LoRA (cfg.lora_rank > 0) as create_state builds it too: the adapters are the trained
+  params with the optimizer state, every other weight is `frozen`, and the reference is that
+  frozen base (no second copy of the weights).
+  """
   graphdef, params = abstract_params(cfg, mesh)
+  frozen = None
+  if cfg.lora_rank > 0:
+    params, frozen = nnx.split_state(params, lora.LoraParam, ...)
   replicated = NamedSharding(mesh, PartitionSpec())
   scalar = lambda like: jax.ShapeDtypeStruct(like.shape, like.dtype, sharding=replicated)  # noqa: E731
   critic = None
@@ -119,7 +128,9 @@ def abstract_train_state(cfg, mesh: Mesh, tx, *, reference: bool, critic_tx=None
       graphdef=graphdef, tx=tx, params=params, opt_state=_abstract_opt_state(tx, params),
       step=scalar(jax.ShapeDtypeStruct((), jnp.int32)),
       rng=scalar(jax.eval_shape(lambda: jax.random.key(0))),
-      ref_params=params if reference else None, critic=critic)
+      ref_params=params if reference and frozen is None else None, critic=critic,
+      frozen=frozen, base_graphdef=params_lib.base_graphdef(cfg) if frozen is not None else None,
+      ref_is_base=reference and frozen is not None)
 
 
 def abstract_rows(mesh: Mesh, rows: int, width: int, fields) -> dict:
@@ -166,9 +177,10 @@ def rl_state(config, cfg, mesh: Mesh):
 
 def rollout_resident(config, cfg, mesh: Mesh) -> int:
   """Per-device bytes of the RL state the device holds while the sampler runs: all of it, or
-  the policy's parameters alone with rl.offload_during_rollout."""
+  the policy's parameters alone (with LoRA's frozen base) with rl.offload_during_rollout."""
   state = rl_state(config, cfg, mesh)
-  return per_device_bytes(state.params if config.rl.offload_during_rollout else state)
+  kept = (state.params, state.frozen) if config.rl.offload_during_rollout else state
+  return per_device_bytes(kept)
 
 
 def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
@@ -180,7 +192,7 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
   micro_rows = rows // hp.microbatches
   parts = []
   on_policy = rl_update.single_on_policy_update(hp, config.rl.batch_size * config.rl.group_size)
-  if not on_policy or state.ref_params is not None or state.critic is not None:
+  if not on_policy or state.has_reference or state.critic is not None:
     mb = abstract_rows(mesh, micro_rows, width, SFT_FIELDS)
     with jax.set_mesh(mesh):
       parts.append(_compile("rl scoring", f"{micro_rows} rows x {width} tokens",
@@ -229,7 +241,9 @@ class _BlankTokenizer:
 
 def rollout_part(config, cfg, mesh: Mesh, resident: int) -> Part:
   """One decode call of rollout.rows_in_flight rows (all of a step's, if 0) at full capacity,
-  with the weights in the sampler's decode layout; `resident`: the RL state kept beside it."""
+  with the weights in the sampler's decode layout (LoRA: the merged model, adapters folded in);
+  `resident`: the RL state kept beside it."""
+  cfg = cfg.without_adapters()
   rows = config.rollout.rows_in_flight or (
       int(config.rl.batch_size * config.rl.oversample) * config.rl.group_size)
   capacity = config.rollout.max_total_length
