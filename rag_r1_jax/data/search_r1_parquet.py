@@ -23,8 +23,10 @@ import json
 import re
 from typing import Any, Iterator
 
+from rag_r1_jax import protocol
+
 _QUESTION_MARK = re.compile(r"Question:\s*")
-_TEMPLATE_TAGS = ("<answer>", "<search>")
+_TEMPLATE_TAGS = (protocol.ANSWER_OPEN, protocol.SEARCH_OPEN)
 
 
 class RowError(ValueError):

@@ -16,6 +16,7 @@ import dataclasses
 import random
 from typing import Literal, Sequence
 
+from rag_r1_jax import protocol as P
 from rag_r1_jax.data import synthetic_world
 from rag_r1_jax.data.synthetic_world import FACT_NUMBERS, NEEDS, Question, World
 from rag_r1_jax.retrieval.base import Document, Retriever
@@ -34,12 +35,16 @@ def trajectory_text(segments: Sequence[Segment]) -> str:
   return "".join(s.text for s in segments)
 
 
+def _thought(text: str) -> str:
+  return f"{P.THINK_OPEN} {text} {P.THINK_CLOSE}"
+
+
 def search_segment(thought: str, queries: Sequence[str]) -> Segment:
-  return Segment(f"<think> {thought} </think><search> {', '.join(queries)} </search>", "policy")
+  return Segment(f"{_thought(thought)}{P.SEARCH_OPEN} {', '.join(queries)} {P.SEARCH_CLOSE}", "policy")
 
 
 def answer_segment(thought: str, answer: str) -> Segment:
-  return Segment(f"<think> {thought} </think><answer> {answer} </answer>", "policy")
+  return Segment(f"{_thought(thought)}{P.ANSWER_OPEN} {answer} {P.ANSWER_CLOSE}", "policy")
 
 
 def direct_answer(answer: str, thought: str = "I know this") -> list[Segment]:
@@ -141,7 +146,7 @@ def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Seg
   out = []
   for _ in range(count):
     listed = ", ".join(item() for _ in range(rng.randint(2, 8)))
-    out.append((f"Repeat: {listed}", [Segment(f"<answer> {listed} </answer>", "policy")]))
+    out.append((f"Repeat: {listed}", [Segment(f"{P.ANSWER_OPEN} {listed} {P.ANSWER_CLOSE}", "policy")]))
   return out
 
 
@@ -176,7 +181,7 @@ def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list
     question = (pair_text if size == 2 else fan_text).format(*names)
     facts = "; ".join(synthetic_world.fact_text(key, n, synthetic_world.value_text(key, v))
                       for n, v in zip(names, values))
-    out.append((f"Decide: {question}", [Segment(f"<think> {facts} </think>", "information"),
+    out.append((f"Decide: {question}", [Segment(_thought(facts), "information"),
                                         Segment(f"<answer> {winner} </answer>", "policy")]))
   return out
 

@@ -23,11 +23,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers, Regex
 import transformers
 
 from rag_r1_jax.data import synthetic_world, teacher
+from rag_r1_jax.protocol import TAGS
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
 
-TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>",
-        "<information>", "</information>")
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, USER, ASSISTANT)

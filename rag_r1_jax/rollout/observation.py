@@ -19,9 +19,9 @@ import os
 import re
 from typing import Callable, Literal, Sequence
 
+from rag_r1_jax.protocol import INFORMATION_CLOSE, INFORMATION_OPEN
 from rag_r1_jax.retrieval.base import Document, clean_text
 
-INFORMATION_OPEN, INFORMATION_CLOSE = "<information>", "</information>"
 
 # Search-R1's fixed observation for a turn with neither a search nor an answer.
 INVALID_ACTION_TEXT = (

@@ -16,15 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.char_tokenizer import char_tokenizer
 from tests.conftest import require_asset
 from tests.data.test_qa_builders import write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>",
-        "<information>", "</information>")
-CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,?:;'\"!-\n{}[]()<>/_"
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 DOCS = [("Paris", "Paris is the capital of France."),
         ("Hamlet", "Hamlet is a tragedy written by William Shakespeare."),
         ("Oslo", "Oslo is the capital of Norway."),
@@ -36,20 +32,8 @@ ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
 def _save_char_tokenizer(out_dir) -> int:
-  """A character tokenizer with single-token tags and a chat template; returns its eos id."""
-  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-  from transformers import PreTrainedTokenizerFast
-  special = ("<|end|>", "<|user|>", "<|assistant|>")
-  vocab = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(special)}}
-  vocab.update({c: len(vocab) + i for i, c in enumerate(CHARS)})
-  raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-  raw.decoder = decoders.Fuse()
-  raw.add_special_tokens([AddedToken(t, normalized=False) for t in special])
-  raw.add_tokens([AddedToken(t, normalized=False) for t in TAGS])
-  tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|end|>", unk_token="<unk>",
-                                pad_token="<unk>")
-  tok.chat_template = TEMPLATE
+  """The test character tokenizer, saved; returns its eos id."""
+  tok = char_tokenizer()
   assert len(tok) <= VOCAB
   tok.save_pretrained(out_dir)
   return tok.eos_token_id

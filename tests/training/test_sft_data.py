@@ -2,34 +2,12 @@
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from rag_r1_jax.training import sft_data
+from tests.char_tokenizer import char_tokenizer
 
-TAGS = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>",
-        "<information>", "</information>")
-SPECIAL = ("<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
-CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,?:;'\"!-\n{}[]()"
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 OUTPUT = ("<think> need the city </think><search> Ann Lee </search>\n\n<information>Doc 1: Ann "
           "Lee lives in Oslo.</information>\n\n<think> Oslo </think><answer> Oslo </answer>")
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-  """A character-level tokenizer (vocabulary < 128) with single-token tags and a chat template."""
-  vocab = {"<unk>": 0, **{t: i + 1 for i, t in enumerate(SPECIAL)}}
-  vocab.update({c: len(vocab) + i for i, c in enumerate(CHARS)})
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-  tok.decoder = decoders.Fuse()
-  tok.add_special_tokens([AddedToken(t, normalized=False) for t in SPECIAL])
-  tok.add_tokens([AddedToken(t, normalized=False) for t in TAGS])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", unk_token="<unk>",
-                                 pad_token="<unk>")
-  fast.chat_template = TEMPLATE
-  return fast
 
 
 def _decode(tok, ids):

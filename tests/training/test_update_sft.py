@@ -8,8 +8,9 @@ from flax import nnx
 
 from configs import common
 from rag_r1_jax.training import sft_data, sft_update, train_state
+from tests.char_tokenizer import char_tokenizer
 from tests.training import test_update_common as h
-from tests.training.test_sft_data import OUTPUT, char_tokenizer
+from tests.training.test_sft_data import OUTPUT
 
 CFG = h.TINY.replace(vocab_size=128)
 
