@@ -35,9 +35,19 @@ def test_empty_result_lists_are_retried_then_fail_naming_the_server():
     with pytest.raises(RetrievalServerError) as e:
       client.retrieve(["who wrote hamlet", "capital of peru"], 1)
   assert f"retrieval server {server.url}/retrieve failed 3 attempt(s)" in str(e.value)
-  assert "2 of 2 queries got no documents (first: query 0, 'who wrote hamlet')" in str(e.value)
+  assert "all 2 queries got no documents (first: 'who wrote hamlet')" in str(e.value)
   assert server.requests == 3
   assert client.stats.empty == 6 and client.stats.calls == 0  # counted, nothing recorded
+
+
+def test_some_queries_without_documents_are_accepted_and_counted():
+  """A BM25 server finds nothing for a query none of whose words it knows: that query gets an
+  empty list (its observation says so), the others their documents; no retry, no error."""
+  with ScriptedServer({"result": [[_doc('"T"\nbody')], []]}) as server:
+    client = RemoteRetriever(server.url, timeout_s=5, max_retries=2, backoff_s=0.01)
+    hits = client.retrieve(["who wrote hamlet", "qqxzv"], 1)
+  assert [[d.id for d in row] for row in hits] == [["7"], []]
+  assert server.requests == 1 and client.stats.empty == 1 and client.stats.calls == 1
 
 
 def test_an_empty_answer_then_a_good_one_succeeds_and_is_counted():
