@@ -8,6 +8,8 @@ carry no offsets of their own).
 """
 
 import abc
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -157,14 +159,37 @@ def corpus_docstore(corpus_path: str) -> JsonlDocStore:
     raise FileNotFoundError(f"corpus file {corpus_path} does not exist "
                             "(config retrieval.corpus_path)")
   cache = offsets_cache_path(corpus_path)
-  if os.path.isfile(cache) and os.path.isfile(cache + ".json"):
+  # Processes sharing the cache's file system take turns: the first builds (one pass over
+  # the corpus, minutes for wiki-18), the others wait and load what it wrote.
+  with _exclusive_lock(cache + ".lock"):
+    if os.path.isfile(cache) and os.path.isfile(cache + ".json"):
+      try:
+        return JsonlDocStore.load(cache, corpus_path)
+      except (ValueError, OSError, KeyError) as e:
+        print(f"retrieval: rebuilding the offsets of {corpus_path} ({e})", file=sys.stderr)
+    print(f"retrieval: indexing the rows of {corpus_path} "
+          f"({os.path.getsize(corpus_path) / 2**20:.0f} MiB, one pass)", file=sys.stderr)
+    docs = JsonlDocStore.build(corpus_path)
+    tmp = f"{cache}.{os.getpid()}.partial"  # a reader without the lock never sees half a file
+    docs.save(tmp)
+    os.replace(tmp, cache)
+    os.replace(tmp + ".json", cache + ".json")
+    return docs
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: str):
+  """An advisory lock on `path` (created), held for the block; where the file system offers
+  no locks, the block runs unlocked (each process then builds its own copy)."""
+  with open(path, "a") as f:
     try:
-      return JsonlDocStore.load(cache, corpus_path)
-    except (ValueError, OSError, KeyError) as e:
-      print(f"retrieval: rebuilding the offsets of {corpus_path} ({e})", file=sys.stderr)
-  docs = JsonlDocStore.build(corpus_path)
-  tmp = f"{cache}.{os.getpid()}.partial"  # other processes may be reading the cache
-  docs.save(tmp)
-  os.replace(tmp, cache)
-  os.replace(tmp + ".json", cache + ".json")
-  return docs
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:
+      pass
+    try:
+      yield
+    finally:
+      try:
+        fcntl.flock(f, fcntl.LOCK_UN)
+      except OSError:
+        pass
