@@ -294,3 +294,33 @@ def base_config() -> config_dict.ConfigDict:
   c.logging.wandb.project = "rag_r1_jax"
   c.logging.wandb.run_name = ""  # empty: config.name
   return c
+
+
+# Shapes of the Qwen2.5 checkpoints the paper configs name (from their config.json). A
+# checkpoint's own config.json rules when model.path holds one; these let `main.py --dry_run`
+# size a run without it.
+QWEN2_5_SHAPES = {
+    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_layers=36,
+               num_heads=16, num_kv_heads=2, tie_word_embeddings=True),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+               num_heads=28, num_kv_heads=4, tie_word_embeddings=False),
+}
+
+
+def use_qwen2_5(c: config_dict.ConfigDict, size: str, path: str) -> None:
+  """A Qwen2.5 checkpoint of `size` at `path`, trained as the papers do: bfloat16 compute over
+  float32 parameters, scanned layers, full rematerialisation; its HF tokenizer."""
+  c.model.source = "hf"
+  c.model.path = path
+  c.model.architecture = "qwen2"
+  c.model.update(QWEN2_5_SHAPES[size])
+  c.model.head_dim = 128
+  c.model.max_position_embeddings = 32768
+  c.model.rope_theta = 1000000.0
+  c.model.rms_norm_eps = 1e-6
+  c.model.qkv_bias = True
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.scan_layers = True
+  c.model.remat = "full"
+  c.tokenizer.kind = "hf"

@@ -36,27 +36,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.mesh.fsdp = -1
   c.mesh.tensor = 1
 
-  c.model.source = "hf"
-  c.model.path = "/path/to/Qwen2.5-7B-Instruct"
-  c.model.architecture = "qwen2"
-  # Qwen2.5-7B-Instruct's shape (its config.json rules when model.path holds one; these let
-  # `main.py --dry_run` size the run without the checkpoint).
-  c.model.vocab_size = 152064
-  c.model.hidden_size = 3584
-  c.model.intermediate_size = 18944
-  c.model.num_layers = 28
-  c.model.num_heads = 28
-  c.model.num_kv_heads = 4
-  c.model.head_dim = 128
-  c.model.max_position_embeddings = 32768
-  c.model.rope_theta = 1000000.0
-  c.model.rms_norm_eps = 1e-6
-  c.model.qkv_bias = True
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.scan_layers = True
-  c.model.remat = "full"
-  c.tokenizer.kind = "hf"
+  common.use_qwen2_5(c, "7b", path="/path/to/Qwen2.5-7B-Instruct")
 
   c.data.source = "flashrag"
   c.data.dir = "/path/to/flashrag"

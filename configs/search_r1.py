@@ -39,27 +39,8 @@ def get_config(variant: str = "grpo") -> config_dict.ConfigDict:
   c.mesh.fsdp = -1
   c.mesh.tensor = 1
 
-  c.model.source = "hf"
-  c.model.path = "/path/to/Qwen2.5-3B"
-  c.model.architecture = "qwen2"
-  # Qwen2.5-3B's shape (its config.json rules; these let `main.py --dry_run` size the run).
-  c.model.vocab_size = 151936
-  c.model.hidden_size = 2048
-  c.model.intermediate_size = 11008
-  c.model.num_layers = 36
-  c.model.num_heads = 16
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 128
-  c.model.max_position_embeddings = 32768
-  c.model.rope_theta = 1000000.0
-  c.model.rms_norm_eps = 1e-6
-  c.model.tie_word_embeddings = True
-  c.model.qkv_bias = True
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.scan_layers = True
-  c.model.remat = "full"  # its enable_gradient_checkpointing=true
-  c.tokenizer.kind = "hf"
+  # its enable_gradient_checkpointing=true: full remat, as use_qwen2_5 sets
+  common.use_qwen2_5(c, "3b", path="/path/to/Qwen2.5-3B")
 
   c.data.source = "flashrag"
   c.data.dir = "/path/to/search_r1_data"
