@@ -12,7 +12,9 @@ import os
 import shutil
 
 import numpy as np
+import tqdm
 
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.models import safetensors_io
 
 _CACHE_ENV = "RAG_R1_JAX_CACHE"
@@ -93,7 +95,8 @@ def _dequantized_tensors(reader, arch: str) -> dict[str, np.ndarray]:
   heads = int(_field(reader, f"{arch}.attention.head_count"))
   kv_heads = int(_field(reader, f"{arch}.attention.head_count_kv", heads))
   tensors = {}
-  for t in reader.tensors:
+  for t in tqdm.tqdm(reader.tensors, desc="dequantise", unit="tensor",
+                     disable=not multihost.is_primary()):
     w = np.asarray(quants.dequantize(t.data, t.tensor_type), np.float32)
     w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
     name = t.name
@@ -128,12 +131,22 @@ def convert_gguf(gguf_path: str, out_dir: str | None = None) -> str:
     out_dir = os.path.join(cache_root(), "gguf", _sha256(gguf_path)[:16])
   if os.path.isfile(os.path.join(out_dir, "COMPLETE")):
     return out_dir
+  size = os.path.getsize(gguf_path) / (1 << 20)
+  with timing.announce(f"model: converting {os.path.basename(gguf_path)} ({size:.0f} MiB GGUF) "
+                       f"to a Hugging Face directory in {out_dir} (first use only)"):
+    return _convert(gguf, gguf_path, out_dir)
+
+
+def _convert(gguf, gguf_path: str, out_dir: str) -> str:
+  """convert_gguf's work: read, dequantise, write `out_dir` whole (renamed into place)."""
   reader = gguf.GGUFReader(gguf_path)
   arch = _field(reader, "general.architecture")
   if arch not in _ARCHS:
     raise ValueError(f"{gguf_path}: unsupported GGUF architecture {arch!r} "
                      f"(supported: {sorted(_ARCHS)})")
   tensors = _dequantized_tensors(reader, arch)
+  timing.say("model: writing model.safetensors and rebuilding the tokenizer from the GGUF "
+             "metadata")
   # A directory of this process's own, renamed into place when whole: two processes converting
   # the same file at once (parallel test workers, several hosts on one disk) never mix files.
   tmp = f"{out_dir}.partial-{os.getpid()}"

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rag_r1_jax import multihost
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.models import config as config_lib
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models import safetensors_io
@@ -113,7 +113,10 @@ def load_hf(model_dir: str, mesh: Mesh, **config_overrides) -> tuple[Decoder, co
       raise CheckpointError(
           f"{model_dir}: tensor {source.hf_names[0]} has shape {got} in our layout, but config.json "
           f"implies {want} (config/weights mismatch)")
-  model = params_lib.place_on_mesh(cfg, mesh, reader.block)
+  count = sum(int(np.prod(v.get_value().shape)) for v in abstract.values())
+  with timing.announce(f"model: loading {model_dir} ({cfg.num_layers} layers, "
+                       f"{count / 1e6:.0f}M parameters, {cfg.param_dtype}) onto the mesh"):
+    model = params_lib.place_on_mesh(cfg, mesh, reader.block)
   return model, cfg
 
 

@@ -6,6 +6,7 @@ load as they are: row i of the index is row i of the corpus, and the corpus's by
 are built once and cached next to it.
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -15,7 +16,9 @@ from rag_r1_jax.retrieval import index as index_lib  # first: it loads faiss (OM
 
 import faiss  # noqa: E402,I001
 import numpy as np
+import tqdm
 
+from rag_r1_jax import timing
 from rag_r1_jax.retrieval import embeddings as embeddings_lib
 from rag_r1_jax.retrieval.base import Document, RowRetriever
 from rag_r1_jax.retrieval.docstore import (DocStore, JsonlDocStore, ListDocStore,
@@ -47,7 +50,9 @@ class DenseRetriever(RowRetriever):
                      progress: bool = False) -> "DenseRetriever":
     """Encodes a list of Documents in memory and indexes them (small corpora, tests)."""
     docs = ListDocStore(documents)
-    emb = encoder.encode_passages([d.contents for d in docs.documents])  # [n, dim]
+    texts = [d.contents for d in docs.documents]
+    with encoding_bar(encoder, len(texts), progress) as report:
+      emb = encoder.encode_passages(texts, report)  # [n, dim]
     index = index_lib.build_index([emb], len(emb), params, progress=progress)
     return cls(encoder, index, docs)
 
@@ -106,6 +111,32 @@ class DenseRetriever(RowRetriever):
     none found)."""
     q = self.encoder.encode_queries(queries)  # [n, dim]
     return index_lib.search(self.index, q, topk)
+
+
+@contextlib.contextmanager
+def encoding_bar(encoder: SentenceEncoder, count: int, progress: bool):
+  """Yields the progress callback of `encoder.encode` for `count` passages: a line with the
+  expected size, then a tqdm bar moving per batch with what runs beside it (tokenising,
+  compiling a new shape). Yields None when `progress` is False."""
+  if not progress:
+    yield None
+    return
+  timing.say(f"retrieval: encoding {count} passages with {encoder.name} (batches of "
+             f"{encoder.batch_size}, up to {encoder.spec.max_length} tokens; one compilation "
+             "per new batch shape)")
+  bar = tqdm.tqdm(total=count, unit="passage", desc=f"encode {encoder.name}")
+
+  def report(finished: int, status: str) -> None:
+    bar.set_postfix_str(status, refresh=False)
+    if finished:
+      bar.update(finished)
+    else:
+      bar.refresh()
+
+  try:
+    yield report
+  finally:
+    bar.close()
 
 
 def build_dense_index(encoder: SentenceEncoder, corpus_path: str, index_path: str,

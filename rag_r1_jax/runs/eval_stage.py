@@ -7,7 +7,7 @@ trajectories.jsonl, plots/) and one comparison table to eval/report.md.
 
 import os
 
-from rag_r1_jax import multihost
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.eval import harness, report
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
@@ -26,12 +26,15 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   run_dirs = []
   for stage, model in policies:
     out_dir = os.path.join(workdir, "eval", stage)
-    print(f"eval: {stage} policy on {', '.join(f'{k} ({len(v)})' for k, v in datasets.items())}",
-          flush=True)
-    harness.evaluate(ws.engine(model), ws.tokenizer, datasets, prompt_variant=ws.prompt_variant,
-                     out_dir=out_dir, run_name=f"{config.name}:{stage}",
-                     batch_size=config.eval.batch_size, sampling=sampling,
-                     max_questions=config.eval.max_questions, seed=config.seed)
+    sizes = ", ".join(f"{k} ({min(len(v), config.eval.max_questions or len(v))})"
+                      for k, v in datasets.items())
+    with timing.announce(f"eval: {stage} policy on {sizes} in batches of "
+                         f"{config.eval.batch_size} (the first compiles the sampler)"):
+      harness.evaluate(ws.engine(model), ws.tokenizer, datasets,
+                       prompt_variant=ws.prompt_variant, out_dir=out_dir,
+                       run_name=f"{config.name}:{stage}", batch_size=config.eval.batch_size,
+                       sampling=sampling, max_questions=config.eval.max_questions,
+                       seed=config.seed)
     run_dirs.append(out_dir)
   table = report.report(run_dirs, metrics=("em", "rounds", "seconds"))
   path = os.path.join(workdir, "eval", "report.md")

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from jax.sharding import Mesh
 
-from rag_r1_jax import assets, multihost
+from rag_r1_jax import assets, multihost, timing
 from rag_r1_jax.data import prompts, sources, synthetic_world, world_tokenizer
 from rag_r1_jax.models import factory, hf_checkpoint
 from rag_r1_jax.models.decoder import Decoder
@@ -155,12 +155,19 @@ class Workspace:
   @functools.cached_property
   def _encoder(self):
     """The dense retrievers' sentence encoder, loaded (and compiled) once for all of them."""
-    return retrieval_factory.load_encoder(self._retrieval_config)
+    with timing.announce(f"retrieval: loading the sentence encoder "
+                         f"{self._retrieval_config.encoder_path}"):
+      return retrieval_factory.load_encoder(self._retrieval_config)
 
   def _build_retriever(self, documents: Sequence[Document] | None) -> Retriever:
     cfg = self._retrieval_config
     encoder = self._encoder if cfg.backend in retrieval_factory.ENCODER_BACKENDS else None
-    return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None, encoder=encoder)
+    what = (f"{len(documents)} in-memory passages" if documents is not None
+            else cfg.index_path or cfg.corpus_path or cfg.server_url)
+    with timing.announce(f"retrieval: {cfg.backend} retriever over {what}"):
+      return retrieval_factory.build_retriever(cfg, documents=documents, mesh=None,
+                                               encoder=encoder,
+                                               progress=multihost.is_primary())
 
   def _checkpoint_dir(self) -> str:
     model_config = self.config.model.copy_and_resolve_references()
@@ -209,11 +216,12 @@ class Workspace:
     path = self.stage_model_dir(stage)
     def export(tmp):
       hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer, dtype=self.config.export.dtype)
-    if multihost.is_primary():
-      write_dir_atomically(path, export)
-    else:
-      export(path + ".partial")  # gathers the parameters with process 0, writes nothing
-    multihost.barrier(f"export {stage}")
+    with timing.announce(f"{stage}: exporting the policy to {path}"):
+      if multihost.is_primary():
+        write_dir_atomically(path, export)
+      else:
+        export(path + ".partial")  # gathers the parameters with process 0, writes nothing
+      multihost.barrier(f"export {stage}")
     return path
 
   def copy_stage_model(self, source_stage: str, stage: str) -> str:

@@ -19,6 +19,10 @@ device and applied in one step, compiling once per width. PPO's critic trains in
 steps unless rl.critic_epochs / rl.critic_mini_batch_size give it its own, then in a second
 pass of epochs x shuffled minibatches after the actor's.
 
+Besides the losses' metrics, the result carries where the time went: scoring_seconds (the
+forward passes before the updates) and train_seconds (the updates), each without compilation,
+which is in scoring_compile_seconds / train_compile_seconds.
+
 The caller counts skipped steps: `streak = streak.update(metrics["skipped"] == 0, step)` with
 optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
 """
@@ -32,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rag_r1_jax import multihost, sharding
+from rag_r1_jax import multihost, sharding, timing
 from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training import update
@@ -85,11 +89,20 @@ def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
   activations as a microbatch's backward does), gathered on the host."""
   model_fields = ("tokens", "positions", "attention_mask", "loss_mask")
   rows = hp.mini_batch_rows // hp.microbatches
+  passes = (["policy"] if old else []) + (["reference"] if state.has_reference else []) + (
+      ["critic"] if state.critic is not None else [])
+  name = f"rl scoring ({', '.join(passes)} forward)"
   chunks = []
   for start in range(0, host["tokens"].shape[0], rows):
     part = {k: host[k][start:start + rows] for k in model_fields}
-    chunks.append(multihost.fetch(update.score(state, put_rows(part, mesh), hp, old)))
+    with timing.compiling(name, _shape(part["tokens"])):
+      chunks.append(multihost.fetch(update.score(state, put_rows(part, mesh), hp, old)))
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _shape(tokens: np.ndarray) -> str:
+  """A batch's [rows, width] in words, for the compile announcements."""
+  return str(list(tokens.shape))
 
 
 def single_on_policy_update(hp: RLHparams, rows: int) -> bool:
@@ -216,10 +229,16 @@ def _trimmed_update(state: TrainState, minibatch: Mapping[str, np.ndarray], hp: 
     micro_hp = dataclasses.replace(micro_hp, norm_length=minibatch["tokens"].shape[1])
   grads = None
   for micro, weight, metric_weight in microbatch_plan(minibatch, hp):
-    part = update.weighted_gradients(state, put_rows(micro, mesh), micro_hp,
-                                     jnp.float32(weight), jnp.float32(metric_weight), parts)
-    grads = part if grads is None else update.add_gradients(grads, part)
-  return update.apply_gradients(state, grads, hp)
+    with timing.compiling("rl microbatch gradients", _shape(micro["tokens"])):
+      part = update.weighted_gradients(state, put_rows(micro, mesh), micro_hp,
+                                       jnp.float32(weight), jnp.float32(metric_weight), parts)
+    if grads is None:
+      grads = part
+    else:
+      with timing.compiling("rl gradient sum", "the policy's gradients"):
+        grads = update.add_gradients(grads, part)
+  with timing.compiling("rl optimizer step", "the policy's gradients"):
+    return update.apply_gradients(state, grads, hp)
 
 
 def minibatch_logprob_fields(hp: RLHparams, on_policy: bool) -> list[str]:
@@ -267,7 +286,9 @@ def _epochs(state: TrainState, host: dict[str, np.ndarray], names: list[str], hp
       if hp.length_bucket:
         state, metrics = _trimmed_update(state, minibatch, hp, mesh, parts)
       else:
-        state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp, parts)
+        shape = f"{_shape(minibatch['tokens'])} in {hp.microbatches} microbatch(es)"
+        with timing.compiling("rl update", shape):
+          state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp, parts)
       per_update.append(metrics)
   return state, per_update
 
@@ -282,17 +303,24 @@ def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams, mesh:
                      f"minibatch (rl.critic_mini_batch_size x rl.group_size = "
                      f"{hp.critic_mini_batch_rows} rows)")
   on_policy = single_on_policy_update(hp, size)
+  scoring, training = timing.Stopwatch(), timing.Stopwatch()
   if not on_policy or state.has_reference:
-    host.update(_score_all(state, host, hp, mesh, old=not on_policy))
+    with scoring():
+      host.update(_score_all(state, host, hp, mesh, old=not on_policy))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
-  fields, prep_metrics = prepare(put_rows(host, mesh), hp, jnp.float32(kl_coef))
+  with timing.compiling(f"rl advantages ({hp.algorithm})", _shape(host["tokens"])):
+    fields, prep_metrics = prepare(put_rows(host, mesh), hp, jnp.float32(kl_coef))
   host.update(multihost.fetch(fields))
   names = ["tokens", "positions", "attention_mask", "loss_mask", *fields,
            *minibatch_logprob_fields(hp, on_policy)]
-  state, per_update = _epochs(state, host, names, hp, mesh, update.default_parts(hp))
-  out = combine_metrics(multihost.fetch(per_update))
-  if hp.critic_apart:
-    state, per_critic = _epochs(state, host, names, hp.for_critic(), mesh, ("critic",))
-    out.update(combine_metrics(multihost.fetch(per_critic), "critic_skipped", "critic_updates"))
+  with training():
+    state, per_update = _epochs(state, host, names, hp, mesh, update.default_parts(hp))
+    out = combine_metrics(multihost.fetch(per_update))
+    if hp.critic_apart:
+      state, per_critic = _epochs(state, host, names, hp.for_critic(), mesh, ("critic",))
+      out.update(combine_metrics(multihost.fetch(per_critic), "critic_skipped",
+                                 "critic_updates"))
   out.update({k: float(v) for k, v in multihost.fetch(prep_metrics).items()})
+  out.update(scoring_seconds=scoring.seconds, scoring_compile_seconds=scoring.compile_seconds,
+             train_seconds=training.seconds, train_compile_seconds=training.compile_seconds)
   return state, out

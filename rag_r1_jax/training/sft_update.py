@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rag_r1_jax import multihost
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.training import logprobs as logprobs_lib
 from rag_r1_jax.training import optimizer as opt_lib
 from rag_r1_jax.training import sft_data
@@ -122,7 +122,8 @@ def sft_epoch(state: TrainState, examples: Sequence[sft_data.SFTExample], hp: SF
   rows = []
   for batch in sft_data.batches(examples, hp.batch_size, hp.length_bucket, hp.seed, epoch,
                                 start=start_batch, pack_length=hp.pack_length):
-    with jax.set_mesh(mesh):
+    shape = f"{list(batch['tokens'].shape)} in {hp.microbatches} microbatch(es)"
+    with jax.set_mesh(mesh), timing.compiling("sft update", shape):
       state, metrics = sft_update(state, put_rows(batch, mesh), hp)
     metrics = {k: float(v) for k, v in multihost.fetch(metrics).items()}
     rows.append(metrics)
@@ -138,7 +139,8 @@ def sft_validation_loss(state: TrainState, examples: Sequence[sft_data.SFTExampl
   total, count = 0.0, 0.0
   for batch in sft_data.batches(examples, hp.batch_size, hp.length_bucket, hp.seed, 0,
                                 shuffle=False):
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), timing.compiling("sft validation loss",
+                                              str(list(batch["tokens"].shape))):
       sums = _eval_sums(state, put_rows(batch, mesh), hp.logprob_chunk)
     s, c = multihost.fetch(sums)
     total, count = total + float(s), count + float(c)

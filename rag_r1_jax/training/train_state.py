@@ -27,7 +27,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rag_r1_jax import multihost
+from rag_r1_jax import multihost, timing
 from rag_r1_jax.models import lora
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models.config import DecoderConfig
@@ -194,10 +194,15 @@ def create_state(model: Decoder, tx: optax.GradientTransformation, *, seed: int,
     critic_state = CriticState(graphdef=c_graphdef, tx=critic_tx, params=c_params,
                                opt_state=init_opt_state(critic_tx, c_params))
   step = multihost.put(np.zeros((), np.int32), NamedSharding(mesh, PartitionSpec()))
-  return TrainState(graphdef=graphdef, tx=tx, params=params,
-                    opt_state=init_opt_state(tx, params), step=step,
-                    rng=_replicated_key(seed, mesh),
-                    ref_params=_copy(params) if reference and not adapted else None,
+  trained = f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M trained parameters"
+  with timing.compiling("optimizer state init", trained):
+    opt_state = init_opt_state(tx, params)
+  ref_params = None
+  if reference and not adapted:
+    with timing.compiling("reference copy", trained):
+      ref_params = _copy(params)
+  return TrainState(graphdef=graphdef, tx=tx, params=params, opt_state=opt_state, step=step,
+                    rng=_replicated_key(seed, mesh), ref_params=ref_params,
                     critic=critic_state, frozen=frozen,
                     base_graphdef=params_lib.base_graphdef(model.cfg) if adapted else None,
                     ref_is_base=reference and adapted)
