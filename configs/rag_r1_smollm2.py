@@ -60,6 +60,10 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.rl.group_size = 4
   c.rl.learning_rate = 1e-6
   c.rl.kl_coef = 0.001
+  # Scoring chunks and update microbatches cut to their longest row (rounded to 64 tokens)
+  # instead of the rollout's bucketed width: 2.7x faster scoring, 1.4x faster updates on
+  # SmolLM2, for one compilation per width (docs/experiment_log.md, session 17).
+  c.rl.length_bucket = 64
 
   c.sft.max_examples = 256
   c.sft.epochs = 1
@@ -68,6 +72,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   c.sft.cut_subsamples = False  # whole trajectories: the same targets in fewer tokens
   c.sft.max_length = 1024
   c.checkpoint.every_steps = 1
+  c.logging.console_every = 1  # steps take minutes here: a line for each
 
   c.eval.max_questions = 32
   c.eval.batch_size = 16

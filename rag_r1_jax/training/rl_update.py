@@ -15,7 +15,8 @@ quarter of the update's compute on the default config).
 Every minibatch has the same static shape, so the step compiles once per sequence length.
 With rl.length_bucket > 0 a minibatch's microbatches are instead rows of similar length,
 each cut to its own width (`microbatch_plan`): their weighted gradients are summed on the
-device and applied in one step, compiling once per width. PPO's critic trains in the same
+device and applied in one step, compiling once per width; the scoring pass cuts its chunks
+the same way. PPO's critic trains in the same
 steps unless rl.critic_epochs / rl.critic_mini_batch_size give it its own, then in a second
 pass of epochs x shuffled minibatches after the actor's.
 
@@ -83,21 +84,39 @@ def _host_batch(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
   return out
 
 
+def bucketed_width(lengths: np.ndarray, width: int, bucket: int) -> int:
+  """The columns rows of these lengths need: the longest rounded up to a multiple of
+  `bucket`, at most `width`."""
+  return min(width, -(-max(int(lengths.max()), 1) // bucket) * bucket)
+
+
 def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
                mesh: Mesh, old: bool = True) -> dict[str, np.ndarray]:
   """update.score over the batch in chunks of microbatch rows (forward passes hold as many
-  activations as a microbatch's backward does), gathered on the host."""
+  activations as a microbatch's backward does), gathered on the host [rows, width].
+
+  With hp.length_bucket the chunks are rows of similar length, each cut to its longest row
+  (`bucketed_width`), as the update's microbatches are: a short row's forward no longer runs
+  at the longest row's width. Columns past a chunk's cut are padding, scored 0 either way.
+  """
   model_fields = ("tokens", "positions", "attention_mask", "loss_mask")
   rows = hp.mini_batch_rows // hp.microbatches
+  size, width = host["tokens"].shape
+  lengths = host["attention_mask"].sum(axis=1)
+  order = np.argsort(lengths, kind="stable") if hp.length_bucket else np.arange(size)
   passes = (["policy"] if old else []) + (["reference"] if state.has_reference else []) + (
       ["critic"] if state.critic is not None else [])
   name = f"rl scoring ({', '.join(passes)} forward)"
-  chunks = []
-  for start in range(0, host["tokens"].shape[0], rows):
-    part = {k: host[k][start:start + rows] for k in model_fields}
+  out: dict[str, np.ndarray] = {}
+  for start in range(0, size, rows):
+    chunk = order[start:start + rows]
+    cut = bucketed_width(lengths[chunk], width, hp.length_bucket) if hp.length_bucket else width
+    part = {k: host[k][chunk, :cut] for k in model_fields}
     with timing.compiling(name, _shape(part["tokens"])):
-      chunks.append(multihost.fetch(update.score(state, put_rows(part, mesh), hp, old)))
-  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+      scored = multihost.fetch(update.score(state, put_rows(part, mesh), hp, old))
+    for k, v in scored.items():
+      out.setdefault(k, np.zeros((size, width), v.dtype))[chunk, :cut] = v
+  return out
 
 
 def _shape(tokens: np.ndarray) -> str:
@@ -215,7 +234,7 @@ def microbatch_plan(minibatch: Mapping[str, np.ndarray],
       [minibatch["loss_mask"][part] for part in parts], hp.loss_agg, hp.microbatch_weighting)
   plan = []
   for i, part in enumerate(parts):
-    cut = min(width, -(-max(int(lengths[part].max()), 1) // hp.length_bucket) * hp.length_bucket)
+    cut = bucketed_width(lengths[part], width, hp.length_bucket)
     micro = {k: v[part][:, :cut] if v.ndim == 2 else v[part] for k, v in minibatch.items()}
     plan.append((micro, float(loss_w[i]), float(metric_w[i])))
   return plan

@@ -1,5 +1,6 @@
 """GRPO / PPO updates: sharded == single device, hand-checked loss, non-finite skip, bf16."""
 
+import dataclasses
 import functools
 
 import jax
@@ -245,3 +246,30 @@ def test_length_cut_updates_compile_once_per_width():
   state, metrics = rl_update.rl_update(state, batch, config)
   assert update.weighted_gradients._cache_size() == compiled
   assert metrics["skipped"] == 0 and int(state.step) == 2
+
+
+def test_length_cut_scoring_equals_full_width_scoring(capsys):
+  """With rl.length_bucket the scoring pass runs rows of similar length at their own width;
+  the log-probs it gathers are the full-width pass's."""
+  batch, lengths = _ragged_batch()
+  config = h.rl_config(microbatches=4, kl_coef=0.05, epochs_per_batch=2)
+  mesh = h.mesh()
+  state = train_state.create_rl_state(h.model(mesh, seed=3), config)
+  host = {k: np.asarray(v) for k, v in batch.items()}
+  full_hp = update.RLHparams.from_config(config)
+  cut_hp = dataclasses.replace(full_hp, length_bucket=8)
+  capsys.readouterr()
+  with jax.set_mesh(mesh):
+    full = rl_update._score_all(state, host, full_hp, mesh)
+    cut = rl_update._score_all(state, host, cut_hp, mesh)
+  assert full.keys() == cut.keys() == {"old_logprobs", "ref_logprobs"}
+  for key in full:
+    assert full[key].shape == cut[key].shape == (16, 40)
+    assert np.count_nonzero(full[key]) > 100
+    np.testing.assert_allclose(cut[key], full[key], atol=1e-5, err_msg=key)
+  sorted_lengths = np.sort(lengths).reshape(4, 4)
+  widths = [-(-int(chunk.max()) // 8) * 8 for chunk in sorted_lengths]
+  said = capsys.readouterr().out
+  for width in sorted(set(widths)):
+    assert f"compiling rl scoring (policy, reference forward) for [4, {width}] ..." in said
+  assert widths[0] < 40
