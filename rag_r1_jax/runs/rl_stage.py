@@ -11,11 +11,13 @@ from the latest complete checkpoint and replays exactly. The final policy is exp
 directory (rl/model).
 """
 
+import contextlib
 import time
 from typing import Sequence
 
 import numpy as np
 
+from rag_r1_jax import timing
 from rag_r1_jax.data import sources
 from rag_r1_jax.data.iterator import BatchIterator
 from rag_r1_jax.eval import answer_metrics
@@ -27,6 +29,18 @@ from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import optimizer, rl_update, train_state
 from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
+
+# What each step's console line shows (name on the console -> metric).
+STEP_METRICS = {"reward": "reward", "answer_rate": "answer_rate", "em": "em",
+                "searches": "searches_per_question", "loss": "loss",
+                "rollout_s": "rollout_seconds", "update_s": "update_seconds",
+                "step_s": "step_seconds"}
+
+
+def _phase(shown: bool, what: str):
+  """timing.announce(what) when `shown`, else nothing (steps after the first are one line)."""
+  return timing.announce(what) if shown else contextlib.nullcontext()
+
 
 def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: str,
                        format_weight: float) -> np.ndarray:
@@ -121,13 +135,19 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     engine.retriever = ws.rl_retriever_at(step % draws)
     batch_rows = next(iterators[step % draws])
     golds = [r["golden_answers"] for r in batch_rows]
-    t0 = time.perf_counter()
+    t0 = step_start = time.perf_counter()
+    first = step == start  # compiles the sampler, scoring and update: said step by step
+    rolling = timing.Stopwatch()
     engine.sampler.update_params(state.merged_model())  # LoRA: adapters folded in
     if rl.offload_during_rollout:
       state = train_state.move_unused_in_rollouts(state, "pinned_host")
-    rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
-                         seed=config.seed * 100_003 + step, group_size=rl.group_size,
-                         batch_size=rollout_questions)
+    what = (f"rl step {step + 1}: rollout of {len(batch_rows)} questions x {rl.group_size} "
+            f"samples (up to {config.rollout.max_turns} searches, "
+            f"{config.rollout.max_turn_tokens} tokens a turn; the first compiles the sampler)")
+    with _phase(first, what), rolling():
+      rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
+                           seed=config.seed * 100_003 + step, group_size=rl.group_size,
+                           batch_size=rollout_questions)
     if rl.offload_during_rollout:
       state = train_state.move_unused_in_rollouts(state, "device")
     rollout_seconds = time.perf_counter() - t0
@@ -137,7 +157,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     trained = rollout.take_groups(groups, rl.group_size)
     batch = dict(trained.tensors(), rewards=rewards[group_rows(groups, rl.group_size)])
     t0 = time.perf_counter()
-    state, update_metrics = rl_update.rl_update(state, batch, config, kl_coef=kl_coef)
+    with _phase(first, f"rl step {step + 1}: update on {len(batch['rewards'])} rows x "
+                f"{batch['tokens'].shape[1]} tokens"):
+      state, update_metrics = rl_update.rl_update(state, batch, config, kl_coef=kl_coef)
     update_seconds = time.perf_counter() - t0
     if "kl_ref_seq_mean" in update_metrics:
       kl_coef = kl_control.next_kl_coef(
@@ -151,6 +173,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     retrieval_seconds = sum(r.retrieval_seconds for r in rollout.records)
     metrics.update(slot_use=rollout.slot_use,  # useful / all decode row-steps
                    rollout_seconds=rollout_seconds, retrieval_seconds=retrieval_seconds,
+                   rollout_compile_seconds=rolling.compile_seconds,
                    update_seconds=update_seconds, sequence_width=float(trained.tokens.shape[1]),
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     if rl.eval_every and (step + 1) % rl.eval_every == 0:
@@ -166,9 +189,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
       progress.write(f"rl step {step + 1}: validation on {len(val_questions)} questions: em "
                      f"{val['val/em']:.4g}, answer rate {val['val/answer_rate']:.4g}, searches "
                      f"{val['val/searches_per_question']:.3g}")
+    metrics["step_seconds"] = time.perf_counter() - step_start
     writer.write(step + 1, metrics)
-    progress.update(step + 1, {"reward": metrics["reward"], "em": metrics["em"],
-                               "searches": metrics["searches_per_question"]})
+    progress.update(step + 1, {k: metrics[v] for k, v in STEP_METRICS.items()})
     if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == rl.steps:
       manager.save(step + 1, train_state.saved(state),
                    {"step": step + 1, "data": iterator_states(iterators),

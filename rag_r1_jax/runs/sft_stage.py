@@ -13,10 +13,11 @@ not finite is never exported.
 """
 
 import math
+import time
 
 import numpy as np
 
-from rag_r1_jax import assets, sharding
+from rag_r1_jax import assets, sharding, timing
 from rag_r1_jax.data import sources, teacher
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace
@@ -40,7 +41,10 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
   truncate = observation.token_truncate(
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
-  kept = teach(config, ws.retriever, truncate, ws.prompt_variant)
+  retriever = ws.retriever
+  with timing.announce(f"sft: the {config.data.source} teacher's trajectories (searching the "
+                       "run's retriever)"):
+    kept = teach(config, retriever, truncate, ws.prompt_variant)
   if config.sft.cut_subsamples:
     return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
   return sft_data.whole_examples(tokenizer, kept)
@@ -84,18 +88,20 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
         f"{per_epoch[0]} steps per epoch x {sft.epochs} epochs", flush=True)
   writer = stage_writer(config, workdir, "sft", start + 1 if start else 0, total)
   progress = StepProgress("sft", total, initial=start, every=config.logging.console_every)
-  step = start
+  step, step_start = start, time.perf_counter()
   streak = optimizer.NonfiniteStreak(config.sft.max_nonfinite_steps, "sft.max_nonfinite_steps")
   for epoch in range(meta["epoch"], sft.epochs):
     first_batch = meta["batch"] if epoch == meta["epoch"] else 0
 
     def on_step(state, metrics, epoch=epoch):
-      nonlocal step, streak
+      nonlocal step, streak, step_start
       step += 1
+      step_seconds, step_start = time.perf_counter() - step_start, time.perf_counter()
       streak = streak.update(metrics["skipped"] == 0, step)
       batch_index = step - first_step[epoch]
       writer.write(step, dict(metrics, epoch=epoch))
-      progress.update(step, {"loss": metrics["loss"], "epoch": epoch})
+      progress.update(step, {"loss": metrics["loss"], "epoch": epoch,
+                             "tokens": metrics["tokens"], "step_s": step_seconds})
       if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch[epoch]:
         manager.save(step, train_state.saved(state), dict(meta, epoch=epoch, batch=batch_index))
 

@@ -1,7 +1,9 @@
 """The RL stage: per-step rollout metrics exact on hand-made records; validation every
 rl.eval_every steps on a scripted toy policy (its rows, W&B, resume, unchanged training)."""
 
+import contextlib
 import functools
+import io
 import os
 import shutil
 
@@ -103,7 +105,8 @@ VAL_KEYS = {"val/em", "val/answer_rate", "val/searches_per_question", "val/secon
             "val/em/nq", "val/em/hotpotqa", "val/searches_per_question/nq",
             "val/searches_per_question/hotpotqa"}
 TIMES = ("rollout_seconds", "retrieval_seconds", "update_seconds", "tokens_per_second",
-         "val/seconds")
+         "val/seconds", "rollout_compile_seconds", "scoring_seconds", "scoring_compile_seconds",
+         "train_seconds", "train_compile_seconds", "step_seconds")
 
 
 def _toy_config(eval_every: int):
@@ -139,14 +142,17 @@ def validated_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("validated")
   config = _toy_config(eval_every=2)
   config.logging.wandb.enabled = True
-  ws, rows = _run_rl(workdir, config)
+  config.logging.console_every = 1
+  console = io.StringIO()
+  with contextlib.redirect_stdout(console):
+    ws, rows = _run_rl(workdir, config)
   monkeypatch.undo()
-  return workdir, ws, rows, wandb.runs
+  return workdir, ws, rows, wandb.runs, console.getvalue()
 
 
 @pytest.mark.slow
 def test_validation_rows_at_every_eval_step_and_wandb_gets_them(validated_run):
-  _, _, rows, (wandb_run,) = validated_run
+  _, _, rows, (wandb_run,), _ = validated_run
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
   assert [sorted(k for k in r if k.startswith("val/")) for r in rows] == [
       [], sorted(VAL_KEYS), [], sorted(VAL_KEYS)]
@@ -161,7 +167,7 @@ def test_validation_rows_at_every_eval_step_and_wandb_gets_them(validated_run):
 
 @pytest.mark.slow
 def test_validation_leaves_training_unchanged(validated_run, tmp_path):
-  _, validated, validated_rows, _ = validated_run
+  _, validated, validated_rows, _, _ = validated_run
   plain, plain_rows = _run_rl(tmp_path, _toy_config(eval_every=0))
   assert validated.exported.keys() == plain.exported.keys()
   for name, value in plain.exported.items():
@@ -173,7 +179,7 @@ def test_validation_leaves_training_unchanged(validated_run, tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_logs_each_validation_once(validated_run, tmp_path, monkeypatch):
-  workdir, _, rows, _ = validated_run
+  workdir, _, rows, _, _ = validated_run
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
   shutil.rmtree(copy / "rl" / "checkpoints" / "4")  # as if the run died after logging step 4
@@ -184,3 +190,27 @@ def test_a_resumed_run_logs_each_validation_once(validated_run, tmp_path, monkey
   assert _without_times(resumed) == _without_times(rows)
   (run,) = wandb.runs
   assert run.logged == []  # W&B already had steps 3 and 4 from the first run
+
+
+@pytest.mark.slow
+def test_the_console_says_what_each_phase_does_and_each_step_s_metrics(validated_run):
+  *_, console = validated_run
+  lines = console.splitlines()
+  rollout = ("rl step 1: rollout of 2 questions x 4 samples (up to 2 searches, 8 tokens a turn; "
+             "the first compiles the sampler)")
+  assert lines.index(rollout + " ...") < lines.index(next(
+      line for line in lines if line.startswith(rollout + ": done in ")))
+  update = next(line for line in lines if line.startswith("rl step 1: update on 8 rows x "))
+  width = int(update.split(" rows x ")[1].split()[0])
+  update = update.removesuffix(" ...")
+  compiling = f"compiling rl update for [8, {width}] in 1 microbatch(es) ..."
+  compiled = next(i for i, line in enumerate(lines) if line.startswith(
+      f"rl update for [8, {width}] in 1 microbatch(es): compiled in "))
+  assert lines.index(update + " ...") < lines.index(compiling) < compiled
+  assert not any(line.startswith("rl step 2: rollout") for line in lines)  # first step only
+  steps = [line for line in lines if line.startswith("rl step ") and "/4 |" in line]
+  assert [line.split(" |")[0] for line in steps] == [f"rl step {s}/4" for s in (1, 2, 3, 4)]
+  for line in steps:
+    names = [part.split()[0] for part in line.split(" | ")[1:-1]]
+    assert names == sorted(rl_stage.STEP_METRICS), line
+    assert line.endswith(" s/step")
