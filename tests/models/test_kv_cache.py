@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from rag_r1_jax.models import kv_cache, params
 from rag_r1_jax.models.config import DecoderConfig
@@ -20,8 +21,15 @@ def _model(scan: bool, **changes):
   return params.init_on_mesh(CFG.replace(scan_layers=scan, **changes), mesh, seed=3)
 
 
+@nnx.jit
+def _forward(model, tokens, **kwargs):
+  """The model's forward, compiled: dispatched op by op, the blocked cache's many small
+  operations made these tests minutes long."""
+  return model(tokens, **kwargs)
+
+
 def _full_logits(model, row_tokens):
-  logits, _ = model(jnp.asarray(row_tokens)[None])
+  logits, _ = _forward(model, jnp.asarray(row_tokens)[None])
   return np.asarray(logits[0])
 
 
@@ -35,13 +43,13 @@ def test_prefill_then_token_by_token(scan, block_size):
   model = _model(scan)
   tokens = np.random.RandomState(0).randint(0, 61, (2, 14))
   cache = kv_cache.init_cache(model.cfg, 2, 32, block_size=block_size)
-  prefill, cache = model(jnp.asarray(tokens[:, :6]), cache=cache)
+  prefill, cache = _forward(model, jnp.asarray(tokens[:, :6]), cache=cache)
   steps = [np.asarray(prefill)]
   for t in range(6, 14):
-    logits, cache = model(jnp.asarray(tokens[:, t:t + 1]), cache=cache)
+    logits, cache = _forward(model, jnp.asarray(tokens[:, t:t + 1]), cache=cache)
     steps.append(np.asarray(logits))
   incremental = np.concatenate(steps, axis=1)
-  full, _ = model(jnp.asarray(tokens))
+  full, _ = _forward(model, jnp.asarray(tokens))
   np.testing.assert_allclose(incremental, np.asarray(full), atol=2e-5, rtol=0)
   np.testing.assert_array_equal(np.asarray(cache.lengths), [14, 14])
 
@@ -73,19 +81,22 @@ def _check_chunks_of_different_lengths(model, block_size):
   got = [[] for _ in rows]
   offsets = [0, 0, 0]
   for lengths in schedule:
-    width = max(lengths)
-    chunk = np.zeros((3, width), np.int32)
+    chunk = np.zeros((3, 8), np.int32)  # one width for every call: one compilation
     for r, n in enumerate(lengths):
       chunk[r, :n] = rows[r][offsets[r]:offsets[r] + n]
-    logits, cache = model(jnp.asarray(chunk), cache=cache,
-                          chunk_lengths=jnp.asarray(lengths, jnp.int32))
+    logits, cache = _forward(model, jnp.asarray(chunk), cache=cache,
+                             chunk_lengths=jnp.asarray(lengths, jnp.int32))
     for r, n in enumerate(lengths):
       got[r].append(np.asarray(logits[r, :n]))
       offsets[r] += n
   np.testing.assert_array_equal(np.asarray(cache.lengths), offsets)
+  # One full forward of the rows padded at the end (causal: padding changes no earlier logit).
+  padded = np.zeros((3, max(offsets)), np.int32)
   for r, row in enumerate(rows):
-    np.testing.assert_allclose(np.concatenate(got[r]), _full_logits(model, row[:offsets[r]]),
-                               atol=2e-5, rtol=0)
+    padded[r, :offsets[r]] = row[:offsets[r]]
+  full = np.asarray(_forward(model, jnp.asarray(padded))[0])
+  for r in range(len(rows)):
+    np.testing.assert_allclose(np.concatenate(got[r]), full[r, :offsets[r]], atol=2e-5, rtol=0)
 
 
 def test_logits_at_selects_last_valid_position():
@@ -93,7 +104,8 @@ def test_logits_at_selects_last_valid_position():
   tokens = np.random.RandomState(2).randint(0, 61, (2, 9))
   cache = kv_cache.init_cache(model.cfg, 2, 16)
   lengths = jnp.asarray([9, 4], jnp.int32)
-  last, _ = model(jnp.asarray(tokens), cache=cache, chunk_lengths=lengths, logits_at=lengths - 1)
+  last, _ = _forward(model, jnp.asarray(tokens), cache=cache, chunk_lengths=lengths,
+                   logits_at=lengths - 1)
   assert last.shape == (2, 61)
   np.testing.assert_allclose(np.asarray(last[1]), _full_logits(model, tokens[1, :4])[-1], atol=2e-5)
 
@@ -103,9 +115,9 @@ def test_chunk_past_capacity_is_dropped_not_wrapped(block_size):
   model = _model(False)
   cache = kv_cache.init_cache(model.cfg, 1, 8, block_size=block_size)
   tokens = jnp.asarray(np.arange(12)[None] % 61, jnp.int32)
-  _, cache = model(tokens[:, :6], cache=cache)
+  _, cache = _forward(model, tokens[:, :6], cache=cache)
   before = np.asarray(cache.dense()[0][:, :, :6])
-  _, cache = model(tokens[:, 6:], cache=cache)  # 6 more tokens, only 2 slots left
+  _, cache = _forward(model, tokens[:, 6:], cache=cache)  # 6 more tokens, only 2 slots left
   np.testing.assert_array_equal(np.asarray(cache.lengths), [8])
   np.testing.assert_array_equal(np.asarray(cache.dense()[0][:, :, :6]), before)
 
@@ -122,7 +134,7 @@ def test_block_layout(scan):
       [(2, 2, size, 12) for size in (3, 3, 2)] for _ in range(2)]
   assert cache.capacity == 8 and cache.batch_size == 2
   tokens = jnp.asarray(np.random.RandomState(4).randint(0, 61, (2, 7)), jnp.int32)
-  _, cache = model(tokens, cache=cache, chunk_lengths=jnp.asarray([7, 2], jnp.int32))
+  _, cache = _forward(model, tokens, cache=cache, chunk_lengths=jnp.asarray([7, 2], jnp.int32))
   k, v = cache.dense()
   assert k.shape == v.shape == (2, 2, 8, 2, 12)
   written = np.abs(np.asarray(k)).sum(axis=(0, 3, 4)) > 0  # [batch, capacity]
