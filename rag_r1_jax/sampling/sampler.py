@@ -126,6 +126,7 @@ class Sampler:
     self.prefill_tokens = 0  # host-side count of tokens sent through `append` (for tests)
     self._append = jax.jit(self._append_impl, donate_argnums=(1,))
     self._decode = jax.jit(self._decode_impl, static_argnums=(2,), donate_argnums=(1,))
+    self._take_rows = jax.jit(self._take_rows_impl)
     self._replicate = jax.jit(self._replicate_impl, static_argnums=(2,))
     self._window = jax.jit(self._window_impl, static_argnums=(2,))
     self._reset_rows = jax.jit(self._reset_rows_impl, donate_argnums=(0,))
@@ -184,10 +185,20 @@ class Sampler:
     with self._mesh_context():
       return self._append(self.params, state, *self._put_rows(padded, lengths))
 
-  def decode(self, state: SamplerState, settings: DecodeSettings) -> SamplerState:
-    """Samples until every row has stopped (one jitted while_loop)."""
+  def decode(self, state: SamplerState, settings: DecodeSettings, *, max_steps: int | None = None,
+             stop_after: int | None = None) -> SamplerState:
+    """Samples until every row has stopped (one jitted while_loop), or earlier:
+
+    after `max_steps` steps (None: settings' limit; it never exceeds it), or once `stop_after`
+    rows that were running have stopped (None: never). Both are traced, so any values share
+    one compilation; a continuous schedule returns as soon as a freed slot has work to take.
+    """
+    batch = state.status.shape[0]
+    limit = settings.chunk_steps or settings.max_turn_tokens
+    bounds = np.array([limit if max_steps is None else min(max(int(max_steps), 1), limit),
+                       batch + 1 if stop_after is None else max(int(stop_after), 1)], np.int32)
     with self._mesh_context(), sharding.activation_rules(sharding.DECODE_RULES):
-      return self._decode(self.params, state, settings)
+      return self._decode(self.params, state, settings, jnp.asarray(bounds))
 
   def replicate(self, state: SamplerState, n: int) -> SamplerState:
     """Repeats each row n times (row b -> rows b*n .. b*n+n-1): GRPO groups share a prefill."""
@@ -206,8 +217,10 @@ class Sampler:
       return self._reset_rows(state, self._row_ids(rows, state))
 
   def append_rows(self, state: SamplerState, rows: Sequence[int],
-                  chunks: Sequence[Sequence[int]]) -> SamplerState:
-    """Appends chunks[i] to row rows[i] (marks it RUNNING), prefilling only these rows.
+                  chunks: Sequence[Sequence[int]], fresh: Sequence[bool] | None = None
+                  ) -> SamplerState:
+    """Appends chunks[i] to row rows[i] (marks it RUNNING), prefilling only these rows; a row
+    with fresh[i] is emptied first, as `reset_rows` does (a new prompt in a reused slot).
 
     Equals `append` with those chunks and None elsewhere, at a cost that grows with the
     number of rows given (padded to `row_bucket`) instead of the batch.
@@ -218,12 +231,15 @@ class Sampler:
     ids = self._row_ids(rows, state)
     lengths = np.zeros(ids.shape, np.int32)
     lengths[:len(chunks)] = [len(c) for c in chunks]
+    empty = np.zeros(ids.shape, bool)
+    empty[:len(chunks)] = False if fresh is None else fresh
     padded = np.zeros((len(ids), bucket(int(lengths.max()))), np.int32)
     for i, chunk in enumerate(chunks):
       padded[i, :len(chunk)] = np.asarray(chunk, np.int32)
     self.prefill_tokens += int(lengths.sum())
     with self._mesh_context():
-      return self._append_rows(self.params, state, ids, jnp.asarray(padded), jnp.asarray(lengths))
+      return self._append_rows(self.params, state, ids, jnp.asarray(padded), jnp.asarray(lengths),
+                               jnp.asarray(empty))
 
   def copy_rows(self, state: SamplerState, src: Sequence[int], dst: Sequence[int]
                 ) -> SamplerState:
@@ -235,6 +251,18 @@ class Sampler:
     with self._mesh_context():
       return self._copy_rows(state, self._row_ids(src, state, pad=0),
                              self._row_ids(dst, state))
+
+  def take_rows(self, state: SamplerState, rows: Sequence[int], batch: int) -> SamplerState:
+    """A `batch`-row state whose row i is row rows[i] (cache and state), the rest empty and
+    IDLE: a drained batch decodes its last rows in fewer slots (one compile per `batch`)."""
+    assert len(rows) <= batch, (rows, batch)
+    if jax.process_count() > 1:
+      raise ValueError("per-row refills (config.rollout.schedule='continuous') run in a "
+                       "single-process run only")
+    ids = np.full((batch,), state.status.shape[0], np.int32)
+    ids[:len(rows)] = rows
+    with self._mesh_context():
+      return self._take_rows(state, jnp.asarray(ids))
 
   def _row_ids(self, rows: Sequence[int], state: SamplerState, pad: int | None = None
                ) -> jax.Array:
@@ -297,7 +325,13 @@ class Sampler:
         resume_pending=state.resume_pending & ~got)
     return self._constrain(state) if constrain else state
 
-  def _decode_impl(self, params, state: SamplerState, settings: DecodeSettings) -> SamplerState:
+  def _decode_impl(self, params, state: SamplerState, settings: DecodeSettings, bounds=None
+                   ) -> SamplerState:
+    """bounds [2] int32: (most steps, stopped rows to return at), see `decode`; None: the
+    settings' limit, however many rows stop."""
+    if bounds is None:
+      bounds = jnp.array([settings.chunk_steps or settings.max_turn_tokens,
+                          state.status.shape[0] + 1], jnp.int32)
     model = self._model(params)
     batch = state.status.shape[0]
     rows = jnp.arange(batch)
@@ -311,11 +345,14 @@ class Sampler:
     head = model.output_head()
     layers = model.layer_weights()  # a scanned model's layers, sliced out once per call
 
-    limit = settings.chunk_steps or settings.max_turn_tokens
+    limit = jnp.minimum(settings.chunk_steps or settings.max_turn_tokens, bounds[0])
+    started = state.status == RUNNING
 
     def cond(carry):
       state, _, _, steps = carry
-      return jnp.any(state.status == RUNNING) & (steps < limit)
+      running = state.status == RUNNING
+      stopped = jnp.sum(started & ~running)
+      return jnp.any(running) & (steps < limit) & (stopped < bounds[1])
 
     def body(carry):
       state, token, logprob, steps = carry  # token, logprob [batch]: sampled from next_logits
@@ -376,21 +413,12 @@ class Sampler:
 
   def _reset_rows_impl(self, state: SamplerState, rows) -> SamplerState:
     """rows [r] int32 (out-of-range entries ignored)."""
-    empty = lambda x, value: x.at[rows].set(value, mode="drop")  # noqa: E731
-    state = state.replace(
-        cache=state.cache.replace(lengths=empty(state.cache.lengths, 0)),
-        tokens=empty(state.tokens, 0), logprobs=empty(state.logprobs, 0.0),
-        generated=empty(state.generated, False), next_logits=empty(state.next_logits, 0.0),
-        status=empty(state.status, IDLE), stop_index=empty(state.stop_index, -1),
-        stop_states=empty(state.stop_states, 0), turn_tokens=empty(state.turn_tokens, 0),
-        pending_token=empty(state.pending_token, 0),
-        pending_logprob=empty(state.pending_logprob, 0.0),
-        resume_pending=empty(state.resume_pending, False))
-    return self._constrain(state)
+    return self._constrain(_emptied(state, lambda x, value: x.at[rows].set(value, mode="drop")))
 
-  def _append_rows_impl(self, params, state: SamplerState, rows, chunk, chunk_lengths
+  def _append_rows_impl(self, params, state: SamplerState, rows, chunk, chunk_lengths, fresh
                         ) -> SamplerState:
-    """rows [r] int32 (out-of-range: padding), chunk [r, width] int32, chunk_lengths [r] int32.
+    """rows [r] int32 (out-of-range: padding), chunk [r, width] int32, chunk_lengths [r] int32,
+    fresh [r] bool: the row is emptied first.
 
     The rows are gathered into an r-row state, appended to as `_append_impl` does, and
     scattered back; padding rows read the last row and are dropped on the way back.
@@ -398,10 +426,22 @@ class Sampler:
     take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
     put = lambda x, part: x.at[rows].set(part, mode="drop")  # noqa: E731
     sub = jax.tree.map(take, state.replace(rng=None))
+    sub = _emptied(sub, lambda x, value: jnp.where(
+        fresh.reshape((-1,) + (1,) * (x.ndim - 1)), value, x))
     sub = self._append_impl(params, sub.replace(rng=state.rng), chunk, chunk_lengths,
                             constrain=False)
     merged = jax.tree.map(put, state.replace(rng=None), sub.replace(rng=None))
     return self._constrain(merged.replace(rng=state.rng))
+
+  def _take_rows_impl(self, state: SamplerState, rows) -> SamplerState:
+    """rows [r] int32 -> an r-row state of those rows; an out-of-range entry: an empty IDLE row."""
+    take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+    sub = jax.tree.map(take, state.replace(rng=None))
+    valid = rows < state.status.shape[0]
+    sub = sub.replace(cache=sub.cache.replace(lengths=jnp.where(valid, sub.cache.lengths, 0)),
+                      status=jnp.where(valid, sub.status, IDLE),
+                      resume_pending=valid & sub.resume_pending, rng=state.rng)
+    return self._constrain(sub)
 
   def _copy_rows_impl(self, state: SamplerState, src, dst) -> SamplerState:
     """src, dst [r] int32: row dst[i] <- row src[i] (out-of-range dst: ignored)."""
@@ -467,6 +507,20 @@ class Sampler:
     return multihost.put(state, self._shardings(state.status.shape[0]))
 
 
+def _emptied(state: SamplerState, empty) -> SamplerState:
+  """`state` with rows emptied (length 0, IDLE, no tokens): `empty(x, value)` writes `value`
+  into the rows of the per-row array x that are emptied."""
+  return state.replace(
+      cache=state.cache.replace(lengths=empty(state.cache.lengths, 0)),
+      tokens=empty(state.tokens, 0), logprobs=empty(state.logprobs, 0.0),
+      generated=empty(state.generated, False), next_logits=empty(state.next_logits, 0.0),
+      status=empty(state.status, IDLE), stop_index=empty(state.stop_index, -1),
+      stop_states=empty(state.stop_states, 0), turn_tokens=empty(state.turn_tokens, 0),
+      pending_token=empty(state.pending_token, 0),
+      pending_logprob=empty(state.pending_logprob, 0.0),
+      resume_pending=empty(state.resume_pending, False))
+
+
 def row_bucket(n: int, batch: int) -> int:
   """How many rows a per-row call is padded to: the smallest power of two >= n, at most the
   batch (so a batch of B rows compiles each per-row function for about log2(B) row counts)."""
@@ -486,4 +540,4 @@ def compile_count(sampler: Sampler) -> dict[str, int]:
   """How many executables each jitted function holds (bounded by the bucket count)."""
   return {name: getattr(sampler, name)._cache_size()
           for name in ("_append", "_decode", "_replicate", "_window", "_reset_rows",
-                       "_append_rows", "_copy_rows")}
+                       "_append_rows", "_copy_rows", "_take_rows")}

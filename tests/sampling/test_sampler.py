@@ -122,6 +122,59 @@ def test_decode_in_chunks_equals_one_call(sampling):
   assert compile_count_of(sampler)["_decode"] == 2  # one per DecodeSettings
 
 
+@pytest.mark.parametrize("sampling", [SamplingParams(greedy=True),
+                                      SamplingParams(temperature=1.0, top_k=20)])
+def test_decode_returns_at_a_stop_or_its_step_bound(sampling):
+  """`stop_after` ends a call once that many of its running rows have stopped and `max_steps`
+  bounds its steps (both traced: one compilation); resumed to the end, the rows' tokens,
+  log-probs and statuses equal one whole decode's."""
+  tokenizer = toy_tokenizer()
+  model = _model(tokenizer, scan=False)
+  sampler = _sampler(model, tokenizer)
+  whole = sampler.fetch(sampler.decode(
+      sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
+      sampler_lib.DecodeSettings(sampling, NEW)))
+  chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=16)
+  state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
+  lengths = lambda: np.asarray(state.lengths) - PROMPT_LENGTHS  # noqa: E731
+  # Row 3 fills the cache after 10 tokens: the first stop.
+  state = sampler.decode(state, chunked, stop_after=1)
+  np.testing.assert_array_equal(lengths(), [10, 10, 10, 10])
+  np.testing.assert_array_equal(np.asarray(state.status), [sampler_lib.RUNNING] * 3
+                                + [sampler_lib.LENGTH])
+  state = sampler.decode(state, chunked, max_steps=4, stop_after=1)
+  np.testing.assert_array_equal(lengths(), [14, 14, 14, 10])
+  state = sampler.decode(state, chunked, stop_after=3)  # rows 0-2 stop at their 20th token
+  out = sampler.fetch(state)
+  for key in ("tokens", "generated", "status", "lengths", "stop_index"):
+    np.testing.assert_array_equal(out[key], whole[key], err_msg=key)
+  np.testing.assert_allclose(out["logprobs"], whole["logprobs"], atol=1e-6, rtol=0)
+  assert compile_count_of(sampler)["_decode"] == 2  # one per DecodeSettings
+
+
+def test_take_rows_moves_rows_into_a_smaller_batch():
+  """take_rows gives a smaller batch whose rows continue as they would have in the big one;
+  the rows it pads with are empty and IDLE."""
+  tokenizer = toy_tokenizer()
+  model = _model(tokenizer, scan=False)
+  sampler = _sampler(model, tokenizer)
+  settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), NEW, chunk_steps=5)
+  big = sampler.decode(sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
+                       settings)
+  small = sampler.take_rows(big, [2, 0], 4)
+  small = sampler.take_rows(small, [1, 0], 2)  # rows 0 and 2 of the first batch, in order
+  assert np.asarray(small.status).tolist() == [sampler_lib.RUNNING] * 2
+  for _ in range(3):
+    big, small = sampler.decode(big, settings), sampler.decode(small, settings)
+  want, got = sampler.fetch(big), sampler.fetch(small)
+  for key in ("tokens", "generated", "status", "lengths"):
+    np.testing.assert_array_equal(got[key], want[key][[0, 2]], err_msg=key)
+  np.testing.assert_allclose(got["logprobs"], want["logprobs"][[0, 2]], atol=1e-6, rtol=0)
+  padded = sampler.fetch(sampler.take_rows(big, [3], 2))
+  assert padded["status"].tolist()[1] == sampler_lib.IDLE and padded["lengths"][1] == 0
+  assert compile_count_of(sampler)["_take_rows"] == 2  # one per batch it makes
+
+
 def compile_count_of(sampler):
   return sampler_lib.compile_count(sampler)
 
