@@ -71,9 +71,7 @@ class BertLayer(nnx.Module):
     d, eps = cfg.hidden_size, cfg.layer_norm_eps
     self.num_heads = cfg.num_heads
     self.act = cfg.hidden_act
-    self.query = nnx.Linear(d, d, rngs=rngs)
-    self.key = nnx.Linear(d, d, rngs=rngs)
-    self.value = nnx.Linear(d, d, rngs=rngs)
+    self.qkv = nnx.Linear(d, 3 * d, rngs=rngs)  # query, key and value kernels side by side
     self.attn_out = nnx.Linear(d, d, rngs=rngs)
     self.attn_norm = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
     self.mlp_in = nnx.Linear(d, cfg.intermediate_size, rngs=rngs)
@@ -84,9 +82,10 @@ class BertLayer(nnx.Module):
     """x: [batch, seq, d]; bias: [batch, 1, 1, seq] additive attention mask."""
     b, s, d = x.shape
     h = self.num_heads
-    split = lambda t: t.reshape(b, s, h, d // h)  # [batch, seq, heads, head_dim]
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // h).astype(x.dtype)
+    qkv = self.qkv(x).reshape(b, s, 3, h, d // h)  # [batch, seq, 3, heads, head_dim]
+    q = qkv[:, :, 0] * (1 / np.sqrt(d // h)).astype(x.dtype)
+    k, v = qkv[:, :, 1], qkv[:, :, 2]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
     probs = jax.nn.softmax(logits + bias, axis=-1)  # [batch, heads, seq, seq]
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, s, d)
     x = self.attn_norm(x + self.attn_out(ctx))
@@ -173,9 +172,10 @@ def load_hf_weights(model: BertModel, weights: Mapping[str, np.ndarray]) -> None
   set_norm(model.embed_norm, "embeddings.LayerNorm")
   for i, layer in enumerate(model.layers):
     p = f"encoder.layer.{i}"
-    set_linear(layer.query, f"{p}.attention.self.query")
-    set_linear(layer.key, f"{p}.attention.self.key")
-    set_linear(layer.value, f"{p}.attention.self.value")
+    qkv = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
+    d = layer.attn_out.kernel.value.shape[0]
+    layer.qkv.kernel.value = jnp.concatenate([take(f"{n}.weight", (d, d), True) for n in qkv], 1)
+    layer.qkv.bias.value = jnp.concatenate([take(f"{n}.bias", (d,)) for n in qkv])
     set_linear(layer.attn_out, f"{p}.attention.output.dense")
     set_norm(layer.attn_norm, f"{p}.attention.output.LayerNorm")
     set_linear(layer.mlp_in, f"{p}.intermediate.dense")
