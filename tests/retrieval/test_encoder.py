@@ -130,6 +130,19 @@ def test_encode_reports_tokenising_compiling_and_each_batch(minilm):
   assert not [s for _, s in events if s.startswith("compiling")]  # shapes compile once
 
 
+def test_remainder_batch_takes_the_shortest_texts(minilm):
+  """20 texts in batches of 8: the 4 left over are the shortest, so their padding rows run at
+  16 tokens rather than at the longest batch's 48."""
+  enc = _tiny_encoder(minilm)  # batch_size 8
+  texts = [" ".join(["word"] * n) for n in range(40, 0, -2)]  # 20 texts, 42..4 tokens
+  events = []
+  out = enc.encode(texts, lambda done, status: events.append((done, status)))
+  compiles = [s for d, s in events if s.startswith("compiling")]
+  assert compiles == ["compiling 4 x 16", "compiling 8 x 32", "compiling 8 x 48"]
+  assert [d for d, _ in events if d] == [4, 8, 8]
+  np.testing.assert_allclose(out, np.stack([enc.encode([t])[0] for t in texts]), atol=1e-5)
+
+
 def test_encode_corpus_bar_announces_phases_and_ends_once(tmp_path, minilm, capfd):
   enc = _tiny_encoder(minilm)
   docs_list = [Document(str(i), f"T{i}", "word " * (i + 1)) for i in range(20)]
@@ -139,7 +152,7 @@ def test_encode_corpus_bar_announces_phases_and_ends_once(tmp_path, minilm, capf
   embeddings.encode_corpus(enc, JsonlDocStore.build(path), str(tmp_path / "emb"), progress=True)
   lines = [x for x in capfd.readouterr().err.replace("\r", "\n").split("\n") if x.strip()]
   assert any("tokenising 20 texts" in x for x in lines)
-  assert any("compiling 8 x 16" in x for x in lines)
+  assert any("compiling 4 x 16" in x for x in lines)  # the 4 left over from batches of 8
   assert sum("20/20" in x for x in lines) == 1, lines
 
 
