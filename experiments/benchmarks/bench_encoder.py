@@ -7,7 +7,8 @@ ours sorts by token count and pads each batch to the next multiple of --seq_buck
 Ours runs on one device and data-parallel over a mesh of --devices fake CPU devices (XLA's CPU
 backend runs each device on its own thread). Everything is warmed up first (compiles
 excluded), then the sides alternate --repeats times so machine noise hits all alike. Prints
-passages/s (median), the ratios ours / sentence-transformers and the embeddings' agreement.
+passages/s (median), the ratios ours / sentence-transformers and the embeddings' agreement
+(cosine, and each passage's 5 nearest other passages under both).
 
   pip install -r requirements-bench.txt   # sentence-transformers, once
   python experiments/benchmarks/bench_encoder.py --devices=2 --threads 2
@@ -85,11 +86,14 @@ def main():
     print(f"{name:28s}: {rate:7.1f} passages/s (median of {args.repeats}: "
           f"{[round(t, 2) for t in seconds[name]]} s)")
   ref = outputs["sentence-transformers"]
+  top = lambda e: np.argsort(-(e @ e.T), axis=1, kind="stable")[:, 1:6]  # each passage's top 5
   for name in ours:
     ratio = rates[name] / rates["sentence-transformers"]
     cos = (outputs[name] * ref).sum(axis=1)
+    same = (top(outputs[name]) == top(ref)).all(axis=1).sum()
     print(f"ratio {name} / sentence-transformers: {ratio:.2f}x (min cosine {cos.min():.7f}, "
-          f"max |diff| {np.abs(outputs[name] - ref).max():.1e})")
+          f"max |diff| {np.abs(outputs[name] - ref).max():.1e}, top-5 neighbours identical "
+          f"for {same}/{len(texts)} passages)")
 
 
 if __name__ == "__main__":
