@@ -117,7 +117,7 @@ def validate(config) -> None:
   critic_rows = lambda v: v * config.rl.group_size  # noqa: E731
   check("rl.critic_mini_batch_size",
         lambda v: v == 0 or (config.rl.batch_size % v == 0 and (
-            critic_rows(v) <= micro_rows or critic_rows(v) % micro_rows == 0)),
+            optimizer.critic_rows_fit(critic_rows(v), micro_rows))),
         f"must be 0 (rl.mini_batch_size) or divide config.rl.batch_size={config.rl.batch_size} "
         f"in critic minibatches whose rows (x config.rl.group_size) fit in, or are a multiple "
         f"of, the actor's {micro_rows}-row microbatches")

@@ -120,6 +120,12 @@ def microbatch_count(rows: int, microbatches: int, per_device: int, batch_shards
   return microbatches
 
 
+def critic_rows_fit(critic_rows: int, actor_micro_rows: int) -> bool:
+  """Whether a critic minibatch of `critic_rows` runs in the actor's microbatches: it fits in
+  one, or is a whole number of them."""
+  return critic_rows <= actor_micro_rows or critic_rows % actor_micro_rows == 0
+
+
 def split_microbatches(batch: PyTree, num_microbatches: int) -> PyTree:
   """Every leaf [batch, ...] reshaped to [num_microbatches, batch // num_microbatches, ...].
 

@@ -87,7 +87,7 @@ class RLHparams:
                                             batch_shards, "rl")
     micro_rows = rows // microbatches  # the critic's microbatches are as large, at most
     critic_rows = (rl.critic_mini_batch_size or rl.mini_batch_size) * rl.group_size
-    if critic_rows > micro_rows and critic_rows % micro_rows:
+    if not opt_lib.critic_rows_fit(critic_rows, micro_rows):
       raise ValueError(
           f"config.rl.critic_mini_batch_size={rl.critic_mini_batch_size} x rl.group_size = "
           f"{critic_rows} rows: not a multiple of the actor's {micro_rows}-row microbatches")
