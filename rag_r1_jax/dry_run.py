@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rag_r1_jax import sharding
+from rag_r1_jax import assets, sharding
 from rag_r1_jax.models import config as config_lib
 from rag_r1_jax.models import lora
 from rag_r1_jax.models import params as params_lib
@@ -67,13 +67,18 @@ def per_device_bytes(tree: Any) -> int:
 
 def model_config(config) -> tuple[config_lib.DecoderConfig, str]:
   """The policy's DecoderConfig and where it came from: the checkpoint's config.json when
-  `config.model.path` holds one, else the shape fields of `config.model`."""
+  `config.model.path` holds one (a GGUF file's header), else the shape fields of `config.model`."""
   import os
   model = config.model
   runtime = dict(dtype=model.dtype, param_dtype=model.param_dtype, scan_layers=model.scan_layers,
                  remat=model.remat, **config_lib.lora_fields(model))
-  if model.source == "hf" and os.path.isfile(os.path.join(model.path, "config.json")):
-    return config_lib.load_hf_config(model.path, **runtime), f"{model.path}/config.json"
+  path = assets.resolve(model.path) if model.path else ""
+  if model.source == "hf" and os.path.isfile(os.path.join(path, "config.json")):
+    return config_lib.load_hf_config(path, **runtime), f"{path}/config.json"
+  if model.source == "gguf":
+    from rag_r1_jax.models import gguf_import
+    return (config_lib.from_hf_dict(gguf_import.hf_config(path), **runtime),
+            f"the header of {path}")
   if not model.vocab_size:
     raise ValueError("config.model.vocab_size=0 (taken from the tokenizer at run time): give the "
                      "dry run a vocabulary size with --config.model.vocab_size=N")

@@ -60,11 +60,30 @@ def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def _hf_config(reader, arch: str, tensors: dict) -> dict:
+def hf_config(gguf_path: str) -> dict:
+  """The config.json a conversion of `gguf_path` would write, from the file's header alone
+  (no tensor is read): what `main.py --dry_run` sizes a GGUF model by."""
+  if not os.path.isfile(gguf_path):
+    raise FileNotFoundError(f"GGUF file {gguf_path} does not exist (config.model.path)")
+  import gguf
+  reader = gguf.GGUFReader(gguf_path)
+  return _hf_config(reader, _architecture(reader, gguf_path))
+
+
+def _architecture(reader, gguf_path: str) -> str:
+  arch = _field(reader, "general.architecture")
+  if arch not in _ARCHS:
+    raise ValueError(f"{gguf_path}: unsupported GGUF architecture {arch!r} "
+                     f"(supported: {sorted(_ARCHS)})")
+  return arch
+
+
+def _hf_config(reader, arch: str) -> dict:
   g = lambda key, default=None: _field(reader, f"{arch}.{key}", default)
   heads = int(g("attention.head_count"))
   hidden = int(g("embedding_length"))
   vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+  names = {t.name for t in reader.tensors}
   config = {
       "architectures": [_ARCHS[arch]],
       "model_type": arch,
@@ -79,13 +98,13 @@ def _hf_config(reader, arch: str, tensors: dict) -> dict:
       "max_position_embeddings": int(g("context_length", 2048)),
       "rope_theta": float(g("rope.freq_base", 10000.0)),
       "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
-      "tie_word_embeddings": "lm_head.weight" not in tensors,
+      "tie_word_embeddings": "output.weight" not in names,
       "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
       "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
       "torch_dtype": "float32",
   }
   if arch == "llama":
-    config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in tensors
+    config["attention_bias"] = "blk.0.attn_q.bias" in names
   return config
 
 
@@ -140,10 +159,7 @@ def convert_gguf(gguf_path: str, out_dir: str | None = None) -> str:
 def _convert(gguf, gguf_path: str, out_dir: str) -> str:
   """convert_gguf's work: read, dequantise, write `out_dir` whole (renamed into place)."""
   reader = gguf.GGUFReader(gguf_path)
-  arch = _field(reader, "general.architecture")
-  if arch not in _ARCHS:
-    raise ValueError(f"{gguf_path}: unsupported GGUF architecture {arch!r} "
-                     f"(supported: {sorted(_ARCHS)})")
+  arch = _architecture(reader, gguf_path)
   tensors = _dequantized_tensors(reader, arch)
   timing.say("model: writing model.safetensors and rebuilding the tokenizer from the GGUF "
              "metadata")
@@ -154,7 +170,7 @@ def _convert(gguf, gguf_path: str, out_dir: str) -> str:
   os.makedirs(tmp)
   safetensors_io.save_file(tensors, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
   with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(_hf_config(reader, arch, tensors), f, indent=2)
+    json.dump(_hf_config(reader, arch), f, indent=2)
   _write_tokenizer(gguf_path, tmp)
   open(os.path.join(tmp, "COMPLETE"), "w").close()
   if os.path.isfile(os.path.join(out_dir, "COMPLETE")):  # another process finished first

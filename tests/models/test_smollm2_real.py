@@ -74,3 +74,20 @@ def test_greedy_continuation_matches_for_24_tokens(pair):
   assert len(expected) == new
   np.testing.assert_array_equal(got, expected)
   assert len(tokenizer.decode(got).split()) >= 10
+
+
+def test_header_config_equals_the_conversions_and_sizes_the_dry_run(pair):
+  """`main.py --dry_run` on a GGUF model reads its shape from the file's header, without
+  converting it; it is the config.json the conversion wrote."""
+  import json
+
+  from configs import rag_r1_smollm2
+  from rag_r1_jax import dry_run
+  gguf_path = require_asset("smollm2_gguf")
+  with open(os.path.join(gguf_import.convert_gguf(gguf_path), "config.json")) as f:
+    assert gguf_import.hf_config(gguf_path) == json.load(f)
+  config = rag_r1_smollm2.get_config()  # model.path "asset:smollm2_gguf"
+  cfg, source = dry_run.model_config(config)
+  assert source == f"the header of {gguf_path}"
+  assert (cfg.num_layers, cfg.hidden_size, cfg.vocab_size) == (30, 576, 49152)
+  assert cfg.lora_rank == config.model.lora_rank and cfg.dtype == config.model.dtype
