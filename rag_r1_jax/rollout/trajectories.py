@@ -46,6 +46,8 @@ class Rollout:
   decode_row_steps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
   # Distinct queries sent in each retriever call of this rollout (this process's calls).
   retrieval_queries: list[int] = dataclasses.field(default_factory=list)
+  # Continuous schedule: the idle decode row-steps by cause (continuous.IDLE_CAUSES).
+  idle_row_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def slot_use(self) -> float:
@@ -78,7 +80,7 @@ class Rollout:
         sampler_logprobs=cut(self.sampler_logprobs),
         group_ids=np.repeat(np.arange(len(groups), dtype=np.int32), group_size),
         records=[self.records[r] for r in rows], decode_row_steps=self.decode_row_steps,
-        retrieval_queries=self.retrieval_queries)
+        retrieval_queries=self.retrieval_queries, idle_row_steps=self.idle_row_steps)
 
 
 def _bucketed_width(lengths: np.ndarray, limit: int) -> int:
