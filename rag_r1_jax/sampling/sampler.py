@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rag_r1_jax import multihost, sharding
+from rag_r1_jax import multihost, protocol, sharding
 from rag_r1_jax.models import kv_cache as kvc
 from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.models.decoder import Decoder
@@ -100,7 +100,7 @@ class Sampler:
   """Owns the jitted prefill / decode / replicate functions for one model and capacity."""
 
   def __init__(self, model: Decoder, tokenizer, *, capacity: int,
-               stop_strings_: Sequence[str] = ("</search>", "</answer>"),
+               stop_strings_: Sequence[str] = protocol.STOP_STRINGS,
                eos_token_ids: Sequence[int] = (), mesh: Mesh | None = None,
                block_size: int | None = None):
     self.cfg = model.cfg
