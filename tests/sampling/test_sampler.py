@@ -94,18 +94,23 @@ def _prompts(tokenizer):
   return [rng.randint(1, len(tokenizer), n).tolist() for n in PROMPT_LENGTHS]
 
 
+def _sampler_and_whole_decode(sampling):
+  """A toy sampler, its tokenizer, and the four prompts decoded NEW steps in one call."""
+  tokenizer = toy_tokenizer()
+  sampler = _sampler(_model(tokenizer, scan=False), tokenizer)
+  whole = sampler.fetch(sampler.decode(
+      sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
+      sampler_lib.DecodeSettings(sampling, NEW)))
+  return sampler, tokenizer, whole
+
+
 @pytest.mark.parametrize("sampling", [SamplingParams(greedy=True),
                                       SamplingParams(temperature=1.0, top_k=20)])
 def test_decode_in_chunks_equals_one_call(sampling):
   """A decode that returns every few steps, rows mid-turn resuming from their pending token,
   writes the same tokens and log-probs (random sampling too: the key is split per step alike)
   and ends the same rows with the same statuses."""
-  tokenizer = toy_tokenizer()
-  model = _model(tokenizer, scan=False)
-  sampler = _sampler(model, tokenizer)
-  whole = sampler.fetch(sampler.decode(
-      sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
-      sampler_lib.DecodeSettings(sampling, NEW)))
+  sampler, tokenizer, whole = _sampler_and_whole_decode(sampling)
   state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
   chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=3)
   calls = 0
@@ -128,12 +133,7 @@ def test_decode_returns_at_a_stop_or_its_step_bound(sampling):
   """`stop_after` ends a call once that many of its running rows have stopped and `max_steps`
   bounds its steps (both traced: one compilation); resumed to the end, the rows' tokens,
   log-probs and statuses equal one whole decode's."""
-  tokenizer = toy_tokenizer()
-  model = _model(tokenizer, scan=False)
-  sampler = _sampler(model, tokenizer)
-  whole = sampler.fetch(sampler.decode(
-      sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
-      sampler_lib.DecodeSettings(sampling, NEW)))
+  sampler, tokenizer, whole = _sampler_and_whole_decode(sampling)
   chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=16)
   state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
   lengths = lambda: np.asarray(state.lengths) - PROMPT_LENGTHS  # noqa: E731
