@@ -53,3 +53,8 @@ def trajectory_batch(rows: int, seq: int, vocab: int, seed: int = 0, group_size:
       "rewards": rng.integers(0, 2, rows).astype(np.float32),
       "group_ids": (np.arange(rows) // group_size).astype(np.int32),
   }
+
+
+def without_timing(metrics: dict) -> dict:
+  """The metrics a seeded step determines: all but its wall-clock `*_seconds`."""
+  return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
