@@ -1,10 +1,13 @@
 """The full set of config fields, with defaults shared by every config file.
 
-Every field the code reads is declared here; config files only change values. Validation of
-values and of their consistency lives in `rag_r1_jax/config_validation.py`.
+Every field the code reads is declared here, or by a task for its own section (the synthetic
+world's `config.world`: rag_r1_jax/tasks/synthetic_world/__init__.py); config files only change
+values. Validation of values and of their consistency lives in `rag_r1_jax/config_validation.py`.
 """
 
 from ml_collections import config_dict
+
+from rag_r1_jax import tasks
 
 
 def base_config() -> config_dict.ConfigDict:
@@ -59,9 +62,10 @@ def base_config() -> config_dict.ConfigDict:
   c.model.lora_targets = "q,k,v,o,gate,up,down"
 
   c.tokenizer = config_dict.ConfigDict()
-  c.tokenizer.kind = "hf"  # hf: AutoTokenizer from tokenizer.path (or model.path); world
+  # hf: AutoTokenizer from tokenizer.path (or model.path); task: one the task trains for its own
+  # texts (tasks/base.py `build_tokenizer`, the synthetic world's), written to <workdir>/tokenizer.
+  c.tokenizer.kind = "hf"
   c.tokenizer.path = ""
-  c.tokenizer.split_digits = False  # world tokenizer only: one token per digit, not per number
 
   c.data = config_dict.ConfigDict()
   c.data.source = "synthetic_world"  # synthetic_world | flashrag | wiki_extracts
@@ -71,8 +75,6 @@ def base_config() -> config_dict.ConfigDict:
   c.data.eval_datasets = "nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle"
   c.data.tfds_dir = ""  # where prepared tfds data goes; empty: tfds's default
   c.data.prompt = ""  # paper_sq | paper_mq | short_sq | short_mq; empty: paper_<rollout.mode>
-  c.data.world_seed = 0
-  c.data.world_entities = 240
   c.data.wiki_articles = 0  # wiki_extracts: the first N articles (0: all 10,033)
 
   c.retrieval = config_dict.ConfigDict()
@@ -154,16 +156,6 @@ def base_config() -> config_dict.ConfigDict:
   c.sft.max_grad_norm = 1.0
   c.sft.validation_fraction = 0.1
   c.sft.cut_subsamples = True  # the paper's recipe: one example per policy turn
-  # Synthetic world only: teacher trajectories also over this many fresh draws of the train
-  # split (new names and facts from the same word pools), so a small model must learn to copy.
-  c.sft.world_draws = 0
-  # ... and over this many more draws keeping only the questions answered by reading numbers
-  # (years, heights, populations: single-hop, comparison, fan-out), drawn after those.
-  c.sft.number_draws = 0
-  c.sft.copy_drills = 0  # synthetic world: how many list-repeating drills to mix into SFT
-  # ... and how many comparison / fan-out decisions (a given thought, the winner's name trained;
-  # no consistent gain on the default world: DEVELOPERS.md, session 10)
-  c.sft.decision_drills = 0
   c.sft.microbatches = 1
   # N > 0: microbatches of N rows per device (veRL's micro_batch_size_per_gpu), i.e.
   # sft.batch_size / (N x mesh data x fsdp) of them; overrides sft.microbatches.
@@ -250,16 +242,6 @@ def base_config() -> config_dict.ConfigDict:
   # read only by scoring and the update), leaving the device's memory to the sampler's weights
   # and KV cache (veRL offloads likewise). Costs two host <-> device copies of them per step.
   c.rl.offload_during_rollout = False
-  # Synthetic world only: 0 rolls out the run's own train questions; N > 0 the questions of
-  # synthetic_world.train_draw(world, N), searched over that draw's passages plus the world's
-  # distractors. With N > sft.world_draws no entity was seen in SFT, so reward comes from
-  # using what retrieval returns, never from recalling a memorised fact.
-  c.rl.world_draw = 0
-  # With rl.world_draw = N > 0: RL step s takes its questions (and retriever) from draw
-  # N + s mod rl.world_draw_count. One draw's answers are skewed (its commonest bridge answer
-  # is a fifth of them), and RL on a single draw learned that prior: the policy answered the
-  # draw's favourite cities at test time whatever it had just read (DEVELOPERS.md).
-  c.rl.world_draw_count = 1
   # Validation (Search-R1's test_freq): every N steps the policy answers the first
   # rl.eval_questions questions of each evaluation dataset (0: all) greedily, and 'val/...'
   # metrics (EM, answer rate, searches; per dataset when there are several) join that step's
@@ -293,6 +275,9 @@ def base_config() -> config_dict.ConfigDict:
   c.logging.wandb.enabled = False
   c.logging.wandb.project = "rag_r1_jax"
   c.logging.wandb.run_name = ""  # empty: config.name
+
+  for section, defaults in tasks.config_sections().items():
+    c[section] = defaults
   return c
 
 

@@ -33,11 +33,11 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.model.rope_theta = 10000.0
   config.model.tie_word_embeddings = True
 
-  config.tokenizer.kind = "world"
+  config.tokenizer.kind = "task"  # a BPE tokenizer trained on the world's texts
 
   mode = "sq" if variant == "sq" else "mq"
   config.data.source = "synthetic_world"
-  config.data.world_entities = 240
+  config.world.entities = 240
   config.data.prompt = f"short_{mode}"  # the paper's instructions, compressed for a tiny model
 
   # The world's passages in an in-process FAISS index over MiniLM embeddings.
@@ -65,9 +65,9 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # (embeddings at a mean cosine of .83, "How tall" EM .07: every answer "156 cm") and test
   # comparison thoughts held the right numbers on 36 of 88 questions; with them 72 of 88,
   # single-hop EM .734 -> .932, all questions .456 -> .539, for 26% more SFT steps (DEVELOPERS.md).
-  config.sft.world_draws = 12
-  config.sft.number_draws = 6
-  config.sft.copy_drills = 8000
+  config.world.sft_draws = 12
+  config.world.number_draws = 6
+  config.world.copy_drills = 8000
   config.sft.epochs = 1
   config.sft.batch_size = 8
   config.sft.pack_length = 256
@@ -99,7 +99,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # test time whatever it had read (bridge EM .844 -> .583). Rollouts at temperature 1.3 (and
   # the common top_p 0.95) make about half the groups mixed instead of a third. From the same
   # SFT policies, test EM after RL: seed 0 .452 -> .468, seed 1 .427 -> .462 (DEVELOPERS.md).
-  config.rl.world_draw_count = 32
+  config.world.rl_draw_count = 32
   config.sampling.temperature = 1.3  # RL rollouts only: evaluation decodes greedily
   config.checkpoint.every_steps = 10
 
@@ -112,21 +112,21 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
     config.model.num_layers = 2
     config.model.num_heads = 2
     config.model.num_kv_heads = 1
-    config.data.world_entities = 60
-    config.sft.world_draws = 1
-    config.sft.number_draws = 1
-    config.sft.copy_drills = 64
+    config.world.entities = 60
+    config.world.sft_draws = 1
+    config.world.number_draws = 1
+    config.world.copy_drills = 64
     config.rl.steps = 2
     config.rl.batch_size = 4
     config.rl.mini_batch_size = 4
     config.rl.microbatches = 4
     config.rl.kl_coef = 0.001  # CI exercises the reference-model path too
     config.rl.oversample = 1.5  # and the mixed-groups-first selection (6 rolled out, 4 trained)
-    config.rl.world_draw_count = 2  # CI resumes across RL draws (step 2 uses the second)
+    config.world.rl_draw_count = 2  # CI resumes across RL draws (step 2 uses the second)
     config.checkpoint.every_steps = 1
     config.eval.max_questions = 8
     config.eval.batch_size = 8
   # RL on a fresh draw of the train split that SFT never saw (rewards come from reading the
   # retrieved passages, not from recalling SFT's entities).
-  config.rl.world_draw = config.sft.world_draws + config.sft.number_draws + 1
+  config.world.rl_draw = config.world.sft_draws + config.world.number_draws + 1
   return config

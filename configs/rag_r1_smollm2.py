@@ -3,7 +3,7 @@ extracts through MiniLM dense retrieval (FAISS), on CPU.
 
 Default: evaluation plus a few GRPO steps (stages rl,eval). Variants: `mq` (default), `sq`,
 `eval` (evaluation only), and `sft_mq` / `sft_sq`: stage 1 first, on the Wikipedia teacher's
-trajectories (rag_r1_jax/data/wiki_teacher.py, a sample of `sft.max_examples`), as the paper
+trajectories (rag_r1_jax/tasks/wiki/demonstrations.py, a sample of `sft.max_examples`), as the paper
 trains its policy on a 72B teacher's before RL.
   python main.py --config=configs/rag_r1_smollm2.py
   python main.py --config=configs/rag_r1_smollm2.py:sft_mq

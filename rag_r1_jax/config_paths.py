@@ -11,12 +11,10 @@ import os
 from typing import Callable
 
 from rag_r1_jax import assets
+from rag_r1_jax import tasks
 from rag_r1_jax.data import sources
 from rag_r1_jax.retrieval import factory as retrieval_factory
 from rag_r1_jax.config_validation import ConfigError, stages
-
-# Data sources whose documents come from retrieval.corpus_path (the others index their own).
-CORPUS_FILE_SOURCES = ("flashrag",)
 
 
 def _is_model_dir(path: str) -> bool:
@@ -66,7 +64,8 @@ def path_problems(config) -> list[str]:
   """Every missing or unusable path the configured stages would read, one line each."""
   p = _Problems(config)
   run = set(stages(config))
-  files_source = config.data.source in CORPUS_FILE_SOURCES
+  task = tasks.task_class(config.data.source)
+  files_source = not task.own_documents
 
   model = config.model
   if model.source == "hf" and p.require("model.path", "when config.model.source='hf'"):
@@ -80,23 +79,21 @@ def path_problems(config) -> list[str]:
       p.add("tokenizer.path", "is required with config.tokenizer.kind='hf' and "
             "config.model.source='scratch' (there is no checkpoint to take it from)")
 
-  has_teacher = (config.data.source in sources.SOURCES
-                 and sources.SOURCES[config.data.source].sft_trajectories is not None)
   if "sft" in run and config.sft.data_path:
     p.exists("sft.data_path", os.path.isfile, "a file")
-  elif "sft" in run and not has_teacher:
+  elif "sft" in run and not task.has_demonstrations:
     p.add("sft.data_path", f"is required for the sft stage when config.data.source="
-          f"{config.data.source!r} (it has no teacher): an alpaca / LLaMA-Factory JSON file, as "
-          "RAG-R1 ships its SFT set; or leave sft out of config.stages")
+          f"{config.data.source!r} (it writes no demonstrations): an alpaca / LLaMA-Factory "
+          "JSON file, as RAG-R1 ships its SFT set; or leave sft out of config.stages")
 
   if files_source:
     _dataset_problems(p, [field for stage, field in (("rl", "data.train_datasets"),
                                                      ("eval", "data.eval_datasets"))
                           if stage in run])
 
-  teacher_searches = ("sft" in run and not config.sft.data_path
-                      and config.data.source == "synthetic_world")
-  if run & {"rl", "eval"} or teacher_searches:
+  demonstrations_search = ("sft" in run and not config.sft.data_path
+                           and task.has_demonstrations)
+  if run & {"rl", "eval"} or demonstrations_search:
     _retrieval_problems(p, files_source)
   return p.lines
 
@@ -104,7 +101,7 @@ def path_problems(config) -> list[str]:
 def _dataset_problems(p: _Problems, fields: list[str]) -> None:
   """Each entry of the comma-separated dataset fields resolves to files with a split the
   stage reads (train for RL; test, else dev, for evaluation)."""
-  from rag_r1_jax.data import qa_builders, sources
+  from rag_r1_jax.data import qa_builders
   data_dir = os.path.expanduser(p.config.data.dir)
   names = [(field, entry) for field in fields for entry in sources.comma_list(p.value(field))
            if not qa_builders.is_path_spec(entry)]

@@ -2,7 +2,8 @@
 
 from typing import Any, Callable
 
-from rag_r1_jax.data import prompts, sources
+from rag_r1_jax import tasks
+from rag_r1_jax.data import prompts
 from rag_r1_jax.models import config as model_config
 from rag_r1_jax.models import lora
 from rag_r1_jax.retrieval import factory as retrieval_factory
@@ -19,8 +20,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
-    "tokenizer.kind": ("hf", "world"),
-    "data.source": tuple(sources.SOURCES),
+    "tokenizer.kind": ("hf", "task"),
     "export.dtype": ("auto", *model_config.DTYPES),
     "retrieval.backend": retrieval_factory.BACKENDS,
     "retrieval.index_type": retrieval_index.INDEX_TYPES,
@@ -49,16 +49,13 @@ _POSITIVE = (
     "rollout.max_total_length", "rollout.decode_chunk_steps", "sft.batch_size", "sft.max_length",
     "rl.batch_size", "rl.mini_batch_size", "rl.group_size", "rl.epochs_per_batch",
     "rl.microbatches", "checkpoint.keep", "checkpoint.every_steps", "eval.batch_size",
-    "rl.world_draw_count",
     "rl.kl_target", "rl.kl_horizon", "rl.rollout_is_threshold", "rl.max_nonfinite_steps",
     "sft.max_nonfinite_steps", "logging.console_every",
 )
-_NON_NEGATIVE = ("sft.epochs", "sft.world_draws", "sft.number_draws", "sft.copy_drills",
-                 "sft.decision_drills",
-                 "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
+_NON_NEGATIVE = ("sft.epochs", "rl.steps", "rl.kl_coef", "rl.entropy_coef", "sft.learning_rate",
                  "rl.learning_rate", "rl.critic_learning_rate", "eval.max_questions",
                  "sampling.top_k", "rl.format_reward", "rollout.mq_json_indent",
-                 "rl.world_draw", "rollout.cache_block_size", "sft.pack_length", "sft.max_examples",
+                 "rollout.cache_block_size", "sft.pack_length", "sft.max_examples",
                  "rl.length_bucket", "model.attention_block", "rl.micro_batch_size_per_device",
                  "sft.micro_batch_size_per_device", "rollout.rows_in_flight",
                  "rl.critic_epochs", "rl.critic_mini_batch_size", "rl.eval_every",
@@ -93,7 +90,7 @@ def validate(config) -> None:
     if not good:
       problems.append(f"config.{field}={value!r}: {message}")
 
-  for field, choices in _CHOICES.items():
+  for field, choices in {**_CHOICES, "data.source": tuple(tasks.TASKS)}.items():
     check(field, lambda v, c=choices: v in c, f"must be one of {', '.join(choices)}")
   for field in _POSITIVE:
     check(field, lambda v: v > 0, "must be positive")
@@ -168,14 +165,7 @@ def validate(config) -> None:
     check("rl.oversample", lambda v: v == 1.0,
           "chooses groups by their reward spread, which only GRPO's advantages need; "
           "keep 1.0 with PPO")
-  check("rl.world_draw_count",
-        lambda v: v == 1 or (config.rl.world_draw > 0 and config.data.source == "synthetic_world"),
-        "cycles through fresh draws of the synthetic world, so it needs "
-        "config.data.source='synthetic_world' and config.rl.world_draw > 0 (else keep 1)")
-  sft_draws = config.sft.world_draws + config.sft.number_draws
-  check("rl.world_draw", lambda v: v == 0 or v > sft_draws,
-        f"must be 0 (the run's own train split) or a draw SFT did not train on: above "
-        f"config.sft.world_draws + config.sft.number_draws = {sft_draws}")
+  _task_problems(config, check, problems)
   check("rollout.max_total_length",
         lambda v: v <= config.model.max_position_embeddings or config.model.source != "scratch",
         f"must be <= config.model.max_position_embeddings={config.model.max_position_embeddings}")
@@ -185,6 +175,25 @@ def validate(config) -> None:
           "needs the wandb package (`pip install wandb`), or set it to False")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _task_problems(config, check, problems: list[str]) -> None:
+  """The run's task checks its own config section; another task's section must be left at
+  its defaults (it would be ignored)."""
+  if config.data.source not in tasks.TASKS:
+    return  # reported as a bad choice
+  for name in tasks.TASKS:
+    cls = tasks.task_class(name)
+    if name == config.data.source:
+      cls.validate(config, check)
+    elif cls.section and cls.section in config:
+      ours, defaults = config[cls.section].to_dict(), cls.defaults().to_dict()
+      changed = sorted(k for k in ours.keys() | defaults.keys() if ours.get(k) != defaults.get(k))
+      if not changed:
+        continue
+      problems.append(f"config.{cls.section}.{{{', '.join(changed)}}} set, but only "
+                      f"data.source={name!r} reads config.{cls.section} (data.source is "
+                      f"{config.data.source!r})")
 
 
 def _actor_microbatch_rows(config) -> int:

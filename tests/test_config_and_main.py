@@ -79,32 +79,6 @@ def test_oversample_needs_grpo_and_at_least_one(algorithm, oversample, problem):
   _validates_or_names(config, problem)
 
 
-@pytest.mark.parametrize("world_draw, count, problem", [
-    (0, 2, "config.rl.world_draw_count=2: cycles through fresh draws"),
-    (19, 0, "config.rl.world_draw_count=0: must be positive"),
-    (19, 8, None), (0, 1, None)])
-def test_world_draw_count_needs_a_draw(world_draw, count, problem):
-  config = rag_r1.get_config("mq")
-  config.rl.world_draw, config.rl.world_draw_count = world_draw, count
-  _validates_or_names(config, problem)
-
-
-@pytest.mark.parametrize("world_draws, number_draws, world_draw, problem", [
-    (8, 6, 15, None), (8, 6, 0, None),
-    (8, 6, 14, "config.rl.world_draw=14: must be 0"),
-    (12, 6, 15, "config.rl.world_draw=15: must be 0")])
-def test_rl_draws_are_ones_sft_never_trained_on(world_draws, number_draws, world_draw, problem):
-  config = rag_r1.get_config("mq")
-  config.sft.world_draws, config.sft.number_draws = world_draws, number_draws
-  config.rl.world_draw = world_draw
-  config.rl.world_draw_count = 32 if world_draw else 1
-  _validates_or_names(config, problem)
-  if problem:  # the message names the last draw SFT trained on
-    with pytest.raises(config_validation.ConfigError,
-                       match=f"number_draws = {world_draws + number_draws}$"):
-      config_validation.validate(config)
-
-
 def test_hf_source_needs_path_and_server_needs_url():
   config = rag_r1.get_config("mq")
   config.model.source = "hf"

@@ -72,7 +72,7 @@ def test_every_missing_path_is_named_with_its_field_in_one_message(tmp_path):
       f"  config.model.path='{tmp_path}/no_model': {tmp_path}/no_model does not exist",
       f"  config.tokenizer.path='{tmp_path}/no_tokenizer': {tmp_path}/no_tokenizer does not exist",
       "  config.sft.data_path='': is required for the sft stage when config.data.source="
-      "'flashrag' (it has no teacher): an alpaca / LLaMA-Factory JSON file, as RAG-R1 ships its "
+      "'flashrag' (it writes no demonstrations): an alpaca / LLaMA-Factory JSON file, as RAG-R1 ships its "
       "SFT set; or leave sft out of config.stages",
       f"  config.data.train_datasets: '{tmp_path}/rag_r1/rl.json': dataset file "
       f"{tmp_path}/rag_r1/rl.json does not exist",

@@ -176,8 +176,8 @@ def world(args) -> None:
   if model is None:
     raise FileNotFoundError(f"--run_dir {args.run_dir}: no finished sft stage")
   rl = config.rl
-  prompts = ws.prompt_texts(ws.rl_rows(0)[:rl.batch_size])
-  retriever = ws.rl_retriever_at(0)
+  prompts = ws.prompt_texts(ws.task.rl_rows(0)[:rl.batch_size])
+  retriever = ws.rl_retriever(0)
   rows = len(prompts) * rl.group_size
   policy = f"SFT policy of {args.run_dir}" if args.run_dir else "initial (random) policy"
   print(f"(a) default world's RL rollout: {policy}; {len(prompts)} questions x "

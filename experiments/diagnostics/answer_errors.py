@@ -16,7 +16,7 @@ For each `<run>/eval/<policy>/trajectories.jsonl` given, prints per question kin
   - the commonest wrong answers. A policy that learnt an answer prior writes the same few
     answers whatever it read.
 With `--world_draws 19,20` (and the run's `--world_seed` / `--world_entities`), also prints the
-commonest gold answers of those train draws (RL rolls out on draws rl.world_draw, rl.world_draw
+commonest gold answers of those train draws (RL rolls out on draws world.rl_draw, world.rl_draw
 + 1, ...: 19, 20, ... by default), so a prior learnt from them shows up as the same names in
 both lists.
 
@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from rag_r1_jax.data import synthetic_world  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import world as synthetic_world  # noqa: E402
 from rag_r1_jax.eval import answer_metrics  # noqa: E402
 
 _NAME = re.compile(r"[A-Z][a-z]+ [A-Z][a-z]+")

@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from rag_r1_jax.data import prompts, synthetic_world, teacher  # noqa: E402
+from rag_r1_jax.data import prompts  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import teacher  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import world as synthetic_world  # noqa: E402
 from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
 from rag_r1_jax.runs.workspace import load_exported_policy  # noqa: E402
 from rag_r1_jax.training import logprobs, sft_data  # noqa: E402

@@ -6,7 +6,7 @@ answer up to `<answer>` and reads its next-token logits twice:
   whole name   given that first word, whether the second word scoring highest among the
                candidates' second words is the one of the same name (a "mixed" answer when not).
 Contexts come from fresh decision drills (`teacher.decision_drills`: the question and the
-thought with every value, the SFT format of `sft.decision_drills`) and from the teacher's
+thought with every value, the SFT format of `world.decision_drills`) and from the teacher's
 trajectories for the test comparison and fan-out questions (the run's prompt, exact retrieval).
 Questions whose candidates' words start with the same token are skipped (ambiguous choice).
 
@@ -25,8 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from rag_r1_jax.data import prompts, synthetic_world, teacher  # noqa: E402
-from rag_r1_jax.data.teacher import Segment  # noqa: E402
+from rag_r1_jax.data import prompts  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import teacher  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import world as synthetic_world  # noqa: E402
+from rag_r1_jax.tasks.demonstrations import Segment, trajectory_text  # noqa: E402
 from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
 
 
@@ -66,7 +68,7 @@ def question_items(world: synthetic_world.World, template: Callable[[str], str],
       continue
     thought = segments[-1].text.split("<answer>")[0]
     context = template(prompts.build_prompt(q.question, prompt_variant))
-    context += teacher.trajectory_text(segments[:-1] + [Segment(thought, "policy")])
+    context += trajectory_text(segments[:-1] + [Segment(thought, "policy")])
     names = tuple(lk.entity for rnd in q.plan for lk in rnd)
     out.append(Item((q.kind, q.plan[0][0].attribute, len(names)), context, names,
                     q.golden_answers[0]))

@@ -28,7 +28,7 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from configs import rag_r1  # noqa: E402
 from rag_r1_jax import sharding  # noqa: E402
-from rag_r1_jax.data import teacher  # noqa: E402
+from rag_r1_jax.tasks.synthetic_world import teacher  # noqa: E402
 from rag_r1_jax.runs.workspace import Workspace  # noqa: E402
 from rag_r1_jax.training import rl_update, sft_data, sft_update, train_state  # noqa: E402
 
@@ -71,7 +71,7 @@ def main(argv=None) -> np.ndarray:
   config = rag_r1.get_config(args.variant)
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   ws = Workspace(config, mesh, args.workdir)
-  tokenizer, world, model = ws.tokenizer, ws.world, ws.initial_model()
+  tokenizer, world, model = ws.tokenizer, ws.task.world, ws.initial_model()
 
   # Enough drills that no batch repeats one; the held-out drills come from another seed.
   pack, rows = config.sft.pack_length, args.rows or config.sft.batch_size

@@ -1,8 +1,8 @@
 """Stage 2: RL (GRPO or PPO) with the rollout engine and retrieval in the loop.
 
-Each step: draw `rl.batch_size` questions (the train split, or with rl.world_draw > 0 a fresh
-draw of the synthetic world searched over its own passages, step s taking draw
-rl.world_draw + s mod rl.world_draw_count; `rl.oversample` times as many when above 1), roll
+Each step: take `rl.batch_size` questions (`rl.oversample` times as many when above 1) from the
+task's question set s mod N (most tasks have one; a task may give each step its own questions
+and documents: tasks/base.py `rl_rows`, `rl_documents`), roll
 out `rl.group_size` samples of each, reward the policy's final answers, keep `rl.batch_size`
 groups (mixed rewards first: rl/group_filter.py), run the update, validate every
 `rl.eval_every` steps (runs/rl_validation.py), log, and checkpoint every
@@ -82,18 +82,21 @@ def rollout_question_count(batch_size: int, oversample: float) -> int:
 
 
 def iterator_states(iterators: Sequence[BatchIterator]) -> dict:
-  """The checkpointed data position: one iterator's state, or {"draws": [one per draw]}."""
+  """The checkpointed data position: one iterator's state, or {"sets": [one per question
+  set]}."""
   if len(iterators) == 1:
     return iterators[0].get_state()
-  return {"draws": [it.get_state() for it in iterators]}
+  return {"sets": [it.get_state() for it in iterators]}
 
 
 def set_iterator_states(iterators: Sequence[BatchIterator], state: dict) -> None:
-  states = state.get("draws", [state])
+  # An iterator's own state has several fields; one list field is a state per question set
+  # (checkpoints written before the key was "sets" name it otherwise).
+  [states] = state.values() if len(state) == 1 else [[state]]
   if len(states) != len(iterators):
-    raise ValueError(f"the RL checkpoint holds data positions for {len(states)} world draws but "
-                     f"config.rl.world_draw_count gives {len(iterators)}; resume with the "
-                     "config the run started with")
+    raise ValueError(f"the RL checkpoint holds data positions for {len(states)} question sets "
+                     f"but the task gives {len(iterators)}; resume with the config the run "
+                     "started with")
   for it, s in zip(iterators, states):
     it.set_state(s)
 
@@ -112,9 +115,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     model = ws.initial_model()
   state = train_state.create_rl_state(model, config)
   rollout_questions = rollout_question_count(rl.batch_size, rl.oversample)
-  draws = ws.rl_draw_count
-  iterators = [BatchIterator(ws.rl_rows(i), rollout_questions, seed=config.seed + 1009 * i)
-               for i in range(draws)]
+  sets = ws.task.rl_row_sets()
+  iterators = [BatchIterator(ws.task.rl_rows(i), rollout_questions, seed=config.seed + 1009 * i)
+               for i in range(sets)]
   manager = ws.checkpoint_manager("rl")
   start = manager.latest_step() or 0
   kl_coef = rl.kl_coef  # PPO's reward KL coefficient, moved by rl.kl_ctrl after each step
@@ -123,7 +126,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     set_iterator_states(iterators, meta["data"])
     kl_coef = meta.get("kl_coef", kl_coef)
     print(f"rl: resumed from step {start}", flush=True)
-  engine = ws.engine(state.merged_model(), ws.rl_retriever_at(0))
+  engine = ws.engine(state.merged_model(), ws.rl_retriever(0))
   sampling = SamplingParams.from_config(config.sampling)
   val_questions = (rl_validation.validation_questions(ws, engine, rl.eval_questions)
                    if rl.eval_every else [])
@@ -132,8 +135,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps, "rl.max_nonfinite_steps")
   progress = StepProgress("rl", rl.steps, initial=start, every=config.logging.console_every)
   for step in range(start, rl.steps):
-    engine.retriever = ws.rl_retriever_at(step % draws)
-    batch_rows = next(iterators[step % draws])
+    engine.retriever = ws.rl_retriever(step % sets)
+    batch_rows = next(iterators[step % sets])
     golds = [r["golden_answers"] for r in batch_rows]
     t0 = step_start = time.perf_counter()
     first = step == start  # compiles the sampler, scoring and update: said step by step

@@ -1,7 +1,7 @@
 """Stage 1: format-learning SFT, keeping the lowest-validation-loss policy.
 
-Data: `sft.data_path` (alpaca / LLaMA-Factory JSON, how RAG-R1 ships its SFT set), or the data
-source's programmatic teacher (synthetic world, Wikipedia extracts: data/sources.py), searching
+Data: `sft.data_path` (alpaca / LLaMA-Factory JSON, how RAG-R1 ships its SFT set), or the
+task's scripted demonstrations (tasks/base.py `demonstrations`), searching
 through the run's own retriever so the `<information>` text is exactly what the rollout engine
 inserts. With `sft.cut_subsamples` every trajectory is cut at each policy turn (the paper's
 recipe); otherwise one example per trajectory trains all its policy turns at once (the same
@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from rag_r1_jax import assets, sharding, timing
-from rag_r1_jax.data import sources, teacher
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
@@ -33,20 +32,19 @@ def build_examples(ws: Workspace) -> list[sft_data.SFTExample]:
     rows = qa_builders.load_split("sft", "train", files={"train": assets.resolve(config.sft.data_path)},
                                   tfds_dir=config.data.tfds_dir or None)
     return [sft_data.encode_alpaca_row(tokenizer, dict(r)) for r in rows]
-  teach = sources.get(config).sft_trajectories
-  if teach is None:
+  if not ws.task.has_demonstrations:
     raise ValueError(f"config.sft.data_path is empty and config.data.source="
-                     f"{config.data.source!r} has no teacher: give an alpaca/LLaMA-Factory JSON "
-                     "file for SFT")
+                     f"{config.data.source!r} writes no demonstrations: give an "
+                     "alpaca/LLaMA-Factory JSON file for SFT")
   truncate = observation.token_truncate(
       lambda t: tokenizer.encode(t, add_special_tokens=False),
       lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
   retriever = ws.retriever
-  with timing.announce(f"sft: the {config.data.source} teacher's trajectories (searching the "
+  with timing.announce(f"sft: the {config.data.source} demonstrations (searching the "
                        "run's retriever)"):
-    kept = teach(config, retriever, truncate, ws.prompt_variant)
+    kept = ws.task.demonstrations(retriever, truncate, ws.prompt_variant)
   if config.sft.cut_subsamples:
-    return sft_data.teacher_examples(tokenizer, kept, teacher.cut_subsamples)
+    return sft_data.subsample_examples(tokenizer, kept)
   return sft_data.whole_examples(tokenizer, kept)
 
 

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 from jax.sharding import Mesh
 
-from rag_r1_jax import assets, multihost, timing
-from rag_r1_jax.data import prompts, sources, synthetic_world, world_tokenizer
+from rag_r1_jax import assets, multihost, tasks, timing
+from rag_r1_jax.data import prompts
 from rag_r1_jax.models import factory, hf_checkpoint
 from rag_r1_jax.models.decoder import Decoder
 from rag_r1_jax.retrieval import factory as retrieval_factory
@@ -66,76 +66,44 @@ class Workspace:
 
   # ---- data --------------------------------------------------------------------------------
 
-  @property
-  def world(self) -> synthetic_world.World:
-    return sources.world(self.config)
+  @functools.cached_property
+  def task(self) -> tasks.Task:
+    """Where questions and documents come from (config.data.source: rag_r1_jax/tasks/)."""
+    return tasks.get(self.config)
 
   @property
   def prompt_variant(self) -> str:
     return self.config.data.prompt or f"paper_{self.config.rollout.mode}"
 
   def train_rows(self) -> list[dict]:
-    """RL training questions: rows with id, question, golden_answers (data/sources.py)."""
-    return sources.get(self.config).train_rows(self.config)
-
-  @property
-  def rl_draw_count(self) -> int:
-    """How many train draws RL cycles through, one per step (1 without rl.world_draw)."""
-    return self.config.rl.world_draw_count if self.config.rl.world_draw else 1
-
-  def rl_world_at(self, index: int) -> synthetic_world.World | None:
-    """The `index`-th world RL draws questions from (rl.world_draw + index), else None."""
-    if self.config.data.source != "synthetic_world" or not self.config.rl.world_draw:
-      return None
-    return self._rl_draw(self.config.rl.world_draw + index)
-
-  @functools.cache
-  def _rl_draw(self, draw: int) -> synthetic_world.World:
-    return synthetic_world.train_draw(self.world, draw)
-
-  def rl_rows(self, index: int = 0) -> list[dict]:
-    """RL training questions: train_rows(), or those of the `index`-th RL draw."""
-    world = self.rl_world_at(index)
-    if world is None:
-      return self.train_rows()
-    return [q.row() for q in world.split_questions("train")]
-
-  def rl_retriever_at(self, index: int) -> Retriever:
-    """The retriever RL searches: the run's, or one over the `index`-th RL draw's passages
-    (same backend) plus the world's distractor passages. Built once per draw."""
-    world = self.rl_world_at(index)
-    if world is None:
-      return self.retriever
-    return self._rl_draw_retriever(index)
-
-  @functools.cache
-  def _rl_draw_retriever(self, index: int) -> Retriever:
-    world = self.rl_world_at(index)
-    distractors = {e.name for e in self.world.entities if e.split == "distractor"}
-    documents = list(world.passages) + [p for p in self.world.passages if p.title in distractors]
-    return self._build_retriever(documents)
+    """RL training questions: rows with id, question, golden_answers."""
+    return self.task.train_rows()
 
   def eval_datasets(self) -> dict[str, list[dict]]:
     """Evaluation questions: dataset (or data_source) -> rows."""
-    return sources.get(self.config).eval_datasets(self.config)
+    return self.task.eval_datasets()
 
   def documents(self) -> Sequence[Document] | None:
-    """In-memory documents to index (synthetic world, wiki extracts), else None (corpus files)."""
-    return sources.get(self.config).documents(self.config)
+    """In-memory documents to index, else None (the corpus files of config.retrieval)."""
+    return self.task.documents()
+
+  @functools.cache
+  def rl_retriever(self, index: int) -> Retriever:
+    """The retriever RL's `index`-th question set searches: the run's, or one (same backend)
+    over the documents the task gives that set. Built once per set."""
+    documents = self.task.rl_documents(index)
+    return self.retriever if documents is None else self._build_retriever(documents)
 
   # ---- tokenizer, retrieval, models -----------------------------------------------------------
 
   @functools.cached_property
   def tokenizer(self):
     kind = self.config.tokenizer.kind
-    if kind == "world":
+    if kind == "task":
       out = os.path.join(self.workdir, "tokenizer")
       if multihost.is_primary() and not _json_file_whole(os.path.join(out, "tokenizer.json")):
-        write_dir_atomically(out, lambda tmp: world_tokenizer.build_world_tokenizer(
-            self.world, tmp, extra_texts=list(prompts.TEMPLATES.values()),
-            json_indent=self.config.rollout.mq_json_indent,
-            split_digits=self.config.tokenizer.split_digits))
-      multihost.barrier("world tokenizer")  # process 0 wrote it; every process loads it
+        write_dir_atomically(out, self.task.build_tokenizer)
+      multihost.barrier("task tokenizer")  # process 0 wrote it; every process loads it
       return factory.load_tokenizer(out)
     path = self.config.tokenizer.path or self._checkpoint_dir()
     return factory.load_tokenizer(assets.resolve(path))

@@ -5,9 +5,9 @@ Two sources:
     ('sft', ...) or a list of dicts): instruction (+ "\\n" + input) is one user turn through
     the tokenizer's chat template; the output is the assistant response, in which every
     `<information> ... </information>` block (tags included) is masked out;
-  * the programmatic teacher's segment lists (data/teacher.py: `.text`, `.role` in
-    {'policy', 'information'}), cut into sub-samples with `teacher.cut_subsamples`: the
-    context segments are masked, only the target segment is trained.
+  * a task's demonstrations, segment lists (tasks/demonstrations.py: `.text`, `.role` in
+    {'policy', 'information'}), either whole (observations masked) or cut into the paper's
+    sub-samples (`cut_subsamples`): the context segments are masked, only the target trained.
 Text is tokenised piece by piece (prompt, then each segment), so the mask lines up with the
 pieces exactly. The response ends with the tokenizer's eos token (trained), as
 LLaMA-Factory does, so the model learns to stop after `</answer>`.
@@ -16,8 +16,7 @@ Batches are right-padded to a multiple of `length_bucket` tokens (few distinct s
 compiles) and to a fixed number of rows (padding rows have loss mask 0). Or, with a
 `pack_length`, several examples share a row of exactly that many tokens (one shape, one
 compile): positions restart at each example and `attention_mask` holds segment ids (1, 2, ...
-per example in the row, 0 on padding), so no example attends to another. On the default world
-padded batches were 47% real tokens.
+per example in the row, 0 on padding), so no example attends to another.
 """
 
 import collections
@@ -29,9 +28,10 @@ import numpy as np
 
 from rag_r1_jax.data import prompts
 from rag_r1_jax.data.iterator import epoch_order
+from rag_r1_jax.tasks import demonstrations
 
 _INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
-Piece = collections.namedtuple("Piece", "text role")  # the fields of teacher.Segment
+Piece = collections.namedtuple("Piece", "text role")  # the fields of demonstrations.Segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def encode_segments(tokenizer: Any, prompt_text: str, segments: Sequence[Any],
                     trained: Sequence[bool], append_eos: bool = True) -> SFTExample:
   """prompt_text (already templated, mask 0) then each segment, masked 1 where `trained`.
 
-  segments: objects with `.text` (teacher.Segment or Piece); trained: one flag per segment.
+  segments: objects with `.text` (demonstrations.Segment or Piece); trained: one flag per segment.
   The eos token, when appended, is trained.
   """
   assert len(segments) == len(trained), (len(segments), len(trained))
@@ -102,19 +102,21 @@ def encode_alpaca_row(tokenizer: Any, row: dict) -> SFTExample:
 
 def encode_subsample(tokenizer: Any, prompt_text: str, context: Sequence[Any],
                      target: Any) -> SFTExample:
-  """A teacher sub-sample: templated prompt, context segments (masked), target (trained)."""
+  """A demonstration's sub-sample: templated prompt, context segments (masked), target (trained)."""
   assert target.role == "policy", "observations are never training targets"
   return encode_segments(tokenizer, prompt_text, [*context, target],
                          [False] * len(context) + [True])
 
 
-def teacher_examples(tokenizer: Any, trajectories: Iterable[tuple[str, Sequence[Any]]],
-                     cut: Callable[[Sequence[Any]], list]) -> list[SFTExample]:
-  """Sub-sample examples of (user prompt text, segments) pairs; cut: teacher.cut_subsamples."""
+def subsample_examples(tokenizer: Any,
+                       trajectories: Iterable[tuple[str, Sequence[Any]]]) -> list[SFTExample]:
+  """The paper's sub-sample examples (demonstrations.cut_subsamples) of (user prompt text,
+  segments) pairs."""
   out = []
   for user, segments in trajectories:
     prompt_text = prompts.apply_chat_template(tokenizer, user)
-    out += [encode_subsample(tokenizer, prompt_text, ctx, tgt) for ctx, tgt in cut(segments)]
+    out += [encode_subsample(tokenizer, prompt_text, ctx, tgt)
+            for ctx, tgt in demonstrations.cut_subsamples(segments)]
   return out
 
 

@@ -44,7 +44,7 @@ def test_comparison_counts_whole_names_and_mixed_ones():
 
 
 def test_decisions_split_reading_errors_from_choosing_errors():
-  from rag_r1_jax.data import synthetic_world
+  from rag_r1_jax.tasks.synthetic_world import world as synthetic_world
   world = synthetic_world.make_world(0, 240)
   q = next(q for q in world.split_questions("test", ["comparison"]) if "born" in q.question)
   a, b = answer_errors.listed_names(q.question)

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from rag_r1_jax.data import synthetic_world as sw
+from rag_r1_jax.tasks.synthetic_world import world as sw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from configs.common import base_config
-from rag_r1_jax.data import sources, synthetic_world
+from rag_r1_jax import tasks
+from tests.data.test_qa_builders import write_jsonl
 from rag_r1_jax.eval import answer_metrics, harness, plots, summarize
 from rag_r1_jax.retrieval.base import Document, ExactRetriever
 from rag_r1_jax.rollout import engine as engine_lib
@@ -192,42 +193,19 @@ def test_user_errors_fail_before_any_rollout(toy, tmp_path):
   assert engine.calls == [] and not os.listdir(tmp_path)
 
 
-def test_synthetic_world_loader_splits_test_questions_by_kind():
-  config = base_config()
-  config.data.source = "synthetic_world"
-  config.data.world_entities = 60
-  datasets = sources.get(config).eval_datasets(config)
-  assert list(datasets) == ["single", "bridge", "comparison", "fanout"]
-  world = synthetic_world.make_world(config.data.world_seed, config.data.world_entities)
-  by_id = {q.id: q for q in world.questions}
-  test_entities, train_entities = set(), set()
-  for q in world.questions:
-    names = {lk.entity for r in q.plan for lk in r}
-    (test_entities if q.split == "test" else train_entities).update(names)
-  for kind, rows in datasets.items():
-    assert rows, kind
-    assert rows == [q.row() for q in world.split_questions("test", kinds=(kind,))]
-    for row in rows:
-      q = by_id[row["id"]]
-      assert q.kind == kind and q.split == "test"
-      assert all(world.entity(lk.entity).split == "test" for r in q.plan for lk in r)
-  assert test_entities and not test_entities & train_entities
-  assert sum(map(len, datasets.values())) == len(world.split_questions("test"))
-
-
 def test_flashrag_loader_reads_test_else_dev(tmp_path):
   data_dir = tmp_path / "flashrag"
   for name, split in (("nq", "test"), ("nq", "dev"), ("hotpotqa", "dev"), ("hotpotqa", "train")):
     os.makedirs(data_dir / name, exist_ok=True)
     rows = [{"id": f"{name}-{split}-{i}", "question": f"q{i}?", "golden_answers": [f"a{i}"]}
             for i in range(2)]
-    synthetic_world.write_jsonl(rows, str(data_dir / name / f"{split}.jsonl"))
+    write_jsonl(data_dir / name / f"{split}.jsonl", rows)
   config = base_config()
   config.data.source = "flashrag"
   config.data.dir = str(data_dir)
   config.data.tfds_dir = str(tmp_path / "tfds")
   config.data.eval_datasets = "nq, hotpotqa"
-  datasets = sources.get(config).eval_datasets(config)
+  datasets = tasks.get(config).eval_datasets()
   assert list(datasets) == ["nq", "hotpotqa"]
   assert [r["id"] for r in datasets["nq"]] == ["nq-test-0", "nq-test-1"]
   assert [r["id"] for r in datasets["hotpotqa"]] == ["hotpotqa-dev-0", "hotpotqa-dev-1"]
@@ -235,4 +213,4 @@ def test_flashrag_loader_reads_test_else_dev(tmp_path):
                                "data_source": "nq", "extra_info": ""}
   config.data.source = "wiki"
   with pytest.raises(ValueError, match="config.data.source='wiki'"):
-    sources.get(config).eval_datasets(config)
+    tasks.get(config)

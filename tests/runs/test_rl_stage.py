@@ -19,6 +19,7 @@ from rag_r1_jax.retrieval.base import Document, ExactRetriever
 from rag_r1_jax.rollout.trajectories import Rollout, RowRecord
 from rag_r1_jax.runs import rl_stage
 from rag_r1_jax.runs.workspace import Workspace
+from rag_r1_jax.tasks.base import Task
 from rag_r1_jax.training import metrics_writer
 from tests.sampling import toy
 from tests.training import fake_wandb
@@ -58,6 +59,18 @@ def test_rollout_metrics_one_source_adds_nothing():
 # ---- the stage on a scripted toy policy: validation, W&B, resume --------------------------
 
 
+class ToyTask(Task):
+  """Two train questions; evaluation on two data sources."""
+
+  def train_rows(self):
+    return [{"id": f"t{i}", "question": f"q{i}", "golden_answers": ["paris"]} for i in range(2)]
+
+  def eval_datasets(self):
+    row = lambda i, gold: {"id": str(i), "question": f"v{i}", "golden_answers": [gold]}  # noqa
+    return {"nq": [row(0, "paris"), row(1, "paris")],
+            "hotpotqa": [row(2, "paris"), row(3, "Beta"), row(4, "paris")]}
+
+
 class ToyRLWorkspace(Workspace):
   """The toy bigram policy searching one document; every prompt templated to 'x Q:'."""
 
@@ -77,13 +90,9 @@ class ToyRLWorkspace(Workspace):
     graphdef, state = _toy_split(self.mesh)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.copy(), state))  # training donates it
 
-  def rl_rows(self, index=0):
-    return [{"id": f"t{i}", "question": f"q{i}", "golden_answers": ["paris"]} for i in range(2)]
-
-  def eval_datasets(self):
-    row = lambda i, gold: {"id": str(i), "question": f"v{i}", "golden_answers": [gold]}  # noqa
-    return {"nq": [row(0, "paris"), row(1, "paris")],
-            "hotpotqa": [row(2, "paris"), row(3, "Beta"), row(4, "paris")]}
+  @functools.cached_property
+  def task(self):
+    return ToyTask(self.config)
 
   def export_stage_model(self, stage, model):
     self.exported = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}

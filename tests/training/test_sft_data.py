@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from rag_r1_jax.tasks.demonstrations import Segment
 from rag_r1_jax.training import sft_data
 from tests.char_tokenizer import char_tokenizer
 
@@ -46,18 +47,16 @@ def test_split_information_pieces():
 
 
 def _search_then_answer():
-  """(the teacher module, a search turn, its information block, then the answer turn)."""
-  teacher = pytest.importorskip("rag_r1_jax.data.teacher")
-  return teacher, [
-      teacher.Segment("<think> need city </think><search> Ann </search>", "policy"),
-      teacher.Segment("<information>Ann: Oslo</information>", "information"),
-      teacher.Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
+  """A search turn, its information block, then the answer turn."""
+  return [Segment("<think> need city </think><search> Ann </search>", "policy"),
+          Segment("<information>Ann: Oslo</information>", "information"),
+          Segment("<think> Oslo </think><answer> Oslo </answer>", "policy")]
 
 
-def test_teacher_subsamples_mask_only_the_target():
-  teacher, segments = _search_then_answer()
+def test_subsamples_mask_only_the_target():
+  segments = _search_then_answer()
   tok = char_tokenizer()
-  examples = sft_data.teacher_examples(tok, [("Where?", segments)], teacher.cut_subsamples)
+  examples = sft_data.subsample_examples(tok, [("Where?", segments)])
   assert len(examples) == 2
   first, second = examples
   assert _decode(tok, first.tokens[first.loss_mask == 1]) == segments[0].text + "<|end|>"
@@ -71,7 +70,7 @@ def test_teacher_subsamples_mask_only_the_target():
 
 
 def test_whole_examples_train_every_policy_segment_and_no_information():
-  teacher, segments = _search_then_answer()
+  segments = _search_then_answer()
   tok = char_tokenizer()
   [whole] = sft_data.whole_examples(tok, [("Where?", segments)])
   assert _decode(tok, whole.tokens) == ("<|user|>\nWhere?<|end|>\n<|assistant|>\n"
@@ -79,7 +78,7 @@ def test_whole_examples_train_every_policy_segment_and_no_information():
   assert _decode(tok, whole.tokens[whole.loss_mask == 1]) == (
       segments[0].text + segments[2].text + "<|end|>")
   # The same tokens and targets as the last cut sub-sample, which holds the whole response.
-  last = sft_data.teacher_examples(tok, [("Where?", segments)], teacher.cut_subsamples)[-1]
+  last = sft_data.subsample_examples(tok, [("Where?", segments)])[-1]
   np.testing.assert_array_equal(whole.tokens, last.tokens)
   assert whole.loss_mask.sum() > last.loss_mask.sum()
 

@@ -22,10 +22,12 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers, Regex
 import transformers
 
-from rag_r1_jax.data import synthetic_world, teacher
 from rag_r1_jax.protocol import TAGS
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
+from rag_r1_jax.tasks.demonstrations import trajectory_text
+from rag_r1_jax.tasks.synthetic_world import teacher
+from rag_r1_jax.tasks.synthetic_world import world as synthetic_world
 
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
@@ -67,7 +69,7 @@ def training_texts(world: synthetic_world.World, extra_texts: Iterable[str] = ()
     for segments in teacher.teacher_trajectories(world, train, retriever, mode=mode, topk=topk,
                                                  json_indent=json_indent):
       if segments is not None:
-        texts.append(teacher.trajectory_text(segments))
+        texts.append(trajectory_text(segments))
   texts += [observation.INVALID_ACTION_TEXT, observation.BUDGET_EXHAUSTED_TEXT,
             observation.problem_observation("the search query was empty")]
   return texts + list(extra_texts) * extra_weight

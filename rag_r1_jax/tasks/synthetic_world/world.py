@@ -236,7 +236,7 @@ class _Names:
       candidates = [c for c in candidates if words & set(c.split(" "))] or candidates
     if not candidates:
       raise ValueError(f"the synthetic world ran out of {kind} names; lower "
-                       "data.world_entities or the distractor fraction")
+                       "world.entities or the distractor fraction")
     name = self.rng.choice(candidates)
     self.taken.add(name)
     if split == "train":
@@ -379,7 +379,7 @@ def make_world(seed: int, num_entities: int, *, test_fraction: float = 0.25,
   n_test = round(num_entities * test_fraction)
   n_train = num_entities - n_test
   if min(n_train, n_test) < 10:
-    raise ValueError(f"data.world_entities={num_entities} with test fraction {test_fraction} "
+    raise ValueError(f"world.entities={num_entities} with test fraction {test_fraction} "
                      "gives a split under 10 entities; use at least 40 entities")
   rng = random.Random(seed)
   names = _Names(rng, num_entities)

@@ -9,47 +9,18 @@ whose retrieved documents miss a needed fact is dropped (only correct ones are k
 Policy segments look like `<think> need birth year </think><search> A, B </search>` and
 `<think> A was born 1931; B was born 1925 </think><answer> B </answer>` (thoughts are
 kept to a few words: sequence length is the CPU budget). World questions are never answered
-without a search; `direct_answer` exists for questions a model should answer from memory.
+without a search (`demonstrations.direct_answer` is for questions answered from memory).
 """
 
-import dataclasses
 import random
 from typing import Literal, Sequence
 
 from rag_r1_jax import protocol as P
-from rag_r1_jax.data import synthetic_world
-from rag_r1_jax.data.synthetic_world import FACT_NUMBERS, NEEDS, Question, World
+from rag_r1_jax.tasks.demonstrations import Segment, answer_segment, search_segment, thought
+from rag_r1_jax.tasks.synthetic_world import world as synthetic_world
+from rag_r1_jax.tasks.synthetic_world.world import FACT_NUMBERS, NEEDS, Question, World
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout import observation
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-  """A piece of a response: the model's own tokens ('policy') or an inserted observation."""
-  text: str
-  role: Literal["policy", "information"]
-
-
-def trajectory_text(segments: Sequence[Segment]) -> str:
-  """The response text: the segments concatenated."""
-  return "".join(s.text for s in segments)
-
-
-def _thought(text: str) -> str:
-  return f"{P.THINK_OPEN} {text} {P.THINK_CLOSE}"
-
-
-def search_segment(thought: str, queries: Sequence[str]) -> Segment:
-  return Segment(f"{_thought(thought)}{P.SEARCH_OPEN} {', '.join(queries)} {P.SEARCH_CLOSE}", "policy")
-
-
-def answer_segment(thought: str, answer: str) -> Segment:
-  return Segment(f"{_thought(thought)}{P.ANSWER_OPEN} {answer} {P.ANSWER_CLOSE}", "policy")
-
-
-def direct_answer(answer: str, thought: str = "I know this") -> list[Segment]:
-  """A trajectory that answers without searching (never used for world questions)."""
-  return [answer_segment(thought, answer)]
 
 
 def _need(lookups) -> str:
@@ -113,15 +84,6 @@ def teacher_trajectory(world: World, question: Question, retriever: Retriever, *
                               json_indent=json_indent)[0]
 
 
-def cut_subsamples(segments: Sequence[Segment]) -> list[tuple[list[Segment], Segment]]:
-  """The paper's sub-samples: one (context segments, target policy segment) per policy segment.
-
-  The context is everything before the target (the prompt is added by the caller); the model
-  thus learns both when to search and when to answer. Observations are never targets.
-  """
-  return [(list(segments[:i]), s) for i, s in enumerate(segments) if s.role == "policy"]
-
-
 def copy_drills(world: World, count: int, seed: int) -> list[tuple[str, list[Segment]]]:
   """`count` (user text, segments) drills: repeat a list of world names and numbers in order.
 
@@ -181,30 +143,31 @@ def decision_drills(world: World, count: int, seed: int) -> list[tuple[str, list
     question = (pair_text if size == 2 else fan_text).format(*names)
     facts = "; ".join(synthetic_world.fact_text(key, n, synthetic_world.value_text(key, v))
                       for n, v in zip(names, values))
-    out.append((f"Decide: {question}", [Segment(_thought(facts), "information"),
+    out.append((f"Decide: {question}", [Segment(thought(facts), "information"),
                                         Segment(f"<answer> {winner} </answer>", "policy")]))
   return out
 
 
 def sft_trajectories(config, retriever: Retriever, truncate: observation.Truncate,
                      prompt_variant: str) -> list[tuple[str, list[Segment]]]:
-  """(user prompt text, segments) for stage 1 on the synthetic world (data.source =
-  synthetic_world): the teacher's solved train questions over `sft.world_draws` + 1 draws
-  and the number questions of `sft.number_draws` more, then the copy and decision drills.
+  """(user prompt text, segments) for stage 1: the teacher's solved train questions over
+  `world.sft_draws` + 1 draws and the number questions of `world.number_draws` more, then the
+  copy and decision drills.
 
   Draw 0 is the run's own world, searched through the run's `retriever`; fresh draws are
   searched exactly over their own passages. The teacher keeps only trajectories whose
   observation holds every needed fact, so with topk=1 the observation text is what the engine
   would insert; with more documents the others come from the draw.
   """
-  from rag_r1_jax.data import prompts, sources
+  from rag_r1_jax.data import prompts
   from rag_r1_jax.retrieval.base import ExactRetriever
-  sft = config.sft
-  world = sources.world(config)
+  from rag_r1_jax.tasks.synthetic_world import draw_of, world_of
+  settings = config.world
+  world = world_of(config)
   kept, total = [], 0
-  full_draws = sft.world_draws + 1  # draws 0..world_draws; number draws follow them
-  for draw in range(full_draws + sft.number_draws):
-    drawn = synthetic_world.train_draw(world, draw)
+  full_draws = settings.sft_draws + 1  # draws 0..sft_draws; number draws follow them
+  for draw in range(full_draws + settings.number_draws):
+    drawn = draw_of(config, draw)
     questions = drawn.split_questions("train")
     if draw >= full_draws:
       questions = [q for q in questions if q.reads_numbers()]
@@ -215,17 +178,17 @@ def sft_trajectories(config, retriever: Retriever, truncate: observation.Truncat
     kept += [(prompts.build_prompt(q.question, prompt_variant), t)
              for q, t in zip(questions, trajectories) if t is not None]
     total += len(questions)
-  draws = f" over {sft.world_draws + 1} draws of the train split" if sft.world_draws else ""
-  if sft.number_draws:
-    draws += f" and the number questions of {sft.number_draws} more"
+  draws = f" over {settings.sft_draws + 1} draws of the train split" if settings.sft_draws else ""
+  if settings.number_draws:
+    draws += f" and the number questions of {settings.number_draws} more"
   misses = retriever.stats.empty
   misses = f"; {misses} searches found no document" if misses else ""
   print(f"sft: teacher solved {len(kept)}/{total} train questions{draws} "
         f"(the rest lost a fact in retrieval{misses})", flush=True)
-  if sft.copy_drills:
-    kept += copy_drills(world, sft.copy_drills, config.seed)
-    print(f"sft: + {sft.copy_drills} copy drills", flush=True)
-  if sft.decision_drills:
-    kept += decision_drills(world, sft.decision_drills, config.seed)
-    print(f"sft: + {sft.decision_drills} decision drills", flush=True)
+  if settings.copy_drills:
+    kept += copy_drills(world, settings.copy_drills, config.seed)
+    print(f"sft: + {settings.copy_drills} copy drills", flush=True)
+  if settings.decision_drills:
+    kept += decision_drills(world, settings.decision_drills, config.seed)
+    print(f"sft: + {settings.decision_drills} decision drills", flush=True)
   return kept

@@ -6,9 +6,10 @@ import statistics
 import pytest
 import transformers
 
-from rag_r1_jax.data import synthetic_world as sw
-from rag_r1_jax.data import teacher
-from rag_r1_jax.data import world_tokenizer as wt
+from rag_r1_jax.tasks.demonstrations import trajectory_text
+from rag_r1_jax.tasks.synthetic_world import teacher
+from rag_r1_jax.tasks.synthetic_world import tokenizer as wt
+from rag_r1_jax.tasks.synthetic_world import world as sw
 from rag_r1_jax.retrieval.base import ExactRetriever
 from rag_r1_jax.rollout import observation
 
@@ -75,7 +76,7 @@ def test_tags_are_single_tokens_that_decode_verbatim(tok):
 
 def test_round_trip_on_world_texts(world, tok, trajectories):
   texts = [d.contents for d in world.passages] + [q.question for q in world.questions]
-  texts += [teacher.trajectory_text(s) for _, s in trajectories[("test", "mq")][:200]]
+  texts += [trajectory_text(s) for _, s in trajectories[("test", "mq")][:200]]
   texts += [observation.INVALID_ACTION_TEXT, "caf\u00e9 \u4e2d\u6587 \U0001f600 \\n \t x\n\n"]
   for text in texts:
     assert tok.decode(_ids(tok, text)) == text

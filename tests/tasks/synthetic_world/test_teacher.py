@@ -1,10 +1,10 @@
-"""Tests for the programmatic teacher's trajectories and the paper's sub-sample cutting."""
+"""The synthetic world's programmatic teacher: its trajectories and drills."""
 
 import pytest
 
-from rag_r1_jax.data import synthetic_world as sw
-from rag_r1_jax.data import teacher
-from rag_r1_jax.data.teacher import Segment
+from rag_r1_jax.tasks.demonstrations import Segment, trajectory_text
+from rag_r1_jax.tasks.synthetic_world import teacher
+from rag_r1_jax.tasks.synthetic_world import world as sw
 from rag_r1_jax.eval import answer_metrics
 from rag_r1_jax.retrieval.base import Document, ExactRetriever, Retriever
 from rag_r1_jax.rollout import observation, search_call
@@ -73,7 +73,7 @@ def test_every_question_gets_a_parseable_correct_trajectory(world, retriever, mo
     final = search_call.parse_action(policy[-1].text, mode=mode, max_queries_per_call=3,
                                      max_query_chars=512)
     assert final.kind == "answer" and final.answer == q.golden_answers[0]
-    assert answer_metrics.extract_last_answer(teacher.trajectory_text(segments)) == q.golden_answers[0]
+    assert answer_metrics.extract_last_answer(trajectory_text(segments)) == q.golden_answers[0]
     assert all(s.text.startswith("\n\n<information>") for s in segments if s.role != "policy")
 
 
@@ -91,20 +91,6 @@ def test_lost_facts_drop_the_trajectory(world, retriever):
       return [[Document("x", "Nobody", "nothing")] for _ in queries]
 
   assert teacher.teacher_trajectory(world, q, Wrong(), mode="mq", topk=3) is None
-
-
-def test_cut_subsamples():
-  segs = [Segment("p1", "policy"), Segment("i1", "information"), Segment("p2", "policy"),
-          Segment("i2", "information"), Segment("p3", "policy")]
-  cuts = teacher.cut_subsamples(segs)
-  assert cuts == [([], segs[0]), (segs[:2], segs[2]), (segs[:4], segs[4])]
-  assert teacher.cut_subsamples([]) == []
-
-
-def test_direct_answer():
-  segs = teacher.direct_answer("Paris")
-  assert segs == [Segment("<think> I know this </think><answer> Paris </answer>", "policy")]
-  assert teacher.cut_subsamples(segs) == [([], segs[0])]
 
 
 def test_copy_drills(world):

@@ -1,19 +1,19 @@
-"""A programmatic teacher for the Wikipedia-extract questions (data/wiki_questions.py).
+"""Scripted demonstrations for the Wikipedia-extract questions (tasks/wiki/questions.py).
 
 Stage 1 (format SFT) for a real pretrained model: the paper distils trajectories from a 72B
-model; here the teacher knows which article answers each description, searches for it through
+model; here a script knows which article answers each description, searches for it through
 the run's own retriever and answers with the title, in the paper's format. sq searches one
 description per call; mq searches all of a question's descriptions in one call. The
 observation text is built by `observation.information_block` from the ACTUAL results, so it
 is exactly what the rollout engine inserts. A question is dropped when the engine's parser
-would not read the teacher's queries back as written (a description with quotes or brackets),
+would not read the script's queries back as written (a description with quotes or brackets),
 or when a search missed a gold article (or the observation lost its title to truncation).
 """
 
 from typing import Literal, Sequence
 
-from rag_r1_jax.data.teacher import Segment, answer_segment, search_segment
-from rag_r1_jax.data.wiki_questions import WikiQuestion, search_query
+from rag_r1_jax.tasks.demonstrations import Segment, answer_segment, search_segment
+from rag_r1_jax.tasks.wiki.questions import WikiQuestion, search_query
 from rag_r1_jax.retrieval.base import Retriever
 from rag_r1_jax.rollout import observation, search_call
 
@@ -30,7 +30,7 @@ def _described_as(q: WikiQuestion, ks: Sequence[int]) -> str:
 
 
 def _parses_back(q: WikiQuestion, mode: str, max_query_chars: int) -> bool:
-  """Whether the engine reads each of the teacher's search calls as the queries it wrote."""
+  """Whether the engine reads each of the script's search calls as the queries it wrote."""
   for ks in _rounds(q, mode):
     names = tuple(search_query(q.descriptions[k]) for k in ks)
     action = search_call.parse_action(search_segment("", names).text, mode=mode,
@@ -41,7 +41,7 @@ def _parses_back(q: WikiQuestion, mode: str, max_query_chars: int) -> bool:
   return True
 
 
-def teacher_trajectories(questions: Sequence[WikiQuestion], retriever: Retriever, *,
+def trajectories(questions: Sequence[WikiQuestion], retriever: Retriever, *,
                          mode: Literal["mq", "sq"], topk: int,
                          truncate: observation.Truncate | None = None,
                          max_obs_length: int = 1000, json_indent: int = 2,
@@ -79,24 +79,24 @@ def teacher_trajectories(questions: Sequence[WikiQuestion], retriever: Retriever
   return out
 
 
-def sft_trajectories(config, retriever: Retriever, truncate: observation.Truncate,
-                     prompt_variant: str) -> list[tuple[str, list[Segment]]]:
-  """(user prompt text, segments) for every train question the teacher solves, both kinds,
-  searched through the run's `retriever` (data.source = wiki_extracts)."""
-  from rag_r1_jax.data import prompts, sources, wiki_questions
-  arts = sources.wiki_articles(config)
+def sft_examples(config, arts, retriever: Retriever, truncate: observation.Truncate,
+                 prompt_variant: str) -> list[tuple[str, list[Segment]]]:
+  """(user prompt text, segments) for every train question the script solves, both kinds,
+  searched through the run's `retriever`."""
+  from rag_r1_jax.data import prompts
+  from rag_r1_jax.tasks.wiki import questions as wiki_questions
   kept, counts = [], []
   for kind in wiki_questions.KINDS:
     questions = wiki_questions.wiki_questions(arts, "train", kind)
-    trajectories = teacher_trajectories(
+    solved = trajectories(
         questions, retriever, mode=config.rollout.mode, topk=config.retrieval.topk,
         truncate=truncate, max_obs_length=config.rollout.max_obs_length,
         json_indent=config.rollout.mq_json_indent,
         max_query_chars=config.rollout.max_query_chars)
     solved = [(prompts.build_prompt(q.question, prompt_variant), t)
-              for q, t in zip(questions, trajectories) if t is not None]
+              for q, t in zip(questions, solved) if t is not None]
     kept += solved
     counts.append(f"{kind} {len(solved)}/{len(questions)}")
-  print(f"sft: teacher solved {', '.join(counts)} train questions (the rest: a search missed "
-        "a gold article, or a description does not parse back as a query)", flush=True)
+  print(f"sft: demonstrations solved {', '.join(counts)} train questions (the rest: a search "
+        "missed a gold article, or a description does not parse back as a query)", flush=True)
   return kept

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rag_r1_jax.data import synthetic_world as sw
+from rag_r1_jax.tasks.synthetic_world import world as sw
 from rag_r1_jax.retrieval.base import ExactRetriever, parse_contents
 
 
@@ -132,7 +132,7 @@ def test_exports(world, tmp_path):
 
 
 def test_too_small_world_is_rejected():
-  with pytest.raises(ValueError, match="world_entities"):
+  with pytest.raises(ValueError, match="world.entities"):
     sw.make_world(0, 20)
   assert sw.make_world(0, 40).sizes()["test_fanout"] > 0
 
