@@ -29,7 +29,10 @@ from rag_r1_jax.models import params as params_lib
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
 from rag_r1_jax.training import optimizer as opt_lib
-from rag_r1_jax.training import rl_update, sft_update, train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.training.rl import step as rl_step
 
 GIB = float(1 << 30)
 SFT_FIELDS = ("tokens", "positions", "attention_mask", "loss_mask")
@@ -162,7 +165,7 @@ def _compile(name: str, shape: str, fn, *args, resident: int = 0, **kwargs) -> P
 def sft_part(config, cfg, mesh: Mesh) -> Part:
   """The SFT update on one batch of sft.batch_size rows at the longest width it runs."""
   sft = config.sft
-  hp = sft_update.SFTHparams.from_config(config, 1000, sharding.batch_shards(mesh))
+  hp = sft_step.SFTHparams.from_config(config, 1000, sharding.batch_shards(mesh))
   width = sft.pack_length or -(-sft.max_length // sft.length_bucket) * sft.length_bucket
   tx = opt_lib.make_optimizer(sft.learning_rate, 1000, sft.warmup_ratio, sft.schedule,
                               sft.max_grad_norm, sft.weight_decay)
@@ -170,7 +173,7 @@ def sft_part(config, cfg, mesh: Mesh) -> Part:
   batch = abstract_rows(mesh, sft.batch_size, width, SFT_FIELDS)
   shape = f"{sft.batch_size} rows x {width} tokens, {hp.microbatches} microbatch(es)"
   with jax.set_mesh(mesh):
-    return _compile("sft step", shape, sft_update.sft_update, state, batch, hp)
+    return _compile("sft step", shape, sft_step.sft_update, state, batch, hp)
 
 
 def rl_state(config, cfg, mesh: Mesh):
@@ -190,35 +193,35 @@ def rollout_resident(config, cfg, mesh: Mesh) -> int:
 
 def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
   """The RL scoring pass (when it runs) and one update, at rollout.max_total_length tokens."""
-  hp = update.RLHparams.from_config(config, sharding.batch_shards(mesh))
+  hp = rl_step.RLHparams.from_config(config, sharding.batch_shards(mesh))
   state = rl_state(config, cfg, mesh)
   width = config.rollout.max_total_length
   rows = hp.mini_batch_rows
   micro_rows = rows // hp.microbatches
   parts = []
-  on_policy = rl_update.single_on_policy_update(hp, config.rl.batch_size * config.rl.group_size)
+  on_policy = rl_trainer.single_on_policy_update(hp, config.rl.batch_size * config.rl.group_size)
   if not on_policy or state.has_reference or state.critic is not None:
     mb = abstract_rows(mesh, micro_rows, width, SFT_FIELDS)
     with jax.set_mesh(mesh):
       parts.append(_compile("rl scoring", f"{micro_rows} rows x {width} tokens",
-                            update.score, state, mb, hp, old=not on_policy))
+                            rl_step.score, state, mb, hp, old=not on_policy))
   fields = ["tokens", "positions", "attention_mask", "loss_mask", "advantages",
-            *rl_update.minibatch_logprob_fields(hp, on_policy)]
+            *rl_trainer.minibatch_logprob_fields(hp, on_policy)]
   if hp.algorithm == "ppo":
     fields += ["returns", "old_values"]
   with jax.set_mesh(mesh):
     if hp.length_bucket:
-      # rl_update._trimmed_update: each length-cut microbatch's gradients beside their sum.
+      # rl_trainer._trimmed_update: each length-cut microbatch's gradients beside their sum.
       micro_hp = dataclasses.replace(hp, microbatches=1)
       if hp.loss_agg == "seq_sum_norm" and hp.norm_length is None:
         micro_hp = dataclasses.replace(micro_hp, norm_length=width)
       mb = abstract_rows(mesh, micro_rows, width, fields)
-      grads = jax.eval_shape(update.weighted_gradients, state, mb, micro_hp, jnp.float32(1))
+      grads = jax.eval_shape(rl_step.weighted_gradients, state, mb, micro_hp, jnp.float32(1))
       shardings = {"actor": jax.tree.map(lambda x: x.sharding, state.params)}
       summed = per_device_bytes(_abstract(grads["actor"][2], shardings["actor"]))
       parts.append(_compile(
           "rl update", f"{micro_rows} rows x {width} tokens, one of {hp.microbatches} "
-          "length-cut microbatches, beside the summed gradients", update.weighted_gradients,
+          "length-cut microbatches, beside the summed gradients", rl_step.weighted_gradients,
           state, mb, micro_hp, jax.ShapeDtypeStruct((), jnp.float32), resident=summed))
       grads = jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) else x, grads)
       summed_grads = {"actor": (grads["actor"][0], grads["actor"][1],
@@ -227,11 +230,11 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
           lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(
               x.shape, x.dtype, sharding=NamedSharding(mesh, PartitionSpec())), summed_grads)
       parts.append(_compile("rl optimizer step", "the summed gradients applied (AdamW)",
-                            update.apply_gradients, state, summed_grads, hp))
+                            rl_step.apply_gradients, state, summed_grads, hp))
     else:
       mb = abstract_rows(mesh, rows, width, fields)
       parts.append(_compile("rl update", f"{rows} rows x {width} tokens, {hp.microbatches} "
-                            "microbatch(es)", update.minibatch_update, state, mb, hp))
+                            "microbatch(es)", rl_step.minibatch_update, state, mb, hp))
   return parts
 
 

@@ -157,6 +157,12 @@ def put_on_mesh(array: np.ndarray, mesh: Mesh, logical_axes: Sequence[str | None
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
+def put_rows(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host arrays [rows, ...] placed on the mesh, split over the batch axes ("data", "fsdp")."""
+  return {name: put_on_mesh(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
+          for name, x in arrays.items()}
+
+
 def describe(mesh: Mesh) -> str:
   axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
   return f"Mesh({axes}) over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)"

@@ -25,7 +25,10 @@ from rag_r1_jax.models import hf_checkpoint, safetensors_io
 from rag_r1_jax.rollout import engine as engine_lib
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import checkpoints, rl_update, sft_data, sft_update, train_state
+from rag_r1_jax.training import checkpoints, train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.sft import data as sft_data
+from rag_r1_jax.training.sft import step as sft_step
 from tests.rollout import test_engine
 from tests.sampling import toy
 from tests.training import test_update_common as h
@@ -41,7 +44,7 @@ def _compute(mesh, workdir: str) -> dict[str, np.ndarray]:
   config = h.rl_config(algorithm="grpo", kl_coef=0.05, entropy_coef=0.01)
   state = train_state.create_rl_state(h.model(mesh, seed=3), config)
   batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=4)
-  state, metrics = rl_update.rl_update(state, batch, config)
+  state, metrics = rl_trainer.rl_update(state, batch, config)
   out = {f"rl_{k}": np.float64(metrics[k]) for k in ("loss", "grad_norm", "kl", "entropy")}
   params = multihost.fetch(jax.tree.leaves(state.params))
   out.update({f"rl_param_{i}": p for i, p in enumerate(params)})
@@ -63,8 +66,8 @@ def _compute(mesh, workdir: str) -> dict[str, np.ndarray]:
     examples.append(sft_data.SFTExample(rng.integers(1, h.TINY.vocab_size, length).astype(np.int32),
                                         mask))
   sft_state = train_state.create_sft_state(state.model(), config, total_steps=4)
-  hp = sft_update.SFTHparams.from_config(config, 4)
-  sft_state, rows = sft_update.sft_epoch(sft_state, examples, hp, epoch=0)
+  hp = sft_step.SFTHparams.from_config(config, 4)
+  sft_state, rows = sft_step.sft_epoch(sft_state, examples, hp, epoch=0)
   out["sft_loss"] = np.float64(rows[0]["loss"])
   params = multihost.fetch(jax.tree.leaves(sft_state.params))
   out.update({f"sft_param_{i}": p for i, p in enumerate(params)})

@@ -5,7 +5,7 @@
         the decoder's [t, t] mask, the blocked one in `--block` tiles. Times are per call,
         medians over rounds that run each (2048 / t)^2 times in turn (compilation untimed);
         temp bytes are XLA's `memory_analysis().temp_size_in_bytes` of the compiled function.
-  sft   one `sft_update.sft_update` step of the default config's decoder (8 packed rows of
+  sft   one `sft_step.sft_update` step of the default config's decoder (8 packed rows of
         `--sft_lengths` tokens; the default config packs 256) with `model.attention_block` at
         its default and at 0 (dense), alternating, `--steps` x 256 / length steps a round;
         checks that both give the same loss.
@@ -24,8 +24,9 @@ from flax import nnx
 from configs import rag_r1
 from rag_r1_jax import sharding
 from rag_r1_jax.models import factory, ops
-from rag_r1_jax.training import sft_update, train_state
-from rag_r1_jax.training.rl_update import put_rows
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.sharding import put_rows
 
 
 def _dense(q, k, v, segment_ids):
@@ -65,7 +66,7 @@ def bench_sft(length: int, vocab: int, steps: int, repeats: int) -> None:
   config = rag_r1.get_config("mq")
   mesh = sharding.make_mesh(config.mesh)
   default = config.model.attention_block
-  sft_hp = sft_update.SFTHparams.from_config(config, 1000)
+  sft_hp = sft_step.SFTHparams.from_config(config, 1000)
   steps = max(1, steps * 256 // length)
   batch = put_rows(bench_train_step._sft_batch(vocab, length=length), mesh)
   states, first = {}, {}
@@ -78,7 +79,7 @@ def bench_sft(length: int, vocab: int, steps: int, repeats: int) -> None:
   def run(block):
     def steps_of():
       for _ in range(steps):
-        states[block], metrics = sft_update.sft_update(states[block], batch, sft_hp)
+        states[block], metrics = sft_step.sft_update(states[block], batch, sft_hp)
       jax.block_until_ready(metrics)
       first.setdefault(block, float(metrics["loss"]))
     return steps_of

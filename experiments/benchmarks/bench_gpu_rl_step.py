@@ -51,7 +51,8 @@ def run_part(args) -> dict:
   from rag_r1_jax.models import params as params_lib
   from rag_r1_jax.sampling import sampler as sampler_lib
   from rag_r1_jax.sampling.sampling_fns import SamplingParams
-  from rag_r1_jax.training import rl_update, train_state
+  from rag_r1_jax.training import train_state
+  from rag_r1_jax.training.rl import trainer as rl_trainer
 
   config = make_config(args)
   mesh = sharding.make_mesh(config.mesh)
@@ -93,10 +94,10 @@ def run_part(args) -> dict:
                  loss_mask=loss_mask, sampler_logprobs=-loss_mask,
                  rewards=rng.integers(0, 2, rows).astype(np.float32),
                  group_ids=np.repeat(np.arange(rows // 4), 4))
-    state, _ = rl_update.rl_update(state, batch, config)  # compile
+    state, _ = rl_trainer.rl_update(state, batch, config)  # compile
     jax.block_until_ready(state.params)
     t0 = time.perf_counter()
-    state, metrics = rl_update.rl_update(state, batch, config)
+    state, metrics = rl_trainer.rl_update(state, batch, config)
     jax.block_until_ready(state.params)
     seconds = time.perf_counter() - t0
     out.update(update_seconds=seconds, tokens=int(mask.sum()),

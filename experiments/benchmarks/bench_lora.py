@@ -23,7 +23,9 @@ from configs import common as config_common
 from rag_r1_jax import sharding
 from rag_r1_jax.models import lora, params
 from rag_r1_jax.models.config import DecoderConfig
-from rag_r1_jax.training import rl_update, train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.rl import step as rl_step
 
 GROUP = 4
 
@@ -70,20 +72,20 @@ def nbytes(tree) -> int:
 def prepare(cfg: DecoderConfig, config: ConfigDict, batch: dict, mesh) -> tuple[dict, object]:
   """The memory figures of one way of training `cfg`, and its zero-argument step."""
   state = train_state.create_rl_state(params.init_on_mesh(cfg, mesh), config)
-  hp = update.RLHparams.from_config(config)
+  hp = rl_step.RLHparams.from_config(config)
   # The update step's compiled memory, on the minibatch rl_update gives it (+ ref log-probs).
   names = ("tokens", "positions", "attention_mask", "loss_mask", "sampler_logprobs")
-  mb = rl_update.put_rows({k: batch[k] for k in names}, mesh)
+  mb = sharding.put_rows({k: batch[k] for k in names}, mesh)
   mb.update(advantages=mb["loss_mask"], ref_logprobs=mb["sampler_logprobs"])
   with jax.set_mesh(mesh):
-    memory = update.minibatch_update.lower(state, mb, hp).compile().memory_analysis()
+    memory = rl_step.minibatch_update.lower(state, mb, hp).compile().memory_analysis()
   figures = {"trained": nbytes(state.params), "frozen": nbytes(state.frozen),
              "reference": nbytes(state.ref_params), "optimizer": nbytes(state.opt_state),
              "argument": memory.argument_size_in_bytes, "temp": memory.temp_size_in_bytes}
   holder = {"state": state}
 
   def step():
-    holder["state"], metrics = rl_update.rl_update(holder["state"], batch, config)
+    holder["state"], metrics = rl_trainer.rl_update(holder["state"], batch, config)
     assert metrics["skipped"] == 0, metrics
 
   return figures, step

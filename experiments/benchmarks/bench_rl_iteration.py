@@ -18,8 +18,9 @@ from rag_r1_jax import sharding
 from rag_r1_jax.runs.rl_stage import trajectory_rewards
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import rl_update, train_state
-from rag_r1_jax.training.update import RLHparams
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.rl.step import RLHparams
 
 
 def main():
@@ -46,12 +47,12 @@ def main():
                          group_size=config.rl.group_size, batch_size=config.rl.batch_size)
     rollout_s = time.perf_counter() - t0
     batch = dict(rollout.tensors(), rewards=trajectory_rewards(rollout, golds, "em", 0.0))
-    host = rl_update._host_batch(batch, hp.mini_batch_rows)
+    host = rl_trainer._host_batch(batch, hp.mini_batch_rows)
     t0 = time.perf_counter()
-    rl_update._score_all(state, host, hp, mesh)  # old (+ reference) log-probs alone
+    rl_trainer._score_all(state, host, hp, mesh)  # old (+ reference) log-probs alone
     score_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    state, _ = rl_update.rl_update(state, batch, config)
+    state, _ = rl_trainer.rl_update(state, batch, config)
     total_s = time.perf_counter() - t0
     if it == 0:
       print(f"warm-up iteration (compiles): rollout {rollout_s:.2f} s, update {total_s:.2f} s")

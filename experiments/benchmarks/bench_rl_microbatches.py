@@ -1,6 +1,6 @@
 """One GRPO update of the default world model: one pass, microbatches, and length-cut ones.
 
-Times `rl_update.rl_update` (the update the RL stage runs) on the default config's decoder
+Times `rl_trainer.rl_update` (the update the RL stage runs) on the default config's decoder
 (random init, the world tokenizer's vocabulary) for a rollout batch of ROWS x SEQ tokens under
 each setting MICROBATCHES:LENGTH_BUCKET (length bucket 0: every microbatch at the batch width;
 N: rows sorted by length, each microbatch cut to its longest row rounded up to N), alternating
@@ -23,7 +23,8 @@ import numpy as np
 from configs import rag_r1
 from rag_r1_jax import sharding
 from rag_r1_jax.runs.workspace import Workspace
-from rag_r1_jax.training import rl_update, train_state
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 
 PROMPT = 74  # the default mq prompt's tokens
 
@@ -81,7 +82,7 @@ def main():
 
   def update(run):
     def fn():
-      run["state"], metrics = rl_update.rl_update(run["state"], batch, run["config"])
+      run["state"], metrics = rl_trainer.rl_update(run["state"], batch, run["config"])
       jax.block_until_ready(metrics)
     return fn
 

@@ -1,7 +1,7 @@
 """Stage-1 SFT on the default world: padded batches vs examples packed into shared rows.
 
 Builds the default config's SFT examples (teacher trajectories over the world's draws plus copy
-drills, exactly as the SFT stage does) and times `sft_update.sft_update` on the first STEPS
+drills, exactly as the SFT stage does) and times `sft_step.sft_update` on the first STEPS
 batches of an epoch, once with padded batches of `--rows` examples and once with packed rows
 (`--pack_rows` rows of `--pack_length` tokens), alternating the two in each repeat round.
 Prints the share of real tokens, examples per second and the ratio of packed to padded.
@@ -20,8 +20,10 @@ from configs import rag_r1
 from rag_r1_jax import sharding
 from rag_r1_jax.runs import sft_stage
 from rag_r1_jax.runs.workspace import Workspace
-from rag_r1_jax.training import sft_data, sft_update, train_state
-from rag_r1_jax.training.rl_update import put_rows
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.sft import data as sft_data
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.sharding import put_rows
 
 
 def main():
@@ -43,7 +45,7 @@ def main():
     cfg = rag_r1.get_config("mq")
     cfg.sft.batch_size, cfg.sft.pack_length = rows, pack
     steps = sft_data.epoch_steps(examples, rows, cfg.seed, 0, pack)
-    hp = sft_update.SFTHparams.from_config(cfg, steps)
+    hp = sft_step.SFTHparams.from_config(cfg, steps)
     batches = list(sft_data.batches(examples, rows, hp.length_bucket, cfg.seed, 0,
                                     pack_length=pack))
     slots = sum(b["tokens"].size for b in batches)
@@ -58,7 +60,7 @@ def main():
   def epoch_start(run):
     def fn():
       for batch in run["batches"]:
-        run["state"], metrics = sft_update.sft_update(run["state"], batch, run["hp"])
+        run["state"], metrics = sft_step.sft_update(run["state"], batch, run["hp"])
       jax.block_until_ready(metrics)
     return fn
 

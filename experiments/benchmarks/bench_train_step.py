@@ -3,7 +3,7 @@
 The two differ only in the backward pass's operand order (see rag_r1_jax/models/ops.py). Times
 in one process, alternating the two in each round (a switch clears JAX's caches, so every
 round compiles both; compilation is not timed):
-  sft   one `sft_update.sft_update` step of the default config's shape: 8 packed rows of 256
+  sft   one `sft_step.sft_update` step of the default config's shape: 8 packed rows of 256
         tokens, hidden 128, 4 layers, a `--vocab` of 1500 (the world tokenizer's is ~1.5k).
   rl    the gradient of the summed token log-probs over `--rl_rows` x `--rl_seq` padded rows
         (a GRPO microbatch's forward and backward, without the optimizer).
@@ -25,8 +25,9 @@ from flax import nnx
 from configs import rag_r1
 from rag_r1_jax import sharding
 from rag_r1_jax.models import factory, ops
-from rag_r1_jax.training import logprobs, sft_update, train_state
-from rag_r1_jax.training.rl_update import put_rows
+from rag_r1_jax.training import logprobs, train_state
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.sharding import put_rows
 
 VARIANTS = {"ops (ours)": (ops.matmul, ops.attention),
             "autodiff": (ops.reference_matmul, ops.reference_attention)}
@@ -70,7 +71,7 @@ def main():
   mesh = sharding.make_mesh(config.mesh)
   model, _ = factory.build_model(config.model, mesh, 0, vocab_size=args.vocab)
   graphdef, params = nnx.split(model)
-  sft_hp = sft_update.SFTHparams.from_config(config, 1000)
+  sft_hp = sft_step.SFTHparams.from_config(config, 1000)
   sft_batch = put_rows(_sft_batch(args.vocab), mesh)
   rl_batch = put_rows(_rl_batch(args.vocab, args.rl_rows, args.rl_seq), mesh)
 
@@ -88,11 +89,11 @@ def main():
       _use(variant)
       fresh = jax.tree.map(jnp.copy, params)  # the SFT step donates its state
       state = train_state.create_sft_state(nnx.merge(graphdef, fresh), config, 1000)
-      state, metrics = sft_update.sft_update(state, sft_batch, sft_hp)  # compiles
+      state, metrics = sft_step.sft_update(state, sft_batch, sft_hp)  # compiles
       first = (float(metrics["loss"]), float(metrics["grad_norm"]))
       start = time.perf_counter()
       for _ in range(args.steps):
-        state, metrics = sft_update.sft_update(state, sft_batch, sft_hp)
+        state, metrics = sft_step.sft_update(state, sft_batch, sft_hp)
       jax.block_until_ready(metrics)
       times["sft", variant].append((time.perf_counter() - start) / args.steps)
 

@@ -20,7 +20,8 @@ import torch
 from ml_collections import ConfigDict
 
 from rag_r1_jax.rl import advantages as adv_lib
-from rag_r1_jax.training import train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import step as rl_step
 
 CLIP, KL_COEF, LR = 0.2, 0.001, 1e-6
 
@@ -64,9 +65,9 @@ def bench_jax(model_dir: str, batch: dict, repeats: int, group: int) -> float:
   model, cfg = common.jax_model(model_dir)
   cfg_rl = config(batch["tokens"].shape[0], group)
   state = train_state.create_rl_state(model, cfg_rl)
-  hp = update.RLHparams.from_config(cfg_rl)
+  hp = rl_step.RLHparams.from_config(cfg_rl)
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
-  scored = update.score(state, jb, hp)
+  scored = rl_step.score(state, jb, hp)
   adv = adv_lib.grpo_advantages(jb["rewards"], jb["loss_mask"], group_ids=jb["group_ids"])
   mb = {k: jb[k] for k in ("tokens", "positions", "attention_mask", "loss_mask")}
   mb.update(old_logprobs=scored["old_logprobs"] - 0.01 * jb["loss_mask"],
@@ -74,7 +75,7 @@ def bench_jax(model_dir: str, batch: dict, repeats: int, group: int) -> float:
   holder = {"state": state}
 
   def step():
-    holder["state"], metrics = update.minibatch_update(holder["state"], mb, hp)
+    holder["state"], metrics = rl_step.minibatch_update(holder["state"], mb, hp)
     jax.block_until_ready(metrics["loss"])
 
   return time_steps(step, repeats)

@@ -30,7 +30,9 @@ from configs import rag_r1  # noqa: E402
 from rag_r1_jax import sharding  # noqa: E402
 from rag_r1_jax.tasks.synthetic_world import teacher  # noqa: E402
 from rag_r1_jax.runs.workspace import Workspace  # noqa: E402
-from rag_r1_jax.training import rl_update, sft_data, sft_update, train_state  # noqa: E402
+from rag_r1_jax.training import train_state  # noqa: E402
+from rag_r1_jax.training.sft import data as sft_data  # noqa: E402
+from rag_r1_jax.training.sft import step as sft_step  # noqa: E402
 
 _ANSWER_TOKENS = 4  # "<answer>", first word, second word, the space before "</answer>"
 
@@ -89,7 +91,7 @@ def main(argv=None) -> np.ndarray:
   eval_batch = sft_data.pad_batch(held_out, len(held_out), 64)
 
   state = train_state.create_sft_state(model, config, args.steps)
-  hp = sft_update.SFTHparams.from_config(config, args.steps)
+  hp = sft_step.SFTHparams.from_config(config, args.steps)
   predict = jax.jit(lambda state, tokens: state.model()(tokens)[0].argmax(-1))
   shape = f"{args.pad} padded drills" if args.pad else f"{rows} x {pack} packed tokens"
   print(f"{args.steps} steps of {shape} of decision drills; held-out accuracy of "
@@ -98,7 +100,7 @@ def main(argv=None) -> np.ndarray:
   for step, indices in enumerate(plan[:args.steps], start=1):
     batch = (sft_data.pad_batch([train[i] for i in indices], len(indices), 64) if args.pad
              else sft_data.pack_batch(train, indices, pack))
-    state, metrics = sft_update.sft_update(state, rl_update.put_rows(batch, mesh), hp)
+    state, metrics = sft_step.sft_update(state, sharding.put_rows(batch, mesh), hp)
     if step % args.every == 0 or step == args.steps:
       predicted = np.asarray(predict(state, eval_batch["tokens"]))
       acc = answer_accuracy(held_out, predicted)

@@ -27,7 +27,8 @@ from rag_r1_jax.rollout.trajectories import Rollout, group_rows
 from rag_r1_jax.runs import rl_validation
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import optimizer, rl_update, train_state
+from rag_r1_jax.training import optimizer, train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
 
 # What each step's console line shows (name on the console -> metric).
@@ -162,7 +163,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     t0 = time.perf_counter()
     with _phase(first, f"rl step {step + 1}: update on {len(batch['rewards'])} rows x "
                 f"{batch['tokens'].shape[1]} tokens"):
-      state, update_metrics = rl_update.rl_update(state, batch, config, kl_coef=kl_coef)
+      state, update_metrics = rl_trainer.rl_update(state, batch, config, kl_coef=kl_coef)
     update_seconds = time.perf_counter() - t0
     if "kl_ref_seq_mean" in update_metrics:
       kl_coef = kl_control.next_kl_coef(

@@ -20,7 +20,9 @@ import numpy as np
 from rag_r1_jax import assets, sharding, timing
 from rag_r1_jax.rollout import observation
 from rag_r1_jax.runs.workspace import Workspace
-from rag_r1_jax.training import optimizer, sft_data, sft_update, train_state
+from rag_r1_jax.training import optimizer, train_state
+from rag_r1_jax.training.sft import data as sft_data
+from rag_r1_jax.training.sft import step as sft_step
 from rag_r1_jax.training.metrics_writer import StepProgress, stage_writer
 
 
@@ -74,7 +76,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   first_step = [sum(per_epoch[:e]) for e in range(sft.epochs)]
   total = sum(per_epoch)
   state = train_state.create_sft_state(ws.initial_model(), config, total)
-  hp = sft_update.SFTHparams.from_config(config, total, sharding.batch_shards(mesh))
+  hp = sft_step.SFTHparams.from_config(config, total, sharding.batch_shards(mesh))
   manager = ws.checkpoint_manager("sft")
   meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
   start = manager.latest_step() or 0
@@ -103,11 +105,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
       if step % config.checkpoint.every_steps == 0 and batch_index < per_epoch[epoch]:
         manager.save(step, train_state.saved(state), dict(meta, epoch=epoch, batch=batch_index))
 
-    state, _ = sft_update.sft_epoch(state, train, hp, epoch, start_batch=first_batch,
+    state, _ = sft_step.sft_epoch(state, train, hp, epoch, start_batch=first_batch,
                                     on_step=on_step)
-    loss = sft_update.sft_validation_loss(state, validation or train, hp)
+    loss = sft_step.sft_validation_loss(state, validation or train, hp)
     writer.write(step, {"validation_loss": loss, "epoch": epoch})
-    if not math.isfinite(loss) or not sft_update.params_finite(state):
+    if not math.isfinite(loss) or not sft_step.params_finite(state):
       what = (f"validation loss is {loss}" if not math.isfinite(loss)
               else "parameters are not finite")
       raise FloatingPointError(

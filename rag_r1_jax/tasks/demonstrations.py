@@ -1,7 +1,7 @@
 """Scripted demonstrations for stage 1: a response as segments the model writes or is given.
 
 A task that can write correct trajectories itself (the synthetic world, the Wikipedia
-extracts) returns them as (user prompt text, [Segment]) pairs; `training/sft_data.py` turns
+extracts) returns them as (user prompt text, [Segment]) pairs; `training/sft/data.py` turns
 them into token ids with the observations masked out of the loss.
 """
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from rag_r1_jax.training.sft_data import SFTExample
+from rag_r1_jax.training.sft.data import SFTExample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(

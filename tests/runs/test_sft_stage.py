@@ -16,8 +16,8 @@ from rag_r1_jax.models import hf_checkpoint
 from rag_r1_jax.runs import sft_stage
 from rag_r1_jax.runs.workspace import Workspace
 from tests.training import test_update_common as h
-from tests.training.test_sft_data import char_tokenizer
-from tests.training.test_update_sft import CFG, _examples
+from tests.training.sft.test_data import char_tokenizer
+from tests.training.sft.test_step import CFG, _examples
 
 
 @functools.cache

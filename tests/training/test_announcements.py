@@ -12,7 +12,8 @@ import numpy as np
 from rag_r1_jax import timing
 from rag_r1_jax.retrieval import dense
 from rag_r1_jax.retrieval.base import Document
-from rag_r1_jax.training import rl_update, train_state
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 from tests.training import test_update_common as h
 
 
@@ -67,7 +68,7 @@ def test_rl_update_announces_scoring_and_update_compiles_once(capsys):
   batch = h.trajectory_batch(8, 20, h.TINY.vocab_size, seed=5)
   state = train_state.create_rl_state(h.model(mesh, seed=1), config)
   capsys.readouterr()
-  state, metrics = rl_update.rl_update(state, batch, config)
+  state, metrics = rl_trainer.rl_update(state, batch, config)
   lines = _lines(capsys)
   wanted = ["compiling rl scoring (reference forward) for [4, 20] ...",
             "compiling rl update for [8, 20] in 2 microbatch(es) ..."]
@@ -78,7 +79,7 @@ def test_rl_update_announces_scoring_and_update_compiles_once(capsys):
   # Where the step's time went: scoring and update apart, compilation apart from both.
   assert metrics["scoring_compile_seconds"] > 0 and metrics["train_compile_seconds"] > 0
   assert metrics["scoring_seconds"] >= 0 and metrics["train_seconds"] >= 0
-  state, metrics = rl_update.rl_update(state, batch, config)
+  state, metrics = rl_trainer.rl_update(state, batch, config)
   assert not [line for line in _lines(capsys) if "compil" in line]
   assert metrics["train_compile_seconds"] < 0.5
 

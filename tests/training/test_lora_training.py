@@ -7,12 +7,17 @@ import optax
 import pytest
 from flax import nnx
 
+from rag_r1_jax import sharding
 from rag_r1_jax.models import lora
-from rag_r1_jax.training import checkpoints, logprobs, rl_update, sft_data, sft_update
-from rag_r1_jax.training import train_state, update
+from rag_r1_jax.training import checkpoints, logprobs
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.sft import data as sft_data
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import step as rl_step
 from tests.training import test_update_common as h
-from tests.training.test_update_sft import _config as sft_config
-from tests.training.test_update_sft import _examples as sft_examples
+from tests.training.sft.test_step import _config as sft_config
+from tests.training.sft.test_step import _examples as sft_examples
 
 ADAPTED = h.TINY.replace(vocab_size=128, lora_rank=2, lora_alpha=4.0,
                          lora_targets=tuple(lora.TARGETS))
@@ -56,7 +61,7 @@ def test_sft_with_lora_trains_adapters_only():
   config = sft_config(learning_rate=3e-2)
   epochs = 6
   total = epochs * sft_data.steps_per_epoch(len(examples), config.sft.batch_size)
-  hp = sft_update.SFTHparams.from_config(config, total)
+  hp = sft_step.SFTHparams.from_config(config, total)
   mesh = h.mesh(2, 2, 1)
   model = h.model(mesh, ADAPTED)
   # A random base's head (std 0.02) keeps every distribution near uniform whatever the hidden
@@ -64,12 +69,12 @@ def test_sft_with_lora_trains_adapters_only():
   model.lm_head.set_value(model.lm_head[...] * 50)
   state = train_state.create_sft_state(model, config, total)
   base, adapters = _host(state.frozen), _host(state.params)
-  before = sft_update.sft_validation_loss(state, examples, hp)
+  before = sft_step.sft_validation_loss(state, examples, hp)
   losses = []
   for epoch in range(epochs):
-    state, rows = sft_update.sft_epoch(state, examples, hp, epoch)
+    state, rows = sft_step.sft_epoch(state, examples, hp, epoch)
     losses += [r["loss"] for r in rows]
-  after = sft_update.sft_validation_loss(state, examples, hp)
+  after = sft_step.sft_validation_loss(state, examples, hp)
   assert int(state.step) == total
   assert after < 0.5 * before and np.mean(losses[-2:]) < 0.5 * np.mean(losses[:2])
   _check_only_adapters_trained(state, base, adapters)
@@ -78,7 +83,7 @@ def test_sft_with_lora_trains_adapters_only():
   graphdef, params = nnx.split(merged)
   merged_state = state.replace(graphdef=graphdef, params=params, frozen=None,
                                base_graphdef=None)
-  assert sft_update.sft_validation_loss(merged_state, examples, hp) == pytest.approx(after,
+  assert sft_step.sft_validation_loss(merged_state, examples, hp) == pytest.approx(after,
                                                                                    rel=1e-5)
 
 
@@ -94,16 +99,16 @@ def test_grpo_with_lora_reference_is_the_base_model(scan):
   base, adapters = _host(state.frozen), _host(state.params)
   for seed in range(2):
     batch = h.trajectory_batch(ROWS, SEQ, cfg.vocab_size, seed=seed)
-    state, metrics = rl_update.rl_update(state, batch, config)
+    state, metrics = rl_trainer.rl_update(state, batch, config)
     assert metrics["skipped"] == 0 and np.isfinite(metrics["loss"])
   assert metrics["kl_ref"] > 0  # the policy has moved away from its reference
   _check_only_adapters_trained(state, base, adapters)
 
-  hp = update.RLHparams.from_config(config)
-  mb = rl_update.put_rows({k: v[:8] for k, v in batch.items() if k in (
+  hp = rl_step.RLHparams.from_config(config)
+  mb = sharding.put_rows({k: v[:8] for k, v in batch.items() if k in (
       "tokens", "positions", "attention_mask", "loss_mask")}, mesh)
   with jax.set_mesh(mesh):
-    scored = update.score(state, mb, hp)
+    scored = rl_step.score(state, mb, hp)
   mask = np.asarray(mb["loss_mask"])
   want = np.asarray(logprobs.token_logprobs(base_model, mb)[0]) * mask
   np.testing.assert_allclose(np.asarray(scored["ref_logprobs"]), want, atol=1e-5)
@@ -117,7 +122,7 @@ def test_ppo_with_lora_trains_policy_adapters_and_a_whole_critic():
   assert not nnx.state(nnx.merge(state.critic.graphdef, state.critic.params), lora.LoraParam)
   base, adapters = _host(state.frozen), _host(state.params)
   critic_before = _host(state.critic.params)
-  state, metrics = rl_update.rl_update(state, h.trajectory_batch(ROWS, SEQ, 128, seed=2), config)
+  state, metrics = rl_trainer.rl_update(state, h.trajectory_batch(ROWS, SEQ, 128, seed=2), config)
   assert metrics["skipped"] == 0 and metrics["critic_skipped"] == 0
   _check_only_adapters_trained(state, base, adapters)
   assert all(not np.array_equal(a, b) for a, b in zip(_host(state.critic.params), critic_before))
@@ -127,7 +132,7 @@ def test_checkpoint_holds_adapters_and_optimizer_state_not_the_base(tmp_path):
   mesh = h.mesh(2, 1, 1)
   config = h.rl_config(kl_coef=0.05)
   state = train_state.create_rl_state(h.model(mesh, ADAPTED, seed=5), config)
-  state, _ = rl_update.rl_update(state, h.trajectory_batch(ROWS, SEQ, 128, seed=0), config)
+  state, _ = rl_trainer.rl_update(state, h.trajectory_batch(ROWS, SEQ, 128, seed=0), config)
   with checkpoints.CheckpointManager(str(tmp_path / "lora"), async_save=False) as manager:
     manager.save(1, train_state.saved(state), {"step": 1})
     # A resumed run: the base comes from the model path again, the rest from the checkpoint.
@@ -143,6 +148,6 @@ def test_checkpoint_holds_adapters_and_optimizer_state_not_the_base(tmp_path):
   assert saved_bytes < sum(x.nbytes for x in jax.tree.leaves(state.frozen)) / 2
   # Training goes on from the restored state as from the saved one.
   batch = h.trajectory_batch(ROWS, SEQ, 128, seed=1)
-  a, _ = rl_update.rl_update(state, batch, config)
-  b, _ = rl_update.rl_update(restored, batch, config)
+  a, _ = rl_trainer.rl_update(state, batch, config)
+  b, _ = rl_trainer.rl_update(restored, batch, config)
   _assert_same(a.params, b.params)

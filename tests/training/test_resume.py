@@ -10,7 +10,8 @@ import textwrap
 import jax
 import numpy as np
 
-from rag_r1_jax.training import checkpoints, rl_update, train_state
+from rag_r1_jax.training import checkpoints, train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 from tests.training import test_update_common as h
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +29,7 @@ def run_steps(state, start: int, stop: int):
   """Steps [start, stop) on the seeded batch of each step: (state, list of metrics)."""
   config, rows = h.rl_config(**CONFIG), []
   for step in range(start, stop):
-    state, metrics = rl_update.rl_update(state, h.trajectory_batch(16, 24, 64, seed=100 + step),
+    state, metrics = rl_trainer.rl_update(state, h.trajectory_batch(16, 24, 64, seed=100 + step),
                                          config)
     rows.append(h.without_timing(metrics))
   return state, rows

@@ -9,7 +9,8 @@ from ml_collections import ConfigDict
 
 from rag_r1_jax import dry_run, sharding
 from rag_r1_jax.models.config import DecoderConfig
-from rag_r1_jax.training import sft_update, update
+from rag_r1_jax.training.sft import step as sft_step
+from rag_r1_jax.training.rl import step as rl_step
 from tests.training.test_update_common import rl_config
 
 # Dimensions chosen to be told apart in HLO shapes: seq 40, hidden 48, MLP 80, vocab 96.
@@ -33,14 +34,14 @@ def test_rl_update_activations_hold_an_eighth_of_each_microbatch(per_device):
   config = rl_config(mini_batch_size=8, group_size=4, batch_size=8,
                      micro_batch_size_per_device=per_device)
   mesh = _fsdp_mesh()
-  hp = update.RLHparams.from_config(config, sharding.batch_shards(mesh))
+  hp = rl_step.RLHparams.from_config(config, sharding.batch_shards(mesh))
   assert hp.microbatches == 32 // (8 * per_device)
   state = dry_run.rl_state(config, CFG, mesh)
   fields = ("tokens", "positions", "attention_mask", "loss_mask", "advantages",
             "sampler_logprobs", "ref_logprobs")
   mb = dry_run.abstract_rows(mesh, 32, SEQ, fields)
   with jax.set_mesh(mesh):
-    hlo = update.minibatch_update.lower(state, mb, hp).compile().as_text()
+    hlo = rl_step.minibatch_update.lower(state, mb, hp).compile().as_text()
   rows = _activation_rows(hlo)
   assert rows == {per_device}, rows  # never 8 x per_device (a microbatch) or 32 (the batch)
 
@@ -51,13 +52,13 @@ def test_sft_step_activations_hold_an_eighth_of_each_microbatch():
   config.sft.micro_batch_size_per_device = 2
   config.sft.max_length = SEQ
   mesh = _fsdp_mesh()
-  hp = sft_update.SFTHparams.from_config(config, 100, sharding.batch_shards(mesh))
+  hp = sft_step.SFTHparams.from_config(config, 100, sharding.batch_shards(mesh))
   assert hp.microbatches == 2
-  tx = update.opt_lib.make_optimizer(1e-3, 100, 0.0, "constant", 1.0, 0.0)
+  tx = rl_step.opt_lib.make_optimizer(1e-3, 100, 0.0, "constant", 1.0, 0.0)
   state = dry_run.abstract_train_state(CFG, mesh, tx, reference=False)
   batch = dry_run.abstract_rows(mesh, 32, SEQ, dry_run.SFT_FIELDS)
   with jax.set_mesh(mesh):
-    hlo = sft_update.sft_update.lower(state, batch, hp).compile().as_text()
+    hlo = sft_step.sft_update.lower(state, batch, hp).compile().as_text()
   assert _activation_rows(hlo) == {2}
 
 
@@ -65,12 +66,12 @@ def test_gradients_stay_sharded_like_the_weights():
   """A length-cut microbatch's gradients come out split over fsdp, as the weights are."""
   config = rl_config(mini_batch_size=8, group_size=4, batch_size=8, micro_batch_size_per_device=1)
   mesh = _fsdp_mesh()
-  hp = update.RLHparams.from_config(config, sharding.batch_shards(mesh))
+  hp = rl_step.RLHparams.from_config(config, sharding.batch_shards(mesh))
   state = dry_run.rl_state(config, CFG, mesh)
   mb = dry_run.abstract_rows(mesh, 8, SEQ, ("tokens", "positions", "attention_mask", "loss_mask",
                                             "advantages", "sampler_logprobs", "ref_logprobs"))
   with jax.set_mesh(mesh):
-    compiled = update.weighted_gradients.lower(state, mb, hp, jax.ShapeDtypeStruct(
+    compiled = rl_step.weighted_gradients.lower(state, mb, hp, jax.ShapeDtypeStruct(
         (), jax.numpy.float32)).compile()
   grads = compiled.output_shardings["actor"][2]
   params = jax.tree.map(lambda x: x.sharding, state.params)
@@ -86,7 +87,8 @@ def test_offloading_during_rollouts_keeps_shardings_and_the_update_exact():
   their shardings, and the next update equals one whose state never moved."""
   import numpy as np
   from rag_r1_jax.models import params as params_lib
-  from rag_r1_jax.training import rl_update, train_state
+  from rag_r1_jax.training import train_state
+  from rag_r1_jax.training.rl import trainer as rl_trainer
   from tests.training.test_update_common import trajectory_batch
 
   config = rl_config(mini_batch_size=2, group_size=4, batch_size=2, kl_coef=0.01)
@@ -106,7 +108,7 @@ def test_offloading_during_rollouts_keeps_shardings_and_the_update_exact():
       state = train_state.move_unused_in_rollouts(state, "device")
       after = jax.tree.map(lambda x: x.sharding, state.opt_state)
       assert jax.tree.leaves(after) == jax.tree.leaves(before)
-    state, metrics = rl_update.rl_update(state, batch, config)
+    state, metrics = rl_trainer.rl_update(state, batch, config)
     results.append((jax.tree.map(np.asarray, state.params), metrics["loss"]))
   for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
     np.testing.assert_array_equal(a, b)

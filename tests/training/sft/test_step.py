@@ -7,10 +7,12 @@ import pytest
 from flax import nnx
 
 from configs import common
-from rag_r1_jax.training import sft_data, sft_update, train_state
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.sft import data as sft_data
+from rag_r1_jax.training.sft import step as sft_step
 from tests.char_tokenizer import char_tokenizer
 from tests.training import test_update_common as h
-from tests.training.test_sft_data import OUTPUT
+from tests.training.sft.test_data import OUTPUT
 
 CFG = h.TINY.replace(vocab_size=128)
 
@@ -36,16 +38,16 @@ def test_sft_loss_decreases_and_validation_loss_follows():
   config = _config()
   epochs = 12
   total = epochs * sft_data.steps_per_epoch(len(examples), config.sft.batch_size)
-  hp = sft_update.SFTHparams.from_config(config, total)
+  hp = sft_step.SFTHparams.from_config(config, total)
   state = train_state.create_sft_state(h.model(h.mesh(2, 1, 1), CFG), config, total)
-  before = sft_update.sft_validation_loss(state, examples, hp)
+  before = sft_step.sft_validation_loss(state, examples, hp)
   assert before == pytest.approx(np.log(CFG.vocab_size), abs=0.1)
   losses = []
   for epoch in range(epochs):
-    state, rows = sft_update.sft_epoch(state, examples, hp, epoch)
+    state, rows = sft_step.sft_epoch(state, examples, hp, epoch)
     assert len(rows) == 2 and all(r["skipped"] == 0 for r in rows)
     losses += [r["loss"] for r in rows]
-  after = sft_update.sft_validation_loss(state, examples, hp)
+  after = sft_step.sft_validation_loss(state, examples, hp)
   assert int(state.step) == total == len(losses)
   assert np.mean(losses[-2:]) < 0.5 * np.mean(losses[:2])
   assert after < 0.5 * before
@@ -57,7 +59,7 @@ def test_only_masked_in_tokens_count():
   model = h.model(h.mesh(), CFG)
   graphdef, params = nnx.split(model)
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
-  loss_fn = jax.jit(sft_update.sft_loss, static_argnums=2)
+  loss_fn = jax.jit(sft_step.sft_loss, static_argnums=2)
   loss, aux = loss_fn(params, jb, graphdef)
   logits, _ = model(jb["tokens"], positions=jb["positions"], attention_mask=jb["attention_mask"])
   logp = np.asarray(jax.nn.log_softmax(logits, -1))
@@ -87,7 +89,7 @@ def test_packed_rows_give_the_padded_batch_loss():
   examples = _examples()
   model = h.model(h.mesh(), CFG)
   graphdef, params = nnx.split(model)
-  sums = jax.jit(sft_update.nll_sums, static_argnums=2)
+  sums = jax.jit(sft_step.nll_sums, static_argnums=2)
   padded = sft_data.pad_batch(examples, rows=len(examples), multiple=64)
   width = 2 * max(len(e) for e in examples) + 8
   plan = sft_data.pack_plan([len(e) for e in examples], rows=3, width=width, seed=0, epoch=0)

@@ -7,10 +7,10 @@ it returns the new state and a dict of float32 scalars. Gradients are accumulate
 loss aggregate (rl.microbatch_weighting), and a step whose loss or gradients are not finite
 is skipped (`skipped` = 1, parameters and optimizer state kept).
 
-Minibatch fields, all [rows, seq] unless noted (rl_update.py builds them):
+Minibatch fields, all [rows, seq] unless noted (rl/trainer.py builds them):
   tokens, positions (int32), attention_mask, loss_mask (float32, 1 on generated tokens);
   old_logprobs: the policy's log-probs before this batch's updates (GRPO: absent when the
-    batch is one update, rl_update.single_on_policy_update; the minibatch's own detached
+    batch is one update, trainer.single_on_policy_update; the minibatch's own detached
     log-probs are used, and sampler_logprobs gives the logprob_mismatch metric);
   sampler_logprobs: also present with rollout correction (rl.rollout_is);
   GRPO: advantages (group-normalised, broadcast over the mask), ref_logprobs (when kl_coef > 0);
@@ -60,7 +60,7 @@ class RLHparams:
   actor_schedule: tuple
   critic_schedule: tuple
   logprob_chunk: int = 0
-  length_bucket: int = 0  # > 0: microbatches cut to their own width (rl_update.microbatch_plan)
+  length_bucket: int = 0  # > 0: microbatches cut to their own width (trainer.microbatch_plan)
   # The rollout's sampling temperature: every log-prob (policy, old, reference) and entropy is
   # taken under softmax(logits / temperature), the distribution that drew the tokens (veRL).
   temperature: float = 1.0
@@ -274,7 +274,7 @@ def weighted_gradients(state: TrainState, mb: Batch, hp: RLHparams, weight: jax.
   """`_gradients` of one microbatch (no inner split): loss, grads and losses.LOSS_METRICS times
   `weight`, the other metrics times `metric_weight` (default `weight`; "*_max" unscaled).
 
-  The host-side microbatch loop of rl_update combines these over microbatches of different
+  The host-side microbatch loop (trainer.py) combines these over microbatches of different
   widths (each compiles once per width, `add_gradients`) and passes the sum to
   `apply_gradients`.
   """

@@ -14,7 +14,8 @@ from rag_r1_jax.rollout import engine as engine_lib
 from rag_r1_jax.runs.rl_stage import trajectory_rewards
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import rl_update, train_state
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 from tests.sampling.toy import EOS, bigram_model, fork_after, toy_tokenizer
 
 SUCCESSOR = {"Q:": "<search>", "<search>": "alpha", "alpha": "</search>",
@@ -60,7 +61,7 @@ def test_reward_rises_with_engine_in_the_loop(algorithm):
       assert np.mean([r.turns == 1 for r in rollout.records]) >= 0.8
     r = trajectory_rewards(rollout, golds, "em", 0.0)
     rewards.append(float(r.mean()))
-    state, metrics = rl_update.rl_update(state, dict(rollout.tensors(), rewards=r), config)
+    state, metrics = rl_trainer.rl_update(state, dict(rollout.tensors(), rewards=r), config)
     assert metrics["skipped"] == 0
   first, last = np.mean(rewards[:2]), np.mean(rewards[-2:])
   assert first < 0.75, rewards

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rag_r1_jax.tasks.demonstrations import Segment
-from rag_r1_jax.training import sft_data
+from rag_r1_jax.training.sft import data as sft_data
 from tests.char_tokenizer import char_tokenizer
 
 OUTPUT = ("<think> need the city </think><search> Ann Lee </search>\n\n<information>Doc 1: Ann "

@@ -12,7 +12,9 @@ from rag_r1_jax import timing
 from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training import optimizer as opt_lib
-from rag_r1_jax.training import rl_update, train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.rl import step as rl_step
 from tests.training import test_update_common as h
 
 ROWS, SEQ = 16, 24
@@ -26,7 +28,7 @@ def _run(mesh, algorithm, batch, **rl):
   config = h.rl_config(algorithm=algorithm, **rl)
   state = train_state.create_rl_state(h.model(mesh, seed=3), config)
   before = train_state.shardings(state)
-  state, metrics = rl_update.rl_update(state, batch, config)
+  state, metrics = rl_trainer.rl_update(state, batch, config)
   same = jax.tree.map(lambda a, b: a == b, before, train_state.shardings(state))
   assert all(jax.tree.leaves(same)), "the update changed the state's shardings"
   return state, metrics
@@ -83,7 +85,7 @@ def test_first_grpo_loss_equals_direct_loss():
   config = h.rl_config(kl_coef=0.0, entropy_coef=0.0)
   state = train_state.create_rl_state(model, config)
   assert state.ref_params is None
-  state, metrics = rl_update.rl_update(state, batch, config)
+  state, metrics = rl_trainer.rl_update(state, batch, config)
   assert metrics["updates"] == 1 and metrics["skipped"] == 0
   assert metrics["loss"] == pytest.approx(float(expected), abs=1e-6)
   assert metrics["pg_loss"] == pytest.approx(float(parts["pg_loss"]), abs=1e-6)
@@ -100,25 +102,25 @@ def test_single_update_without_old_logprob_pass_equals_scored_update(monkeypatch
   """One GRPO update per batch skips the old-log-prob forward pass; results are the same."""
   batch = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
   config = h.rl_config(kl_coef=kl_coef, entropy_coef=0.0)
-  hp = update.RLHparams.from_config(config)
-  assert rl_update.single_on_policy_update(hp, ROWS)
-  assert not rl_update.single_on_policy_update(hp, 2 * ROWS)
-  assert not rl_update.single_on_policy_update(
-      update.RLHparams.from_config(h.rl_config(epochs_per_batch=2)), ROWS)
+  hp = rl_step.RLHparams.from_config(config)
+  assert rl_trainer.single_on_policy_update(hp, ROWS)
+  assert not rl_trainer.single_on_policy_update(hp, 2 * ROWS)
+  assert not rl_trainer.single_on_policy_update(
+      rl_step.RLHparams.from_config(h.rl_config(epochs_per_batch=2)), ROWS)
   calls = []
-  score = rl_update._score_all
-  monkeypatch.setattr(rl_update, "_score_all",
+  score = rl_trainer._score_all
+  monkeypatch.setattr(rl_trainer, "_score_all",
                       lambda *a, **k: calls.append(k.get("old", True)) or score(*a, **k))
 
   def run():
     state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
-    new_state, metrics = rl_update.rl_update(state, batch, config)
+    new_state, metrics = rl_trainer.rl_update(state, batch, config)
     return new_state, h.without_timing(metrics)
 
   skipped_state, skipped = run()
   # Without a reference nothing is scored; with one, only the reference log-probs are.
   assert calls == ([False] if kl_coef else [])
-  monkeypatch.setattr(rl_update, "single_on_policy_update", lambda hp, rows: False)
+  monkeypatch.setattr(rl_trainer, "single_on_policy_update", lambda hp, rows: False)
   scored_state, scored = run()
   assert calls[-1] is True
   for a, b in zip(_params(skipped_state), _params(scored_state)):
@@ -137,7 +139,7 @@ def test_nonfinite_step_is_skipped_then_training_proceeds():
   opt_before = [np.asarray(x) for x in jax.tree.leaves(state.opt_state)]
   bad = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
   bad["rewards"][2] = np.nan  # poisons group 0's advantages, hence the loss
-  state, metrics = rl_update.rl_update(state, bad, config)
+  state, metrics = rl_trainer.rl_update(state, bad, config)
   assert metrics["skipped"] == 1 and int(state.step) == 0
   assert np.isnan(metrics["loss"])
   for a, b in zip(before, _params(state)):
@@ -147,7 +149,7 @@ def test_nonfinite_step_is_skipped_then_training_proceeds():
   streak = opt_lib.NonfiniteStreak(limit=2, field="rl.max_nonfinite_steps").update(metrics["skipped"] == 0, step=0)
   assert streak.count == 1
   good = h.trajectory_batch(ROWS, SEQ, h.TINY.vocab_size, seed=6)
-  state, metrics = rl_update.rl_update(state, good, config)
+  state, metrics = rl_trainer.rl_update(state, good, config)
   assert metrics["skipped"] == 0 and int(state.step) == 1 and np.isfinite(metrics["loss"])
   assert streak.update(metrics["skipped"] == 0, step=1).count == 0
   changed = [not np.array_equal(a, b) for a, b in zip(before, _params(state))]
@@ -160,10 +162,10 @@ def test_bfloat16_microbatched_updates_keep_float32_state_and_compile_once():
   state = train_state.create_rl_state(h.model(h.mesh(4, 1, 1), cfg, seed=3), config)
   before = _params(state)
   batch = h.trajectory_batch(ROWS, SEQ, cfg.vocab_size, seed=8)
-  state, metrics = rl_update.rl_update(state, batch, config)
-  compiled = update.minibatch_update._cache_size()
-  state, metrics = rl_update.rl_update(state, batch, config)
-  assert update.minibatch_update._cache_size() == compiled
+  state, metrics = rl_trainer.rl_update(state, batch, config)
+  compiled = rl_step.minibatch_update._cache_size()
+  state, metrics = rl_trainer.rl_update(state, batch, config)
+  assert rl_step.minibatch_update._cache_size() == compiled
   assert metrics["updates"] == 4 and metrics["skipped"] == 0 and int(state.step) == 8
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
@@ -176,7 +178,7 @@ def test_bad_batch_size_names_the_field():
   config = h.rl_config(mini_batch_size=3, batch_size=3)
   state = train_state.create_rl_state(h.model(h.mesh()), config)
   with pytest.raises(ValueError, match="rl.mini_batch_size"):
-    rl_update.rl_update(state, h.trajectory_batch(16, 12, 64), config)
+    rl_trainer.rl_update(state, h.trajectory_batch(16, 12, 64), config)
 
 
 def _ragged_batch(rows=16, seq=40):
@@ -196,8 +198,8 @@ def _ragged_batch(rows=16, seq=40):
 
 def test_microbatch_plan_sorts_cuts_and_weighs_by_the_aggregate():
   batch, lengths = _ragged_batch()
-  hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8))
-  plan = rl_update.microbatch_plan(batch, hp)
+  hp = rl_step.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8))
+  plan = rl_trainer.microbatch_plan(batch, hp)
   widths = [micro["tokens"].shape[1] for micro, *_ in plan]
   longest = [int(micro["attention_mask"].sum(axis=1).max()) for micro, *_ in plan]
   assert widths == [-(-n // 8) * 8 for n in longest] and widths == sorted(widths)
@@ -210,9 +212,9 @@ def test_microbatch_plan_sorts_cuts_and_weighs_by_the_aggregate():
   for agg, weighting, share in (("seq_sum_norm", "global", 0.25),
                                 ("seq_mean_token_mean", "global", 0.25),
                                 ("token_sum", "global", 1.0), ("token_mean", "mean", 0.25)):
-    hp = update.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8, loss_agg=agg,
+    hp = rl_step.RLHparams.from_config(h.rl_config(microbatches=4, length_bucket=8, loss_agg=agg,
                                                   microbatch_weighting=weighting))
-    assert [w for _, w, _ in rl_update.microbatch_plan(batch, hp)] == pytest.approx([share] * 4)
+    assert [w for _, w, _ in rl_trainer.microbatch_plan(batch, hp)] == pytest.approx([share] * 4)
 
 
 @pytest.mark.slow
@@ -243,10 +245,10 @@ def test_length_cut_updates_compile_once_per_width():
   batch, _ = _ragged_batch()
   config = h.rl_config(microbatches=4, length_bucket=8)
   state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
-  state, _ = rl_update.rl_update(state, batch, config)
-  compiled = update.weighted_gradients._cache_size()
-  state, metrics = rl_update.rl_update(state, batch, config)
-  assert update.weighted_gradients._cache_size() == compiled
+  state, _ = rl_trainer.rl_update(state, batch, config)
+  compiled = rl_step.weighted_gradients._cache_size()
+  state, metrics = rl_trainer.rl_update(state, batch, config)
+  assert rl_step.weighted_gradients._cache_size() == compiled
   assert metrics["skipped"] == 0 and int(state.step) == 2
 
 
@@ -259,12 +261,12 @@ def test_length_cut_scoring_equals_full_width_scoring(capsys, monkeypatch):
   mesh = h.mesh()
   state = train_state.create_rl_state(h.model(mesh, seed=3), config)
   host = {k: np.asarray(v) for k, v in batch.items()}
-  full_hp = update.RLHparams.from_config(config)
+  full_hp = rl_step.RLHparams.from_config(config)
   cut_hp = dataclasses.replace(full_hp, length_bucket=8)
   capsys.readouterr()
   with jax.set_mesh(mesh):
-    full = rl_update._score_all(state, host, full_hp, mesh)
-    cut = rl_update._score_all(state, host, cut_hp, mesh)
+    full = rl_trainer._score_all(state, host, full_hp, mesh)
+    cut = rl_trainer._score_all(state, host, cut_hp, mesh)
   assert full.keys() == cut.keys() == {"old_logprobs", "ref_logprobs"}
   for key in full:
     assert full[key].shape == cut[key].shape == (16, 40)

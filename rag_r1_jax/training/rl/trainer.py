@@ -1,6 +1,6 @@
 """The RL update of one rollout batch: score it once, then epochs x shuffled minibatches.
 
-Host-side orchestration around the jitted steps of update.py. The rollout batch is a dict of
+Host-side orchestration around the jitted steps of step.py. The rollout batch is a dict of
 right-padded arrays (numpy or JAX):
   tokens, positions [B, T] int32; attention_mask [B, T] (1 on real tokens);
   loss_mask [B, T] float32 (1 only on tokens the policy generated);
@@ -40,9 +40,9 @@ from jax.sharding import Mesh
 from rag_r1_jax import multihost, sharding, timing
 from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
-from rag_r1_jax.training import update
+from rag_r1_jax.training.rl import step as rl_step
 from rag_r1_jax.training.train_state import TrainState
-from rag_r1_jax.training.update import RLHparams
+from rag_r1_jax.training.rl.step import RLHparams
 
 TOKEN_FIELDS = ("tokens", "positions", "attention_mask", "loss_mask", "sampler_logprobs")
 ROW_FIELDS = ("rewards", "group_ids")
@@ -53,15 +53,6 @@ _DTYPES = {"tokens": np.int32, "positions": np.int32, "attention_mask": np.int32
 _SUMMED = ("skipped", "critic_skipped")
 _LAST = ("learning_rate", "critic_learning_rate")
 _MAXED = ("ratio_max",)
-
-
-def put_rows(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host arrays [rows, ...] placed on the mesh, split over the batch axes ("data", "fsdp")."""
-  out = {}
-  for name, x in arrays.items():
-    axes = ("batch",) + (None,) * (x.ndim - 1)
-    out[name] = sharding.put_on_mesh(x, mesh, axes)
-  return out
 
 
 def _mesh(state: TrainState) -> Mesh:
@@ -92,7 +83,7 @@ def bucketed_width(lengths: np.ndarray, width: int, bucket: int) -> int:
 
 def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
                mesh: Mesh, old: bool = True) -> dict[str, np.ndarray]:
-  """update.score over the batch in chunks of microbatch rows (forward passes hold as many
+  """rl_step.score over the batch in chunks of microbatch rows (forward passes hold as many
   activations as a microbatch's backward does), gathered on the host [rows, width].
 
   With hp.length_bucket the chunks are rows of similar length, each cut to its longest row
@@ -103,17 +94,18 @@ def _score_all(state: TrainState, host: dict[str, np.ndarray], hp: RLHparams,
   rows = hp.mini_batch_rows // hp.microbatches
   size, width = host["tokens"].shape
   lengths = host["attention_mask"].sum(axis=1)
-  order = np.argsort(lengths, kind="stable") if hp.length_bucket else np.arange(size)
+  order = np.argsort(lengths, kind="stable") if hp.length_bucket else None
   passes = (["policy"] if old else []) + (["reference"] if state.has_reference else []) + (
       ["critic"] if state.critic is not None else [])
   name = f"rl scoring ({', '.join(passes)} forward)"
   out: dict[str, np.ndarray] = {}
   for start in range(0, size, rows):
-    chunk = order[start:start + rows]
+    # Rows of similar length by index (a copy), else a plain slice (views of the host batch).
+    chunk = order[start:start + rows] if order is not None else slice(start, start + rows)
     cut = bucketed_width(lengths[chunk], width, hp.length_bucket) if hp.length_bucket else width
     part = {k: host[k][chunk, :cut] for k in model_fields}
     with timing.compiling(name, _shape(part["tokens"])):
-      scored = multihost.fetch(update.score(state, put_rows(part, mesh), hp, old))
+      scored = multihost.fetch(rl_step.score(state, sharding.put_rows(part, mesh), hp, old))
     for k, v in scored.items():
       out.setdefault(k, np.zeros((size, width), v.dtype))[chunk, :cut] = v
   return out
@@ -249,15 +241,15 @@ def _trimmed_update(state: TrainState, minibatch: Mapping[str, np.ndarray], hp: 
   grads = None
   for micro, weight, metric_weight in microbatch_plan(minibatch, hp):
     with timing.compiling("rl microbatch gradients", _shape(micro["tokens"])):
-      part = update.weighted_gradients(state, put_rows(micro, mesh), micro_hp,
+      part = rl_step.weighted_gradients(state, sharding.put_rows(micro, mesh), micro_hp,
                                        jnp.float32(weight), jnp.float32(metric_weight), parts)
     if grads is None:
       grads = part
     else:
       with timing.compiling("rl gradient sum", "the policy's gradients"):
-        grads = update.add_gradients(grads, part)
+        grads = rl_step.add_gradients(grads, part)
   with timing.compiling("rl optimizer step", "the policy's gradients"):
-    return update.apply_gradients(state, grads, hp)
+    return rl_step.apply_gradients(state, grads, hp)
 
 
 def minibatch_logprob_fields(hp: RLHparams, on_policy: bool) -> list[str]:
@@ -307,7 +299,8 @@ def _epochs(state: TrainState, host: dict[str, np.ndarray], names: list[str], hp
       else:
         shape = f"{_shape(minibatch['tokens'])} in {hp.microbatches} microbatch(es)"
         with timing.compiling("rl update", shape):
-          state, metrics = update.minibatch_update(state, put_rows(minibatch, mesh), hp, parts)
+          state, metrics = rl_step.minibatch_update(state, sharding.put_rows(minibatch, mesh),
+                                                    hp, parts)
       per_update.append(metrics)
   return state, per_update
 
@@ -328,12 +321,12 @@ def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams, mesh:
       host.update(_score_all(state, host, hp, mesh, old=not on_policy))
   prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
   with timing.compiling(f"rl advantages ({hp.algorithm})", _shape(host["tokens"])):
-    fields, prep_metrics = prepare(put_rows(host, mesh), hp, jnp.float32(kl_coef))
+    fields, prep_metrics = prepare(sharding.put_rows(host, mesh), hp, jnp.float32(kl_coef))
   host.update(multihost.fetch(fields))
   names = ["tokens", "positions", "attention_mask", "loss_mask", *fields,
            *minibatch_logprob_fields(hp, on_policy)]
   with training():
-    state, per_update = _epochs(state, host, names, hp, mesh, update.default_parts(hp))
+    state, per_update = _epochs(state, host, names, hp, mesh, rl_step.default_parts(hp))
     out = combine_metrics(multihost.fetch(per_update))
     if hp.critic_apart:
       state, per_critic = _epochs(state, host, names, hp.for_critic(), mesh, ("critic",))

@@ -11,7 +11,9 @@ import pytest
 from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training import optimizer as opt_lib
-from rag_r1_jax.training import rl_update, train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.rl import step as rl_step
 from tests.training import test_update_common as h
 
 ROWS, SEQ = 16, 24
@@ -24,7 +26,7 @@ def _params(tree):
 def _run(algorithm, batch, **rl):
   config = h.rl_config(algorithm=algorithm, **rl)
   state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
-  return rl_update.rl_update(state, batch, config)
+  return rl_trainer.rl_update(state, batch, config)
 
 
 def _direct_logprobs(batch):
@@ -74,8 +76,8 @@ def test_ppo_reward_kl_uses_its_estimator_and_the_given_coefficient():
   b = {k: jnp.asarray(v) for k, v in b.items()}
   config = h.rl_config(algorithm="ppo", kl_coef=0.05, kl_estimator="k1",
                        kl_reward_estimator="k3", whiten_advantages=False)
-  hp = update.RLHparams.from_config(config)
-  fields, metrics = rl_update.ppo_advantages(b, hp, jnp.float32(0.1))
+  hp = rl_step.RLHparams.from_config(config)
+  fields, metrics = rl_trainer.ppo_advantages(b, hp, jnp.float32(0.1))
   # k3 of log-ratio d = logp - ref: e^-d + d - 1 = .5 + log 2 - 1 (d = log 2), 0, 2 - log 2 - 1.
   k_up, k_down = 0.5 + np.log(2) - 1, 1 - np.log(2)
   # gamma = lambda = 1, values 0: the return is the reward-to-go, the KL charged per token.
@@ -122,7 +124,7 @@ def test_rl_schedules_and_optimizers_of_their_own():
       min_lr_ratio=0.1)
   c.rl.critic_warmup_steps = 4
   assert train_state.rl_schedule(c.rl, critic=True)["warmup_steps"] == 4
-  hp = update.RLHparams.from_config(c)
+  hp = rl_step.RLHparams.from_config(c)
   assert (hp.critic_epochs, hp.critic_mini_batch_rows, hp.critic_microbatches) == (2, 8, 1)
   assert float(hp.lr(0, critic=True)) == pytest.approx(0.5 / 4)
   assert float(hp.lr(0)) == pytest.approx(1e-3 / 3)

@@ -15,7 +15,9 @@ import pytest
 
 from rag_r1_jax.sampling import sampler as sampler_lib
 from rag_r1_jax.sampling.sampling_fns import SamplingParams
-from rag_r1_jax.training import rl_update, train_state, update
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
+from rag_r1_jax.training.rl import step as rl_step
 from tests.sampling.toy import toy_tokenizer
 from tests.training import test_update_common as h
 
@@ -47,10 +49,10 @@ def _rollout(temperature: float) -> dict:
 def _mismatch(batch, temperature, **rl):
   config = h.rl_config(batch_size=2, mini_batch_size=2, kl_coef=0.0, entropy_coef=0.0, **rl)
   config.sampling.temperature = temperature
-  hp = update.RLHparams.from_config(config)
+  hp = rl_step.RLHparams.from_config(config)
   assert hp.temperature == temperature
   state = train_state.create_rl_state(h.model(h.mesh(), seed=3), config)
-  _, metrics = rl_update.rl_update(state, batch, config, hp)
+  _, metrics = rl_trainer.rl_update(state, batch, config, hp)
   return metrics["logprob_mismatch"]
 
 
@@ -67,6 +69,6 @@ def test_temperature_one_and_greedy_rollouts_score_at_one():
   assert _mismatch(_rollout(1.0), 1.0) < 1e-6
   config = h.rl_config()
   config.sampling.temperature, config.sampling.greedy = 1.3, True
-  assert update.RLHparams.from_config(config).temperature == 1.0
-  assert dataclasses.replace(update.RLHparams.from_config(h.rl_config()), temperature=1.0) == \
-      update.RLHparams.from_config(h.rl_config())
+  assert rl_step.RLHparams.from_config(config).temperature == 1.0
+  assert dataclasses.replace(rl_step.RLHparams.from_config(h.rl_config()), temperature=1.0) == \
+      rl_step.RLHparams.from_config(h.rl_config())

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rag_r1_jax.training import rl_update, train_state
+from rag_r1_jax.training import train_state
+from rag_r1_jax.training.rl import trainer as rl_trainer
 from tests.training import test_update_common as h
 
 VOCAB, PROMPT, RESPONSE, TARGET, INFO_TOKEN, INFO_AT = 16, 2, 6, 5, 9, 3
@@ -70,7 +71,7 @@ def test_rl_raises_mean_reward(algorithm):
   for step in range(steps):
     batch = _rollout(state, jax.random.fold_in(key, step), questions, group)
     rewards.append(float(batch["rewards"].mean()))
-    state, metrics = rl_update.rl_update(state, batch, config)
+    state, metrics = rl_trainer.rl_update(state, batch, config)
     assert metrics["skipped"] == 0 and metrics["updates"] == 2
   final = np.mean([_rollout(state, jax.random.fold_in(key, 1000 + i), questions,
                             group)["rewards"].mean() for i in range(3)])
