@@ -11,6 +11,7 @@ from rag_r1_jax.retrieval import fusion, index as retrieval_index
 from rag_r1_jax.rl import advantages, kl_control, losses, rewards
 from rag_r1_jax.rollout import engine as rollout_engine
 from rag_r1_jax.training import optimizer, wandb_run
+from rag_r1_jax.training.rl import step as rl_step
 
 STAGES = ("sft", "rl", "eval")
 
@@ -27,7 +28,7 @@ _CHOICES = {
     "retrieval.fusion": fusion.FUSION_METHODS,
     "rollout.mode": ("mq", "sq"),
     "rollout.schedule": rollout_engine.SCHEDULES,
-    "rl.algorithm": ("grpo", "ppo"),
+    "rl.algorithm": tuple(rl_step.ALGORITHMS),
     "rl.kl_estimator": tuple(losses.KL_ESTIMATORS),
     "rl.kl_reward_estimator": tuple(losses.KL_ESTIMATORS),
     "rl.kl_ctrl": kl_control.KL_CONTROLLERS,
@@ -106,7 +107,8 @@ def validate(config) -> None:
     check(field, lambda v: v == int(v) and v >= -1, "must be -1 (from the ratio) or >= 0")
   check("rl.critic_warmup_ratio", lambda v: v < 0 or v < 1,
         "must be negative (rl.warmup_ratio) or in [0, 1)")
-  check("rl.kl_ctrl", lambda v: v == "fixed" or (config.rl.algorithm == "ppo"
+  algorithm = rl_step.ALGORITHMS.get(config.rl.algorithm)  # None: reported as a bad choice
+  check("rl.kl_ctrl", lambda v: v == "fixed" or (algorithm is not None and not algorithm.kl_in_loss
                                                   and config.rl.kl_coef > 0),
         "'adaptive' steers the reward's KL penalty: it needs config.rl.algorithm='ppo' and "
         "config.rl.kl_coef > 0")
@@ -158,10 +160,12 @@ def validate(config) -> None:
   check("sft.pack_length", lambda v: v == 0 or v >= config.sft.max_length,
         f"must be 0 (no packing) or at least config.sft.max_length={config.sft.max_length}, "
         "so that every kept example fits in a row")
-  if config.rl.algorithm == "grpo":
-    check("rl.group_size", lambda v: v >= 2, "GRPO needs at least 2 samples per question")
+  group_baseline = algorithm is not None and not algorithm.critic
+  if group_baseline:
+    check("rl.group_size", lambda v: v >= 2,
+          "GRPO needs at least 2 samples per question (the group is the baseline)")
   check("rl.oversample", lambda v: v >= 1.0, "must be >= 1 (prompts rolled out per trained one)")
-  if config.rl.algorithm != "grpo":
+  if algorithm is not None and not group_baseline:
     check("rl.oversample", lambda v: v == 1.0,
           "chooses groups by their reward spread, which only GRPO's advantages need; "
           "keep 1.0 with PPO")

@@ -178,7 +178,8 @@ def sft_part(config, cfg, mesh: Mesh) -> Part:
 
 def rl_state(config, cfg, mesh: Mesh):
   rl = config.rl
-  critic_tx = train_state.rl_optimizer(rl, critic=True) if rl.algorithm == "ppo" else None
+  critic = rl_step.ALGORITHMS[rl.algorithm].critic
+  critic_tx = train_state.rl_optimizer(rl, critic=True) if critic else None
   return abstract_train_state(cfg, mesh, train_state.rl_optimizer(rl),
                               reference=rl.kl_coef > 0, critic_tx=critic_tx)
 
@@ -207,8 +208,7 @@ def rl_parts(config, cfg, mesh: Mesh) -> list[Part]:
                             rl_step.score, state, mb, hp, old=not on_policy))
   fields = ["tokens", "positions", "attention_mask", "loss_mask", "advantages",
             *rl_trainer.minibatch_logprob_fields(hp, on_policy)]
-  if hp.algorithm == "ppo":
-    fields += ["returns", "old_values"]
+  fields += hp.algo.value_fields
   with jax.set_mesh(mesh):
     if hp.length_bucket:
       # rl_trainer._trimmed_update: each length-cut microbatch's gradients beside their sum.

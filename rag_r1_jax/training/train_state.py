@@ -267,11 +267,12 @@ def create_rl_state(model: Decoder, config) -> TrainState:
 
   The schedules count optimizer updates: rl.steps x rl_updates_per_step(config.rl).
   """
+  from rag_r1_jax.training.rl.step import ALGORITHMS  # it builds on this module
   rl = config.rl
-  if rl.algorithm not in ("grpo", "ppo"):
-    raise ValueError(f"rl.algorithm={rl.algorithm!r} must be grpo or ppo")
+  if rl.algorithm not in ALGORITHMS:
+    raise ValueError(f"rl.algorithm={rl.algorithm!r}; valid: {list(ALGORITHMS)}")
   critic = critic_tx = None
-  if rl.algorithm == "ppo":
+  if ALGORITHMS[rl.algorithm].critic:
     critic = critic_from_policy(model, config.seed + 1)
     critic_tx = rl_optimizer(rl, critic=True)
   return create_state(model, rl_optimizer(rl), seed=config.seed, reference=rl.kl_coef > 0,

@@ -19,13 +19,14 @@ Minibatch fields, all [rows, seq] unless noted (rl/trainer.py builds them):
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training import logprobs as logprobs_lib
 from rag_r1_jax.training import optimizer as opt_lib
@@ -115,9 +116,14 @@ class RLHparams:
     return opt_lib.learning_rate_schedule(**kwargs)(step)
 
   @property
+  def algo(self) -> "Algorithm":
+    """The algorithm's parts (ALGORITHMS[algorithm])."""
+    return ALGORITHMS[self.algorithm]
+
+  @property
   def critic_apart(self) -> bool:
     """Whether the critic trains in its own epochs / minibatches (PPO with its own settings)."""
-    return self.algorithm == "ppo" and (self.critic_epochs, self.critic_mini_batch_rows) != (
+    return self.algo.critic and (self.critic_epochs, self.critic_mini_batch_rows) != (
         self.epochs, self.mini_batch_rows)
 
   def for_critic(self) -> "RLHparams":
@@ -134,7 +140,7 @@ def rollout_temperature(sampling_config) -> float:
 
 def default_parts(hp: RLHparams) -> tuple[str, ...]:
   """The models one update step trains: the actor, and the critic unless it trains apart."""
-  if hp.algorithm == "ppo" and not hp.critic_apart:
+  if hp.algo.critic and not hp.critic_apart:
     return ("actor", "critic")
   return ("actor",)
 
@@ -200,12 +206,87 @@ def critic_minibatch_loss(params: nnx.State, mb: Batch, graphdef: nnx.GraphDef,
                            hp.value_clip_eps, hp.loss_agg, hp.norm_length)
 
 
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  return losses.aggregate(x, mask, "token_mean")
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+  """1 - Var(returns - values) / Var(returns) over masked tokens (1: perfect, <= 0: useless)."""
+  var = lambda x: _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)  # noqa: E731
+  return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
+
+
+@functools.partial(jax.jit, static_argnames="hp")
+def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams,
+                    kl_coef: jax.Array) -> tuple[dict, dict]:
+  """Group-normalised token advantages [B, T] and the sampler-mismatch metric."""
+  del kl_coef  # GRPO's KL is in the loss, with hp.kl_coef
+  mask = b["loss_mask"]
+  adv = adv_lib.grpo_advantages(b["rewards"], mask, group_ids=b["group_ids"], mode=hp.advantage)
+  metrics = {}
+  if "old_logprobs" in b:  # else the update reports the mismatch (single_on_policy_update)
+    metrics["logprob_mismatch"] = _masked_mean(jnp.abs(b["old_logprobs"] -
+                                                       b["sampler_logprobs"]), mask)
+  if "ref_logprobs" in b and "old_logprobs" in b:  # on-policy, the loss's `kl` is the same
+    metrics["kl_ref"] = _masked_mean(
+        losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
+  return {"advantages": adv}, metrics
+
+
+@functools.partial(jax.jit, static_argnames="hp")
+def ppo_advantages(b: dict[str, jax.Array], hp: RLHparams,
+                   kl_coef: jax.Array) -> tuple[dict, dict]:
+  """GAE advantages (whitened) and returns [B, T], the reward carrying kl_coef x the KL
+  penalty (rl.kl_reward_estimator; kl_coef: a scalar, the controller's coefficient).
+
+  Metrics: kl_ref (mean over tokens) and kl_ref_seq_mean (mean over sequences of each one's
+  token mean: the statistic the adaptive controller reads, rl/kl_control.py), kl_coef.
+  """
+  mask = b["loss_mask"]
+  token_reward = adv_lib.token_rewards(b["rewards"], mask)
+  metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
+                                                      b["sampler_logprobs"]), mask)}
+  if hp.kl_coef > 0:
+    token_reward = adv_lib.kl_penalized_rewards(token_reward, b["old_logprobs"],
+                                                b["ref_logprobs"], mask, kl_coef,
+                                                hp.kl_reward_estimator)
+    kl = losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_reward_estimator)
+    metrics["kl_ref"] = _masked_mean(kl, mask)
+    metrics["kl_ref_seq_mean"] = losses.aggregate(kl, mask, "seq_mean_token_mean")
+    metrics["kl_coef"] = jnp.asarray(kl_coef, jnp.float32)
+  adv, returns = adv_lib.gae(token_reward, b["values"], mask, hp.gamma, hp.gae_lambda)
+  if hp.whiten_advantages:
+    adv = adv_lib.whiten(adv, mask)
+  metrics["explained_variance"] = explained_variance(b["values"], returns, mask)
+  metrics["return_mean"] = _masked_mean(returns, mask)
+  return {"advantages": adv, "returns": returns, "old_values": b["values"]}, metrics
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """What an RL algorithm changes in the update; rl.algorithm names one of ALGORITHMS."""
+  actor_loss: Callable  # (params, minibatch, graphdef, hp) -> (loss, metrics)
+  advantages: Callable  # jitted (rollout batch, hp, kl_coef) -> (minibatch fields, metrics)
+  critic: bool  # trains a value model beside the policy (its values give the advantages)
+  kl_in_loss: bool  # the reference KL is a loss term (else a penalty in the rewards)
+  # One epoch of one minibatch takes the update's own detached log-probs as the old ones.
+  one_pass_on_policy: bool
+  value_fields: tuple[str, ...] = ()  # minibatch fields the critic's loss reads
+
+
+ALGORITHMS = {
+    "grpo": Algorithm(grpo_minibatch_loss, grpo_advantages, critic=False, kl_in_loss=True,
+                      one_pass_on_policy=True),
+    "ppo": Algorithm(ppo_actor_minibatch_loss, ppo_advantages, critic=True, kl_in_loss=False,
+                     one_pass_on_policy=False, value_fields=("returns", "old_values")),
+}
+
+
 def _loss_fn(state: TrainState, hp: RLHparams, part: str):
   """The loss `part` ("actor" or "critic") differentiates, bound to its graphdef and hp."""
   if part == "critic":
     return functools.partial(critic_minibatch_loss, graphdef=state.critic.graphdef, hp=hp)
-  actor = ppo_actor_minibatch_loss if hp.algorithm == "ppo" else grpo_minibatch_loss
-  return state.bind_frozen(functools.partial(actor, graphdef=state.graphdef, hp=hp))
+  return state.bind_frozen(functools.partial(hp.algo.actor_loss, graphdef=state.graphdef,
+                                             hp=hp))
 
 
 def _params(state: TrainState, part: str) -> nnx.State:

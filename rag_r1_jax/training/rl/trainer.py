@@ -38,7 +38,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rag_r1_jax import multihost, sharding, timing
-from rag_r1_jax.rl import advantages as adv_lib
 from rag_r1_jax.rl import losses
 from rag_r1_jax.training.rl import step as rl_step
 from rag_r1_jax.training.train_state import TrainState
@@ -118,63 +117,7 @@ def _shape(tokens: np.ndarray) -> str:
 
 def single_on_policy_update(hp: RLHparams, rows: int) -> bool:
   """Whether a batch of `rows` is one GRPO update, needing no old log-probs (see above)."""
-  return hp.algorithm == "grpo" and hp.epochs == 1 and rows == hp.mini_batch_rows
-
-
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  return losses.aggregate(x, mask, "token_mean")
-
-
-def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
-  """1 - Var(returns - values) / Var(returns) over masked tokens (1: perfect, <= 0: useless)."""
-  var = lambda x: _masked_mean((x - _masked_mean(x, mask)) ** 2, mask)  # noqa: E731
-  return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
-
-
-@functools.partial(jax.jit, static_argnames="hp")
-def grpo_advantages(b: dict[str, jax.Array], hp: RLHparams,
-                    kl_coef: jax.Array) -> tuple[dict, dict]:
-  """Group-normalised token advantages [B, T] and the sampler-mismatch metric."""
-  del kl_coef  # GRPO's KL is in the loss, with hp.kl_coef
-  mask = b["loss_mask"]
-  adv = adv_lib.grpo_advantages(b["rewards"], mask, group_ids=b["group_ids"], mode=hp.advantage)
-  metrics = {}
-  if "old_logprobs" in b:  # else the update reports the mismatch (single_on_policy_update)
-    metrics["logprob_mismatch"] = _masked_mean(jnp.abs(b["old_logprobs"] -
-                                                       b["sampler_logprobs"]), mask)
-  if "ref_logprobs" in b and "old_logprobs" in b:  # on-policy, the loss's `kl` is the same
-    metrics["kl_ref"] = _masked_mean(
-        losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_estimator), mask)
-  return {"advantages": adv}, metrics
-
-
-@functools.partial(jax.jit, static_argnames="hp")
-def ppo_advantages(b: dict[str, jax.Array], hp: RLHparams,
-                   kl_coef: jax.Array) -> tuple[dict, dict]:
-  """GAE advantages (whitened) and returns [B, T], the reward carrying kl_coef x the KL
-  penalty (rl.kl_reward_estimator; kl_coef: a scalar, the controller's coefficient).
-
-  Metrics: kl_ref (mean over tokens) and kl_ref_seq_mean (mean over sequences of each one's
-  token mean: the statistic the adaptive controller reads, rl/kl_control.py), kl_coef.
-  """
-  mask = b["loss_mask"]
-  token_reward = adv_lib.token_rewards(b["rewards"], mask)
-  metrics = {"logprob_mismatch": _masked_mean(jnp.abs(b["old_logprobs"] -
-                                                      b["sampler_logprobs"]), mask)}
-  if hp.kl_coef > 0:
-    token_reward = adv_lib.kl_penalized_rewards(token_reward, b["old_logprobs"],
-                                                b["ref_logprobs"], mask, kl_coef,
-                                                hp.kl_reward_estimator)
-    kl = losses.kl_penalty(b["old_logprobs"], b["ref_logprobs"], hp.kl_reward_estimator)
-    metrics["kl_ref"] = _masked_mean(kl, mask)
-    metrics["kl_ref_seq_mean"] = losses.aggregate(kl, mask, "seq_mean_token_mean")
-    metrics["kl_coef"] = jnp.asarray(kl_coef, jnp.float32)
-  adv, returns = adv_lib.gae(token_reward, b["values"], mask, hp.gamma, hp.gae_lambda)
-  if hp.whiten_advantages:
-    adv = adv_lib.whiten(adv, mask)
-  metrics["explained_variance"] = explained_variance(b["values"], returns, mask)
-  metrics["return_mean"] = _masked_mean(returns, mask)
-  return {"advantages": adv, "returns": returns, "old_values": b["values"]}, metrics
+  return hp.algo.one_pass_on_policy and hp.epochs == 1 and rows == hp.mini_batch_rows
 
 
 @jax.jit
@@ -257,7 +200,7 @@ def minibatch_logprob_fields(hp: RLHparams, on_policy: bool) -> list[str]:
   fields = ["sampler_logprobs"] if on_policy or hp.rollout_is else []
   if not on_policy:
     fields.append("old_logprobs")
-  if hp.algorithm == "grpo" and hp.kl_coef > 0:
+  if hp.algo.kl_in_loss and hp.kl_coef > 0:
     fields.append("ref_logprobs")
   return fields
 
@@ -274,8 +217,9 @@ def rl_update(state: TrainState, batch: Mapping[str, Any], config: Any,
   """
   mesh = _mesh(state)
   hp = hp or RLHparams.from_config(config, sharding.batch_shards(mesh))
-  if hp.algorithm == "ppo" and state.critic is None:
-    raise ValueError("rl.algorithm='ppo' needs a TrainState with a critic (create_rl_state)")
+  if hp.algo.critic and state.critic is None:
+    raise ValueError(f"rl.algorithm={hp.algorithm!r} needs a TrainState with a critic "
+                     "(create_rl_state)")
   if hp.kl_coef > 0 and not state.has_reference:
     raise ValueError(f"rl.kl_coef={hp.kl_coef} needs a TrainState with reference parameters")
   with jax.set_mesh(mesh):
@@ -319,7 +263,7 @@ def _rl_update(state: TrainState, batch: Mapping[str, Any], hp: RLHparams, mesh:
   if not on_policy or state.has_reference:
     with scoring():
       host.update(_score_all(state, host, hp, mesh, old=not on_policy))
-  prepare = ppo_advantages if hp.algorithm == "ppo" else grpo_advantages
+  prepare = hp.algo.advantages
   with timing.compiling(f"rl advantages ({hp.algorithm})", _shape(host["tokens"])):
     fields, prep_metrics = prepare(sharding.put_rows(host, mesh), hp, jnp.float32(kl_coef))
   host.update(multihost.fetch(fields))

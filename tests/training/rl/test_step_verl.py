@@ -77,7 +77,7 @@ def test_ppo_reward_kl_uses_its_estimator_and_the_given_coefficient():
   config = h.rl_config(algorithm="ppo", kl_coef=0.05, kl_estimator="k1",
                        kl_reward_estimator="k3", whiten_advantages=False)
   hp = rl_step.RLHparams.from_config(config)
-  fields, metrics = rl_trainer.ppo_advantages(b, hp, jnp.float32(0.1))
+  fields, metrics = rl_step.ppo_advantages(b, hp, jnp.float32(0.1))
   # k3 of log-ratio d = logp - ref: e^-d + d - 1 = .5 + log 2 - 1 (d = log 2), 0, 2 - log 2 - 1.
   k_up, k_down = 0.5 + np.log(2) - 1, 1 - np.log(2)
   # gamma = lambda = 1, values 0: the return is the reward-to-go, the KL charged per token.
