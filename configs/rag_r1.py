@@ -64,7 +64,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # populations; 792 of a draw's 1404). Without them height tokens never learnt to be copied
   # (embeddings at a mean cosine of .83, "How tall" EM .07: every answer "156 cm") and test
   # comparison thoughts held the right numbers on 36 of 88 questions; with them 72 of 88,
-  # single-hop EM .734 -> .932, all questions .456 -> .539, for 26% more SFT steps (DEVELOPERS.md).
+  # single-hop EM .734 -> .932, all questions .456 -> .539, for 26% more SFT steps (docs/experiment_log.md).
   config.world.sft_draws = 12
   config.world.number_draws = 6
   config.world.copy_drills = 8000
@@ -80,7 +80,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # SFT policy (docs/experiment_log.md): 16 questions per step at lr 6e-4 left test EM flat, and
   # lr 2e-3 (or 1e-3 with a KL penalty) drifted the policy (entropy and KL up, reward down).
   # Training on mixed-reward groups first (rl.oversample=1.5) moved test EM by +0.3 at this lr
-  # and -3.8 at 1e-3, at 1.7x the rollout time (DEVELOPERS.md), so it is off here.
+  # and -3.8 at 1e-3, at 1.7x the rollout time (docs/experiment_log.md), so it is off here.
   config.rl.steps = 32
   config.rl.batch_size = 32
   config.rl.mini_batch_size = 32
@@ -98,7 +98,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   # on one draw, GRPO taught the policy that draw's commonest answers, which it then wrote at
   # test time whatever it had read (bridge EM .844 -> .583). Rollouts at temperature 1.3 (and
   # the common top_p 0.95) make about half the groups mixed instead of a third. From the same
-  # SFT policies, test EM after RL: seed 0 .452 -> .468, seed 1 .427 -> .462 (DEVELOPERS.md).
+  # SFT policies, test EM after RL: seed 0 .452 -> .468, seed 1 .427 -> .462 (docs/experiment_log.md).
   config.world.rl_draw_count = 32
   config.sampling.temperature = 1.3  # RL rollouts only: evaluation decodes greedily
   config.checkpoint.every_steps = 10

@@ -33,10 +33,10 @@ class Policy:
     config = rag_r1.get_config(variant)
     self.config = config
     self.ws = Workspace(config, sharding.make_mesh(config.mesh), run_dir)
-    model = self.ws.load_stage_model(stage)
+    model = self.ws.files.load_model(stage)
     if model is None:
       raise FileNotFoundError(f"{run_dir} has no exported {stage} policy "
-                              f"({self.ws.stage_model_dir(stage)}): did that stage finish?")
+                              f"({self.ws.files.model_dir(stage)}): did that stage finish?")
     self.engine = self.ws.engine(model)
     datasets = self.ws.eval_datasets()
     missing = [k for k in kinds if k not in datasets]

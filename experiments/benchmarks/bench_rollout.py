@@ -4,7 +4,7 @@ A scripted bigram decoder (tests/sampling/toy.py, random layers on top) searches
 turn: a few "thinking" tokens, `<search>alpha,beta</search>`, then an ~300-token observation
 is appended; after `--turns` searches the budget notice ends the rollout. Both engines run the
 same greedy rollouts in the same process (checked token for token); the baseline
-(`RolloutEngine(..., reprefill=True)`) prefills each resumed row's whole sequence again
+(`ReprefillEngine` below) prefills each resumed row's whole sequence again
 instead of only its observation. Prints median seconds, the ratio and prefill token counts.
 Usage: python experiments/benchmarks/bench_rollout.py [--batch 8] [--turns 4] [--repeats 3]
 """
@@ -14,6 +14,7 @@ import time
 
 import common  # noqa: F401  (sets sys.path)
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rag_r1_jax.retrieval.base import Document, ExactRetriever
@@ -32,6 +33,28 @@ DOCS = [Document("d1", "Alpha", "alpha is a letter; " + FILLER * 3),
         Document("d2", "Beta", "beta follows alpha; " + FILLER * 3)]
 
 
+class ReprefillEngine(engine_lib.RolloutEngine):
+  """The baseline without cache reuse: each resumed row re-prefills its whole history.
+
+  A resumed row's cache length is reset to 0 (a fresh cache: attention never reads past a
+  row's length) and its tokens so far plus the observation are appended in one prefill.
+  The per-token log-probs and generated flags of earlier turns are restored afterwards, so
+  the trajectories equal the cache-reusing engine's; only the prefill work differs.
+  """
+
+  def _resume(self, state, chunks):
+    host = self.sampler.fetch(state)
+    saved = (jnp.copy(state.logprobs), jnp.copy(state.generated))  # `append` donates state
+    resumed = np.array([c is not None for c in chunks])
+    lengths = jax.device_put(np.where(resumed, 0, host["lengths"]).astype(np.int32),
+                             state.cache.lengths.sharding)
+    state = state.replace(cache=state.cache.replace(lengths=lengths))
+    full = [host["tokens"][b, :host["lengths"][b]].tolist() + list(c) if c is not None else None
+            for b, c in enumerate(chunks)]
+    state = self.sampler.append(state, full)
+    return state.replace(logprobs=saved[0], generated=saved[1])
+
+
 def make_engine(tokenizer, model, args, reprefill: bool) -> engine_lib.RolloutEngine:
   """An engine over a fresh Sampler; `reprefill` selects the baseline."""
   sampler = sampler_lib.Sampler(model, tokenizer, capacity=args.capacity,
@@ -39,8 +62,8 @@ def make_engine(tokenizer, model, args, reprefill: bool) -> engine_lib.RolloutEn
   settings = engine_lib.RolloutSettings(mode="mq", max_turns=args.turns, max_queries_per_call=3,
                                         max_turn_tokens=64, max_obs_length=args.obs_tokens // 2,
                                         topk=1)
-  return engine_lib.RolloutEngine(sampler, tokenizer, ExactRetriever(DOCS), settings,
-                                  reprefill=reprefill)
+  engine = ReprefillEngine if reprefill else engine_lib.RolloutEngine
+  return engine(sampler, tokenizer, ExactRetriever(DOCS), settings)
 
 
 def timed_runs(engine, prompts, repeats: int):

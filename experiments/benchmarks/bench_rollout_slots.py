@@ -172,7 +172,7 @@ def world(args) -> None:
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
   workdir = args.run_dir or os.path.join(tempfile.gettempdir(), "rag_r1_jax_bench_world")
   ws = Workspace(config, mesh, workdir)
-  model = ws.load_stage_model("sft") if args.run_dir else ws.initial_model()
+  model = ws.files.load_model("sft") if args.run_dir else ws.initial_model()
   if model is None:
     raise FileNotFoundError(f"--run_dir {args.run_dir}: no finished sft stage")
   rl = config.rl

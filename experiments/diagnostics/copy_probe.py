@@ -28,7 +28,7 @@ from rag_r1_jax.data import prompts  # noqa: E402
 from rag_r1_jax.tasks.synthetic_world import teacher  # noqa: E402
 from rag_r1_jax.tasks.synthetic_world import world as synthetic_world  # noqa: E402
 from rag_r1_jax.retrieval.base import ExactRetriever  # noqa: E402
-from rag_r1_jax.runs.workspace import load_exported_policy  # noqa: E402
+from rag_r1_jax.runs.stage_files import load_exported_policy  # noqa: E402
 from rag_r1_jax.training import logprobs  # noqa: E402
 from rag_r1_jax.training.sft import data as sft_data  # noqa: E402
 

@@ -111,7 +111,7 @@ def main() -> None:
   args = parser.parse_args()
 
   from flax import nnx
-  from rag_r1_jax.runs.workspace import load_exported_policy
+  from rag_r1_jax.runs.stage_files import load_exported_policy
 
   tokenizer, model, model_dir = load_exported_policy(args.run_dir, args.stage)
   forward = nnx.jit(lambda m, tokens, positions: m(tokens, positions=positions))

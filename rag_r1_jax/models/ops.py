@@ -3,12 +3,10 @@
 Autodiff transposes `y = x @ w` into `dw = (g^T @ x)^T`: the contraction runs over the batch
 and sequence dims, which lead in both `x` [..., in] and `g` [..., out], and XLA:CPU then
 copies `g` into a transposed layout first, fusing the elementwise chain that made `g` (a
-SwiGLU's backward: four inputs read at a stride of `out` floats) into that copy. On the
-default config's SFT step (8 x 256 tokens, hidden 128, MLP 384) those four copies took 11.5
-ms each of a 262 ms step. Written with the operand that has fewer columns on the left (the
-one XLA transposes, a plain array), the other is read row by row; with `attention` below,
-the step went from 271 to 163 ms (`experiments/benchmarks/bench_train_step.py`, DEVELOPERS.md
-session 13). Values equal autodiff's; only the order of the operands differs.
+SwiGLU's backward: four inputs read at a stride of `out` floats) into that copy. Written with
+the operand that has fewer columns on the left (the one XLA transposes, a plain array), the
+other is read row by row (`experiments/benchmarks/bench_train_step.py` times both; figures in
+README.md). Values equal autodiff's; only the order of the operands differs.
 
 `blocked_attention` is attention under the decoder's causal segment mask in tiles with an
 online softmax (forward and backward), for sequences whose [t, t] scores must never exist.

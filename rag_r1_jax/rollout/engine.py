@@ -17,11 +17,11 @@ A row's answer is the `<answer>` of the policy's own final turn, never text from
 observation (the fixed observations mention `<answer> and </answer>` themselves).
 """
 
+import copy
 import dataclasses
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rag_r1_jax import multihost, timing
@@ -75,10 +75,8 @@ class RolloutEngine:
   """Runs batched multi-turn search-and-answer rollouts with one model and one retriever."""
 
   def __init__(self, sampler: sampler_lib.Sampler, tokenizer, retriever: Retriever,
-               settings: RolloutSettings, *, reprefill: bool = False):
-    """`reprefill` is a benchmark baseline only: see `_reprefill`."""
+               settings: RolloutSettings):
     self.sampler = sampler
-    self.reprefill = reprefill
     self.tokenizer = tokenizer
     self.retriever = retriever
     self.settings = settings
@@ -186,10 +184,7 @@ class RolloutEngine:
         if not multihost.any_process(any(chunks)):
           break
         with decode_watch():
-          if self.reprefill:
-            state = self._reprefill(state, chunks)
-          else:
-            state = self.sampler.append(state, chunks)
+          state = self._resume(state, chunks)
 
       parts = multihost.gather_objects({"rows": {int(b): dataclasses.asdict(rows[b])
                                                  for b in local}, "turn_tokens": turn_tokens})
@@ -234,24 +229,18 @@ class RolloutEngine:
                        "(config.rollout.max_total_length)")
     return prompt_ids
 
-  def _reprefill(self, state: sampler_lib.SamplerState, chunks):
-    """Baseline without cache reuse: each resumed row re-prefills its whole history.
+  def searching(self, retriever: Retriever) -> "RolloutEngine":
+    """This engine (its sampler, tokenizer and settings) searching `retriever` instead; its
+    retrieval counters start at 0."""
+    other = copy.copy(self)
+    other.retriever = retriever
+    other.retrieval_calls, other.retrieval_batches = 0, []
+    return other
 
-    A resumed row's cache length is reset to 0 (a fresh cache: attention never reads past a
-    row's length) and its tokens so far plus the observation are appended in one prefill.
-    The per-token log-probs and generated flags of earlier turns are restored afterwards, so
-    the trajectories equal the cache-reusing engine's; only the prefill work differs.
-    """
-    host = self.sampler.fetch(state)
-    saved = (jnp.copy(state.logprobs), jnp.copy(state.generated))  # `append` donates state
-    resumed = np.array([c is not None for c in chunks])
-    lengths = np.where(resumed, 0, host["lengths"]).astype(np.int32)
-    lengths = multihost.put(lengths, state.cache.lengths.sharding)
-    state = state.replace(cache=state.cache.replace(lengths=lengths))
-    full = [host["tokens"][b, :host["lengths"][b]].tolist() + list(c) if c is not None else None
-            for b, c in enumerate(chunks)]
-    state = self.sampler.append(state, full)
-    return state.replace(logprobs=saved[0], generated=saved[1])
+  def _resume(self, state: sampler_lib.SamplerState, chunks) -> sampler_lib.SamplerState:
+    """Appends each resumed row's observation (chunks[b]; None: the row is not resumed) to its
+    cache, which holds everything before it: only the new tokens are prefilled."""
+    return self.sampler.append(state, chunks)
 
   # ---- one turn ------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from rag_r1_jax.sampling.sampling_fns import SamplingParams
 def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   """Evaluates the run's policies; returns the comparison table (also in eval/report.md)."""
   ws = workspace or Workspace(config, mesh, workdir)
-  policies = [(stage, ws.load_stage_model(stage)) for stage in ("sft", "rl")]
+  policies = [(stage, ws.files.load_model(stage)) for stage in ("sft", "rl")]
   policies = [(stage, model) for stage, model in policies if model is not None]
   if not policies:
     print("eval: no trained policy in this run; evaluating the configured model", flush=True)

@@ -106,11 +106,11 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   """Runs (or resumes) the RL stage; returns the exported model directory."""
   ws = workspace or Workspace(config, mesh, workdir)
   rl = config.rl
-  final_dir = ws.stage_model_dir("rl")
-  if ws.stage_finished("rl"):
+  final_dir = ws.files.model_dir("rl")
+  if ws.files.finished("rl"):
     print(f"rl: finished earlier, policy at {final_dir}", flush=True)
     return final_dir
-  model = ws.load_stage_model("sft")
+  model = ws.files.load_model("sft")
   if model is None:
     print("rl: no SFT policy found; starting from the configured model", flush=True)
     model = ws.initial_model()
@@ -119,7 +119,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   sets = ws.task.rl_row_sets()
   iterators = [BatchIterator(ws.task.rl_rows(i), rollout_questions, seed=config.seed + 1009 * i)
                for i in range(sets)]
-  manager = ws.checkpoint_manager("rl")
+  manager = ws.files.checkpoint_manager("rl")
   start = manager.latest_step() or 0
   kl_coef = rl.kl_coef  # PPO's reward KL coefficient, moved by rl.kl_ctrl after each step
   if start:
@@ -127,7 +127,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     set_iterator_states(iterators, meta["data"])
     kl_coef = meta.get("kl_coef", kl_coef)
     print(f"rl: resumed from step {start}", flush=True)
-  engine = ws.engine(state.merged_model(), ws.rl_retriever(0))
+  engine = ws.engine(state.merged_model())  # searching the run's retriever
   sampling = SamplingParams.from_config(config.sampling)
   val_questions = (rl_validation.validation_questions(ws, engine, rl.eval_questions)
                    if rl.eval_every else [])
@@ -136,7 +136,6 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   streak = optimizer.NonfiniteStreak(rl.max_nonfinite_steps, "rl.max_nonfinite_steps")
   progress = StepProgress("rl", rl.steps, initial=start, every=config.logging.console_every)
   for step in range(start, rl.steps):
-    engine.retriever = ws.rl_retriever(step % sets)
     batch_rows = next(iterators[step % sets])
     golds = [r["golden_answers"] for r in batch_rows]
     t0 = step_start = time.perf_counter()
@@ -149,9 +148,9 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
             f"samples (up to {config.rollout.max_turns} searches, "
             f"{config.rollout.max_turn_tokens} tokens a turn; the first compiles the sampler)")
     with _phase(first, what), rolling():
-      rollout = engine.run(ws.prompt_texts(batch_rows), sampling=sampling,
-                           seed=config.seed * 100_003 + step, group_size=rl.group_size,
-                           batch_size=rollout_questions)
+      rollout = engine.searching(ws.rl_retriever(step % sets)).run(
+          ws.prompt_texts(batch_rows), sampling=sampling, seed=config.seed * 100_003 + step,
+          group_size=rl.group_size, batch_size=rollout_questions)
     if rl.offload_during_rollout:
       state = train_state.move_unused_in_rollouts(state, "device")
     rollout_seconds = time.perf_counter() - t0
@@ -182,7 +181,6 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
                    tokens_per_second=float(rollout.attention_mask.sum()) / (rollout_seconds + update_seconds))
     if rl.eval_every and (step + 1) % rl.eval_every == 0:
       engine.sampler.update_params(state.merged_model())
-      engine.retriever = ws.retriever  # the evaluation questions search the run's corpus
       if rl.offload_during_rollout:
         state = train_state.move_unused_in_rollouts(state, "pinned_host")
       val = rl_validation.run_validation(engine, val_questions, batch_size=config.eval.batch_size,
@@ -203,4 +201,4 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   progress.close()
   manager.wait_until_finished()
   writer.close()
-  return ws.export_stage_model("rl", state.model())
+  return ws.files.export_model("rl", state.model())

@@ -54,8 +54,8 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   """Runs (or resumes) SFT; returns the exported best policy's directory."""
   ws = workspace or Workspace(config, mesh, workdir)
   sft = config.sft
-  final_dir = ws.stage_model_dir("sft")
-  if ws.stage_finished("sft"):
+  final_dir = ws.files.model_dir("sft")
+  if ws.files.finished("sft"):
     print(f"sft: finished earlier, policy at {final_dir}", flush=True)
     return final_dir
   examples, dropped = sft_data.drop_long(build_examples(ws), sft.max_length)
@@ -77,7 +77,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   total = sum(per_epoch)
   state = train_state.create_sft_state(ws.initial_model(), config, total)
   hp = sft_step.SFTHparams.from_config(config, total, sharding.batch_shards(mesh))
-  manager = ws.checkpoint_manager("sft")
+  manager = ws.files.checkpoint_manager("sft")
   meta = {"epoch": 0, "batch": 0, "best_validation_loss": None}
   start = manager.latest_step() or 0
   if start:
@@ -118,7 +118,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
     best = meta["best_validation_loss"]
     if best is None or loss < best:
       meta["best_validation_loss"] = loss
-      ws.export_stage_model("sft_best", state.model())  # -> sft_best/model
+      ws.files.export_model("sft_best", state.model())  # -> sft_best/model
     progress.write(f"sft: epoch {epoch + 1}/{sft.epochs} validation loss {loss:.4f} "
               f"(best {meta['best_validation_loss']:.4f})")
     meta.update(epoch=epoch + 1, batch=0)
@@ -126,7 +126,7 @@ def run(config, mesh, workdir: str, workspace: Workspace | None = None) -> str:
   progress.close()
   manager.wait_until_finished()
   writer.close()
-  ws.copy_stage_model("sft_best", "sft")
+  ws.files.copy_model("sft_best", "sft")
   print(f"sft: best policy (validation loss {meta['best_validation_loss']:.4f}) at {final_dir}",
         flush=True)
   return final_dir

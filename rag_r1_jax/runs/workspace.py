@@ -1,4 +1,5 @@
-"""What every stage of a run shares: data, tokenizer, retriever, prompts, engine, models.
+"""What every stage of a run shares: task, tokenizer, retrievers, prompts, engine, models, and
+the stages' files (stage_files.py).
 
 Built lazily from the config, once per process. Paths in the config may name a packaged asset
 as `asset:NAME` (see rag_r1_jax/assets.py), so configs hold no machine-specific paths.
@@ -7,52 +8,19 @@ as `asset:NAME` (see rag_r1_jax/assets.py), so configs hold no machine-specific 
 import functools
 import json
 import os
-import shutil
-from typing import Callable, Sequence
+from typing import Sequence
 
 from jax.sharding import Mesh
 
 from rag_r1_jax import assets, multihost, tasks, timing
 from rag_r1_jax.data import prompts
-from rag_r1_jax.models import factory, hf_checkpoint
+from rag_r1_jax.models import factory
 from rag_r1_jax.models.decoder import Decoder
 from rag_r1_jax.retrieval import factory as retrieval_factory
 from rag_r1_jax.retrieval.base import Document, Retriever
 from rag_r1_jax.rollout.engine import RolloutEngine, RolloutSettings
+from rag_r1_jax.runs.stage_files import StageFiles, write_dir_atomically
 from rag_r1_jax.sampling.sampler import Sampler
-
-
-def write_dir_atomically(path: str, write: Callable[[str], None]) -> None:
-  """Calls write(tmp) on a fresh `path.partial`, then renames it to `path` (replacing it).
-
-  `path` is at every moment absent or whole: the old one is moved aside before the rename and
-  deleted after it, and a `.partial` left by an interrupted call is discarded by the next one.
-  """
-  tmp, old = path + ".partial", path + ".old"
-  shutil.rmtree(tmp, ignore_errors=True)
-  write(tmp)
-  shutil.rmtree(old, ignore_errors=True)
-  if os.path.exists(path):
-    os.replace(path, old)
-  os.replace(tmp, path)
-  shutil.rmtree(old, ignore_errors=True)
-
-
-def load_exported_policy(run_dir: str, stage: str):
-  """(tokenizer, model, model_dir) of a finished run's `<run_dir>/<stage>/model`, on one device.
-
-  For diagnostics that read a run after the fact (experiments/diagnostics/).
-  """
-  import jax
-  from ml_collections import ConfigDict
-  from rag_r1_jax import sharding
-  model_dir = os.path.join(run_dir, stage, "model")
-  if not os.path.isfile(os.path.join(model_dir, "config.json")):
-    raise FileNotFoundError(f"no exported policy at {model_dir}: did the {stage} stage finish?")
-  tokenizer = factory.load_tokenizer(os.path.join(run_dir, "tokenizer"))
-  mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
-  model, _ = hf_checkpoint.load_hf(model_dir, mesh)
-  return tokenizer, model, model_dir
 
 
 class Workspace:
@@ -152,60 +120,10 @@ class Workspace:
     model, _ = factory.build_model(model_config, self.mesh, self.config.seed, vocab_size=vocab)
     return model
 
-  def stage_model_dir(self, stage: str) -> str:
-    """Where a stage exports its final policy as a Hugging Face directory."""
-    return os.path.join(self.workdir, stage, "model")
-
-  def stage_finished(self, stage: str) -> bool:
-    """Whether the stage exported its final policy whole (exports are atomic renames; a
-    directory an interrupted write left incomplete does not count, so the stage redoes it)."""
-    path = self.stage_model_dir(stage)
-    if not os.path.isdir(path):
-      return False
-    if hf_checkpoint.is_complete_export(path):
-      return True
-    print(f"{stage}: {path} is incomplete (an interrupted export or copy); redoing it",
-          flush=True)
-    return False
-
-  def load_stage_model(self, stage: str) -> Decoder | None:
-    """The policy a finished stage exported, or None if it has not finished."""
-    path = self.stage_model_dir(stage)
-    if not self.stage_finished(stage):
-      return None
-    runtime = factory.runtime_overrides(self.config.model)
-    model, _ = hf_checkpoint.load_hf(path, self.mesh, **runtime)
-    return model
-
-  def export_stage_model(self, stage: str, model: Decoder) -> str:
-    """Writes `model` (with the tokenizer) as the stage's Hugging Face directory, atomically.
-
-    Every process takes part (the parameters are gathered from all); process 0 writes."""
-    path = self.stage_model_dir(stage)
-    def export(tmp):
-      hf_checkpoint.export_hf(model, tmp, tokenizer=self.tokenizer, dtype=self.config.export.dtype)
-    with timing.announce(f"{stage}: exporting the policy to {path}"):
-      if multihost.is_primary():
-        write_dir_atomically(path, export)
-      else:
-        export(path + ".partial")  # gathers the parameters with process 0, writes nothing
-      multihost.barrier(f"export {stage}")
-    return path
-
-  def copy_stage_model(self, source_stage: str, stage: str) -> str:
-    """Copies one stage's exported policy to another stage's directory, atomically."""
-    source, path = self.stage_model_dir(source_stage), self.stage_model_dir(stage)
-    if multihost.is_primary():
-      write_dir_atomically(path, lambda tmp: shutil.copytree(source, tmp))
-    multihost.barrier(f"copy {source_stage} to {stage}")
-    return path
-
-  def checkpoint_manager(self, stage: str):
-    """The stage's orbax checkpoints under <workdir>/<stage>/checkpoints."""
-    from rag_r1_jax.training import checkpoints
-    return checkpoints.CheckpointManager(os.path.join(self.workdir, stage, "checkpoints"),
-                                         keep=self.config.checkpoint.keep,
-                                         async_save=self.config.checkpoint.async_save)
+  @functools.cached_property
+  def files(self) -> StageFiles:
+    """The stages' exported policies and checkpoints under the workdir."""
+    return StageFiles(self.config, self.mesh, self.workdir, lambda: self.tokenizer)
 
   # ---- rollouts ------------------------------------------------------------------------------
 

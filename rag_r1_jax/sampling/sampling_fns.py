@@ -64,12 +64,10 @@ def greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   Two passes over the logits: the max of each chunk of GREEDY_CHUNK entries, and the sum of
   exponentials below the overall max; the argmax is then found among the chunk maxima (the
   first chunk holding the max) and inside that one chunk, so no full-width index array is
-  made. jnp.argmax's (value, index) reduction runs unvectorised on XLA:CPU (~12 ms per decode
-  step for 64 x 32000 logits), and the earlier three full-width reductions (max, first index
-  as a float min over a [batch, vocab] select, sum of exponentials) made XLA write two
-  [batch, vocab] temporaries; this form was 6-9% faster per decode step on the 12M config at
-  batch 8 and 64 (DEVELOPERS.md, session 13). The argmax token's logit is the max, so its
-  log-prob is -log(sum of exponentials). XLA:CPU's max does not reliably propagate NaN, so a
+  made. jnp.argmax's (value, index) reduction runs unvectorised on XLA:CPU, and three
+  full-width reductions (max, first index as a float min over a [batch, vocab] select, sum of
+  exponentials) made XLA write two [batch, vocab] temporaries (docs/experiment_log.md). The
+  argmax token's logit is the max, so its log-prob is -log(sum of exponentials). XLA:CPU's max does not reliably propagate NaN, so a
   row with a NaN or infinite logit (seen as a non-finite sum, or no index found) is redone
   with jnp.argmax and jax.nn.logsumexp inside a lax.cond that finite rows skip. Ties go to the
   first index and a NaN row to its first NaN, as in jnp.argmax.

@@ -18,6 +18,7 @@ from rag_r1_jax import sharding
 from rag_r1_jax.retrieval.base import Document, ExactRetriever
 from rag_r1_jax.rollout.trajectories import Rollout, RowRecord
 from rag_r1_jax.runs import rl_stage
+from rag_r1_jax.runs.stage_files import StageFiles
 from rag_r1_jax.runs.workspace import Workspace
 from rag_r1_jax.tasks.base import Task
 from rag_r1_jax.training import metrics_writer
@@ -74,8 +75,6 @@ class ToyTask(Task):
 class ToyRLWorkspace(Workspace):
   """The toy bigram policy searching one document; every prompt templated to 'x Q:'."""
 
-  exported: dict
-
   @functools.cached_property
   def tokenizer(self):
     tokenizer = toy.toy_tokenizer()
@@ -94,9 +93,19 @@ class ToyRLWorkspace(Workspace):
   def task(self):
     return ToyTask(self.config)
 
-  def export_stage_model(self, stage, model):
+  @functools.cached_property
+  def files(self):
+    return ToyStageFiles(self.config, self.mesh, self.workdir, lambda: self.tokenizer)
+
+
+class ToyStageFiles(StageFiles):
+  """Keeps the exported parameters in memory instead of writing a HF directory."""
+
+  exported: dict
+
+  def export_model(self, stage, model):
     self.exported = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    return self.stage_model_dir(stage)
+    return self.model_dir(stage)
 
 
 @functools.cache
@@ -178,9 +187,9 @@ def test_validation_rows_at_every_eval_step_and_wandb_gets_them(validated_run):
 def test_validation_leaves_training_unchanged(validated_run, tmp_path):
   _, validated, validated_rows, _, _ = validated_run
   plain, plain_rows = _run_rl(tmp_path, _toy_config(eval_every=0))
-  assert validated.exported.keys() == plain.exported.keys()
-  for name, value in plain.exported.items():
-    np.testing.assert_array_equal(validated.exported[name], value, err_msg=str(name))
+  assert validated.files.exported.keys() == plain.files.exported.keys()
+  for name, value in plain.files.exported.items():
+    np.testing.assert_array_equal(validated.files.exported[name], value, err_msg=str(name))
   strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("val/")}  # noqa
                         for r in _without_times(rows)]
   assert strip(validated_rows) == strip(plain_rows)

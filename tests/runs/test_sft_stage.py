@@ -90,12 +90,12 @@ def test_the_final_copy_is_atomic_and_a_partial_one_is_redone(tmp_path, monkeypa
     run()
   monkeypatch.setattr(shutil, "copytree", real_copytree)
   assert _exported(tmp_path) == ["sft_best/model"]  # the copy never appears half written
-  assert not ws.stage_finished("sft")
+  assert not ws.files.finished("sft")
 
   final = run()  # resumes after its last epoch: only the copy is left to do
-  assert final == ws.stage_model_dir("sft") and ws.stage_finished("sft")
+  assert final == ws.files.model_dir("sft") and ws.files.finished("sft")
   assert not os.path.exists(final + ".partial")
-  best, _ = hf_checkpoint.load_hf(ws.stage_model_dir("sft_best"), ws.mesh)
+  best, _ = hf_checkpoint.load_hf(ws.files.model_dir("sft_best"), ws.mesh)
   got, _ = hf_checkpoint.load_hf(final, ws.mesh)
   np.testing.assert_array_equal(np.asarray(got.embed[...]), np.asarray(best.embed[...]))
 
@@ -103,10 +103,10 @@ def test_the_final_copy_is_atomic_and_a_partial_one_is_redone(tmp_path, monkeypa
   weights = os.path.join(final, "model.safetensors")
   with open(weights, "r+b") as f:
     f.truncate(os.path.getsize(weights) - 100)
-  assert not ws.stage_finished("sft")
+  assert not ws.files.finished("sft")
   with pytest.raises(ValueError, match="truncated safetensors file"):
     hf_checkpoint.load_hf(final, ws.mesh)
   run()
-  assert ws.stage_finished("sft")
+  assert ws.files.finished("sft")
   got, _ = hf_checkpoint.load_hf(final, ws.mesh)
   np.testing.assert_array_equal(np.asarray(got.embed[...]), np.asarray(best.embed[...]))

@@ -1,8 +1,6 @@
-"""The Workspace: a task's RL retrievers, stage exports read back, a cut-short task tokenizer
-rebuilt."""
+"""The Workspace: a task's RL retrievers, a cut-short task tokenizer rebuilt."""
 
 import jax
-import pytest
 from ml_collections import ConfigDict
 
 from configs import rag_r1
@@ -30,20 +28,6 @@ def test_rl_retrievers_search_the_documents_the_task_gives_each_set(tmp_path):
     doc = ws.task.rl_documents(i)[0]
     [[hit]] = ws.rl_retriever(i).retrieve([doc.title], 1)
     assert (hit.title, hit.text) == (doc.title, doc.text)
-
-
-def test_load_exported_policy_reads_back_a_stage_export(tmp_path):
-  import numpy as np
-  from rag_r1_jax.runs.workspace import load_exported_policy
-  ws = workspace(tmp_path)
-  with pytest.raises(FileNotFoundError, match="did the sft stage finish"):
-    load_exported_policy(str(tmp_path), "sft")
-  model = ws.initial_model()
-  ws.export_stage_model("sft", model)
-  tokenizer, loaded, model_dir = load_exported_policy(str(tmp_path), "sft")
-  assert model_dir == ws.stage_model_dir("sft")
-  assert tokenizer.get_vocab() == ws.tokenizer.get_vocab()
-  np.testing.assert_array_equal(np.asarray(loaded.embed[...]), np.asarray(model.embed[...]))
 
 
 def test_a_cut_short_task_tokenizer_is_rebuilt(tmp_path):

@@ -17,10 +17,10 @@ import optax
 from flax import nnx
 
 from rag_r1_jax import multihost, timing
+from rag_r1_jax.sharding import put_rows
 from rag_r1_jax.training import logprobs as logprobs_lib
 from rag_r1_jax.training import optimizer as opt_lib
 from rag_r1_jax.training.sft import data as sft_data
-from rag_r1_jax.sharding import put_rows
 from rag_r1_jax.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
