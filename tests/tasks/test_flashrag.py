@@ -10,7 +10,7 @@ import pytest
 
 from configs.common import base_config
 from rag_r1_jax import tasks
-from rag_r1_jax.data import qa_builders, search_r1_parquet
+from rag_r1_jax.data import qa_builders
 from tests.data.test_qa_builders import write_jsonl
 
 # Search-R1's 'base' template, shortened; the question follows its last "Question: ".
@@ -162,23 +162,3 @@ def test_resolve_spec_names_directories_and_files(tmp_path):
   assert (spec.name, spec.single_file, spec.split_path("test")) == ("popqa_small", True, one)
   with pytest.raises(FileNotFoundError, match="dataset file .*/missing.parquet does not exist"):
     qa_builders.resolve_spec(str(tmp_path / "missing.parquet"), str(data))
-
-
-@pytest.mark.parametrize("content,question", [
-    (TEMPLATE.format("who is it?"), "who is it?"),
-    ("Question: first?\nQuestion:  second? \n", "second?"),
-    ("a plain question?", "a plain question?"),
-])
-def test_question_from_prompt(content, question):
-  prompt = [{"role": "system", "content": "Question: not this"},
-            {"role": "user", "content": content}]
-  assert search_r1_parquet.question_from_prompt(prompt) == question
-
-
-@pytest.mark.parametrize("prompt,message", [
-    ([], "non-empty list"), ([{"role": "system", "content": "x"}], "no user message"),
-    ([{"role": "user", "content": "Question:  "}], "question is empty"),
-])
-def test_question_from_prompt_refuses(prompt, message):
-  with pytest.raises(search_r1_parquet.RowError, match=message):
-    search_r1_parquet.question_from_prompt(prompt)
