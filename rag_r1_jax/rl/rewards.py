@@ -16,13 +16,11 @@ tag closing it (answer_metrics.extract_last_answer).
 """
 
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rag_r1_jax.eval import answer_metrics
-
-RewardFn = Callable[[str, Sequence[str]], float]
 
 # Answer metrics by `rl.reward` name: (prediction or None, golds) -> score.
 METRICS = {
@@ -35,24 +33,6 @@ _TAG = re.compile(r"<(/?)(think|search|information|answer)>")
 _TAG_LETTER = {"think": "T", "search": "S", "information": "I", "answer": "A"}
 # Each step is a <think> followed by a search and its inserted information, or by the answer.
 _WELL_FORMED_STEPS = re.compile(r"(TSI)*TA")
-
-
-def _metric_reward(metric: Callable) -> RewardFn:
-  """A reward function scoring the last <answer> of a response with `metric`."""
-  def reward(response_text: str, golds: Sequence[str]) -> float:
-    return metric(answer_metrics.extract_last_answer(response_text), golds)
-  reward.__name__ = f"{metric.__name__}_reward"
-  return reward
-
-
-REWARDS: dict[str, RewardFn] = {name: _metric_reward(m) for name, m in METRICS.items()}
-
-
-def get_reward_fn(name: str) -> RewardFn:
-  """The reward function registered as `name` (config `rl.reward`)."""
-  if name not in REWARDS:
-    raise ValueError(f"rl.reward={name!r} is not a known reward; valid: {sorted(REWARDS)}")
-  return REWARDS[name]
 
 
 def _block_sequence(response_text: str) -> str | None:
@@ -89,19 +69,37 @@ def format_reward(response_text: str) -> float:
   return 1.0 if is_well_formed(response_text) else -1.0
 
 
-def compute_rewards(responses: Sequence[str], golds_list: Sequence[Sequence[str]], name: str,
-                    format_weight: float = 0.0) -> np.ndarray:
-  """Rewards [batch] float32: metric `name` of each response + format_weight * format_reward.
+def answer_rewards(answers: Sequence[str | None], golds_list: Sequence[Sequence[str]],
+                   name: str, format_weight: float = 0.0,
+                   responses: Sequence[str] = ()) -> np.ndarray:
+  """Rewards [rows] float32: metric `name` of each row's final answer (None: it gave none),
+  plus format_weight x format_reward of its response text (`responses`, one per row).
 
   With format_weight w > 0 (EM): correct and well-formed 1 + w, correct but malformed 1 - w,
-  wrong but well-formed w, wrong and malformed -w. w = 0 is the paper's setting.
+  wrong but well-formed w, wrong and malformed -w. w = 0 is the paper's setting. The RL stage
+  passes the rollout engine's answers: the policy's own last `<answer>`, never one quoted in
+  an observation.
   """
+  if name not in METRICS:
+    raise ValueError(f"rl.reward={name!r} is not a known reward; valid: {sorted(METRICS)}")
+  if len(answers) != len(golds_list):
+    raise ValueError(f"{len(answers)} answers but {len(golds_list)} gold lists")
+  if format_weight and len(responses) != len(answers):
+    raise ValueError(f"the format term needs each row's response: {len(responses)} for "
+                     f"{len(answers)} rows")
+  out = []
+  for i, (answer, golds) in enumerate(zip(answers, golds_list)):
+    value = METRICS[name](answer, golds)
+    if format_weight:
+      value += format_weight * format_reward(responses[i])
+    out.append(value)
+  return np.asarray(out, np.float32)
+
+
+def compute_rewards(responses: Sequence[str], golds_list: Sequence[Sequence[str]], name: str,
+                    format_weight: float = 0.0) -> np.ndarray:
+  """answer_rewards of response texts, each one's answer its last `<answer>`."""
   if len(responses) != len(golds_list):
     raise ValueError(f"{len(responses)} responses but {len(golds_list)} gold lists")
-  reward_fn = get_reward_fn(name)
-  rewards = np.zeros(len(responses), np.float32)
-  for i, (response, golds) in enumerate(zip(responses, golds_list)):
-    rewards[i] = reward_fn(response, golds)
-    if format_weight:
-      rewards[i] += format_weight * format_reward(response)
-  return rewards
+  answers = [answer_metrics.extract_last_answer(r) for r in responses]
+  return answer_rewards(answers, golds_list, name, format_weight, responses)

@@ -45,15 +45,11 @@ def _phase(shown: bool, what: str):
 
 def trajectory_rewards(rollout: Rollout, golds: Sequence[Sequence[str]], name: str,
                        format_weight: float) -> np.ndarray:
-  """[rows] float32: the metric of each row's own final answer (+ optional format term)."""
-  metric = rewards_lib.METRICS[name]
-  out = []
-  for record in rollout.records:
-    value = metric(record.answer, golds[record.prompt_index])
-    if format_weight:
-      value += format_weight * rewards_lib.format_reward(record.response_text)
-    out.append(value)
-  return np.asarray(out, np.float32)
+  """[rows] float32: rl/rewards.answer_rewards of each row's own final answer."""
+  records = rollout.records
+  return rewards_lib.answer_rewards([r.answer for r in records],
+                                    [golds[r.prompt_index] for r in records], name,
+                                    format_weight, [r.response_text for r in records])
 
 
 def rollout_metrics(rollout: Rollout, rewards: np.ndarray, golds,

@@ -11,18 +11,22 @@ GOOD = ("<think>Need the author.</think>\n<search> hamlet author </search>\n\n"
         "<think>Found it.</think>\n<answer> William Shakespeare </answer>")
 
 
+def _reward(name, response, golds):
+  [value] = rewards.compute_rewards([response], [golds], name)
+  return float(value)
+
+
 def test_registry_rewards_use_the_last_answer():
   golds = ["Shakespeare", "William Shakespeare"]
-  assert rewards.get_reward_fn("em")(GOOD, golds) == 1.0
-  assert rewards.get_reward_fn("em")(GOOD, ["Shakespeare"]) == 0.0
-  assert rewards.get_reward_fn("f1")(GOOD, ["Shakespeare"]) == pytest.approx(2 / 3)
-  assert rewards.get_reward_fn("cover_em")(GOOD, ["Shakespeare"]) == 1.0
+  assert _reward("em", GOOD, golds) == 1.0
+  assert _reward("em", GOOD, ["Shakespeare"]) == 0.0
+  assert _reward("f1", GOOD, ["Shakespeare"]) == pytest.approx(2 / 3)
+  assert _reward("cover_em", GOOD, ["Shakespeare"]) == 1.0
   two = "<answer> Marlowe </answer> <answer> Shakespeare </answer>"
-  assert rewards.get_reward_fn("em")(two, ["Marlowe"]) == 0.0
-  assert rewards.get_reward_fn("em")("<answer>London</answer> blah </answer>",
-                                     ["London"]) == 1.0
-  assert rewards.get_reward_fn("sub_em")(GOOD, ["Shakes"]) == 1.0
-  assert rewards.get_reward_fn("cover_em")(GOOD, ["Shakes"]) == 0.0
+  assert _reward("em", two, ["Marlowe"]) == 0.0
+  assert _reward("em", "<answer>London</answer> blah </answer>", ["London"]) == 1.0
+  assert _reward("sub_em", GOOD, ["Shakes"]) == 1.0
+  assert _reward("cover_em", GOOD, ["Shakes"]) == 0.0
 
 
 def test_trajectory_rewards_use_the_same_metrics():
@@ -40,7 +44,7 @@ def test_trajectory_rewards_use_the_same_metrics():
 
 def test_unknown_reward_lists_valid_names():
   with pytest.raises(ValueError, match=r"rl.reward='acc'.*\['cover_em', 'em', 'f1', 'sub_em'\]"):
-    rewards.get_reward_fn("acc")
+    rewards.answer_rewards(["x"], [["x"]], "acc")
 
 
 @pytest.mark.parametrize("text,ok", [
