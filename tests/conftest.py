@@ -36,13 +36,17 @@ def _release_compiled_executables():
 
   The suite compiles thousands of functions in one process; kept, they grow it by gigabytes,
   and late in a full run XLA:CPU aborted while compiling (a memory-hungry test passed alone).
-  A module's functions are rarely reused by the next module; those that are recompile.
+  A module's functions are rarely reused by the next module; those that are recompile, and
+  their compile announcements (rag_r1_jax/timing.py) are made again, as in a fresh process.
   """
   yield
   import gc
 
   import jax
+
+  from rag_r1_jax import timing
   jax.clear_caches()
+  timing._announced.clear()
   gc.collect()
 
 

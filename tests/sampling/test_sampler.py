@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from rag_r1_jax import sharding
+from rag_r1_jax import sharding, timing
 from rag_r1_jax.models import params
 from rag_r1_jax.models.config import DecoderConfig
 from rag_r1_jax.sampling import sampler as sampler_lib
@@ -17,12 +17,12 @@ CAPACITY, NEW = 40, 20
 PROMPT_LENGTHS = [3, 9, 14, 30]  # the last row fills the cache after 10 tokens
 
 
-def _model(tokenizer, scan: bool):
+def _model(tokenizer, scan: bool, seed: int = 5):
   cfg = DecoderConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96,
                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True,
                       architecture="qwen2", scan_layers=scan)
   mesh = sharding.make_mesh(ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1])
-  return params.init_on_mesh(cfg, mesh, seed=5)
+  return params.init_on_mesh(cfg, mesh, seed=seed)
 
 
 def _decode(model, tokenizer, block_size, sampling=SamplingParams(greedy=True)):
@@ -111,6 +111,7 @@ def test_decode_in_chunks_equals_one_call(sampling):
   writes the same tokens and log-probs (random sampling too: the key is split per step alike)
   and ends the same rows with the same statuses."""
   sampler, tokenizer, whole = _sampler_and_whole_decode(sampling)
+  compiled = compile_count_of(sampler)
   state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
   chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=3)
   calls = 0
@@ -124,7 +125,7 @@ def test_decode_in_chunks_equals_one_call(sampling):
   for key in ("tokens", "generated", "status", "lengths", "stop_index"):
     np.testing.assert_array_equal(out[key], whole[key], err_msg=key)
   np.testing.assert_allclose(out["logprobs"], whole["logprobs"], atol=1e-6, rtol=0)
-  assert compile_count_of(sampler)["_decode"] == 2  # one per DecodeSettings
+  assert compiled_since(compiled, sampler)["_decode"] <= 1  # one per DecodeSettings
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(greedy=True),
@@ -134,6 +135,7 @@ def test_decode_returns_at_a_stop_or_its_step_bound(sampling):
   bounds its steps (both traced: one compilation); resumed to the end, the rows' tokens,
   log-probs and statuses equal one whole decode's."""
   sampler, tokenizer, whole = _sampler_and_whole_decode(sampling)
+  compiled = compile_count_of(sampler)
   chunked = sampler_lib.DecodeSettings(sampling, NEW, chunk_steps=16)
   state = sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer))
   lengths = lambda: np.asarray(state.lengths) - PROMPT_LENGTHS  # noqa: E731
@@ -149,7 +151,7 @@ def test_decode_returns_at_a_stop_or_its_step_bound(sampling):
   for key in ("tokens", "generated", "status", "lengths", "stop_index"):
     np.testing.assert_array_equal(out[key], whole[key], err_msg=key)
   np.testing.assert_allclose(out["logprobs"], whole["logprobs"], atol=1e-6, rtol=0)
-  assert compile_count_of(sampler)["_decode"] == 2  # one per DecodeSettings
+  assert compiled_since(compiled, sampler)["_decode"] <= 1  # one per DecodeSettings
 
 
 def test_take_rows_moves_rows_into_a_smaller_batch():
@@ -158,6 +160,7 @@ def test_take_rows_moves_rows_into_a_smaller_batch():
   tokenizer = toy_tokenizer()
   model = _model(tokenizer, scan=False)
   sampler = _sampler(model, tokenizer)
+  compiled = compile_count_of(sampler)
   settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), NEW, chunk_steps=5)
   big = sampler.decode(sampler.append(sampler.init(4, jax.random.key(7)), _prompts(tokenizer)),
                        settings)
@@ -172,11 +175,17 @@ def test_take_rows_moves_rows_into_a_smaller_batch():
   np.testing.assert_allclose(got["logprobs"], want["logprobs"][[0, 2]], atol=1e-6, rtol=0)
   padded = sampler.fetch(sampler.take_rows(big, [3], 2))
   assert padded["status"].tolist()[1] == sampler_lib.IDLE and padded["lengths"][1] == 0
-  assert compile_count_of(sampler)["_take_rows"] == 2  # one per batch it makes
+  assert compiled_since(compiled, sampler)["_take_rows"] <= 2  # one per batch it makes
 
 
 def compile_count_of(sampler):
   return sampler_lib.compile_count(sampler)
+
+
+def compiled_since(counts, sampler):
+  """Executables the sampler's functions compiled since `counts` (a `compile_count`): the
+  functions are shared with every sampler of an equal program, other tests' ones too."""
+  return {name: n - counts[name] for name, n in compile_count_of(sampler).items()}
 
 
 def test_row_refills_equal_a_fresh_batch():
@@ -185,6 +194,7 @@ def test_row_refills_equal_a_fresh_batch():
   tokenizer = toy_tokenizer()
   model = _model(tokenizer, scan=False)
   sampler = _sampler(model, tokenizer)
+  compiled = compile_count_of(sampler)
   settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), NEW)
   prompts = _prompts(tokenizer)
   # Reference: prompts 0 and 2 each in a group of two rows.
@@ -215,8 +225,39 @@ def test_row_refills_equal_a_fresh_batch():
   np.testing.assert_array_equal(after["tokens"][[0, 1, 3]], before["tokens"][[0, 1, 3]])
   np.testing.assert_array_equal(after["lengths"], [before["lengths"][0], before["lengths"][1],
                                                    PROMPT_LENGTHS[1], before["lengths"][3]])
-  counts = compile_count_of(sampler)
+  counts = compiled_since(compiled, sampler)
   # Row counts 1, 2 and 4 are their own buckets; prompt widths fall in two.
-  assert counts["_reset_rows"] == 2 and counts["_copy_rows"] == 1, counts
+  assert counts["_reset_rows"] <= 2 and counts["_copy_rows"] <= 1, counts
   assert counts["_append_rows"] <= 3, counts
   assert [sampler_lib.row_bucket(n, 6) for n in (0, 1, 2, 3, 4, 5, 6)] == [1, 1, 2, 4, 4, 6, 6]
+
+
+def test_samplers_of_one_config_share_their_compiled_functions():
+  """A second sampler, for another model of the same config with other stop strings and EOS
+  ids (as many), compiles nothing: it reuses the first's executables, with its own weights
+  and tables as arguments."""
+  tokenizer = toy_tokenizer()
+  settings = sampler_lib.DecodeSettings(SamplingParams(greedy=True), NEW)
+  prompts = _prompts(tokenizer)
+  first = sampler_lib.Sampler(_model(tokenizer, scan=False, seed=11), tokenizer,
+                              capacity=CAPACITY + 8, stop_strings_=("\x00",), block_size=8)
+  first.fetch(first.decode(first.append(first.init(4, jax.random.key(7)), prompts), settings))
+  counts = compile_count_of(first)
+  assert counts["_append"] == counts["_decode"] == 1, counts
+  model = _model(tokenizer, scan=False, seed=12)
+  logits, _ = model(jnp.asarray(prompts[0])[None])
+  eos = int(np.argmax(logits[0, -1]))  # row 0's first greedy token ends it
+  second = sampler_lib.Sampler(model, tokenizer, capacity=CAPACITY + 8, stop_strings_=("\x01",),
+                               eos_token_ids=[eos], block_size=8)
+  assert compile_count_of(second) == counts  # the first sampler's executables
+  watch = timing.Stopwatch()
+  with watch():
+    out = second.fetch(second.decode(second.append(second.init(4, jax.random.key(7)), prompts),
+                                     settings))
+  assert compile_count_of(second) == counts and watch.compile_seconds == 0
+  assert out["status"][0] == sampler_lib.EOS and out["lengths"][0] == len(prompts[0]) + 1
+  for b in range(1, len(prompts)):  # the second model's greedy tokens
+    n, length = len(prompts[b]), out["lengths"][b]
+    logits, _ = model(jnp.asarray(out["tokens"][b, :length])[None])
+    np.testing.assert_array_equal(out["tokens"][b, n:length],
+                                  np.argmax(logits[0, n - 1:length - 1], axis=-1))
