@@ -29,7 +29,6 @@ optimizer.NonfiniteStreak(rl.max_nonfinite_steps).
 """
 
 import dataclasses
-import functools
 from typing import Any, Mapping, Optional
 
 import jax

@@ -22,7 +22,7 @@ per example in the row, 0 on padding), so no example attends to another.
 import collections
 import dataclasses
 import re
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
