@@ -75,8 +75,8 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.sft.max_length = 256  # the longest teacher example is 225 tokens (sq) / 224 (mq)
   config.sft.cut_subsamples = False  # same targets as the paper's cut, a third of the compute
 
-  # GRPO: 32 steps of 32 questions x 8 samples, one update per step in 8 microbatches (32-row
-  # microbatches: 2.06x faster than one 256-row pass on 2 cores, bench_rl_microbatches.py). From one
+  # GRPO: 32 steps of 32 questions x 8 samples, one update per step in 8 microbatches of 32
+  # rows (bounded activation memory; timings: README's bench_rl_microbatches.py row). From one
   # SFT policy (docs/experiment_log.md): 16 questions per step at lr 6e-4 left test EM flat, and
   # lr 2e-3 (or 1e-3 with a KL penalty) drifted the policy (entropy and KL up, reward down).
   # Training on mixed-reward groups first (rl.oversample=1.5) moved test EM by +0.3 at this lr
@@ -88,7 +88,7 @@ def get_config(variant: str = "mq") -> config_dict.ConfigDict:
   config.rl.microbatches = 8
   # Microbatches of rows sorted by length, each cut to its own longest row (a multiple of 64):
   # a batch is as wide as its longest rambling row (384 of 512 columns often), most rows are
-  # ~175 tokens. Update at 256 x 384: 16.1 -> 8.5 s (1.89x, bench_rl_microbatches.py).
+  # ~175 tokens, so the cut microbatches skip most padding (README: bench_rl_microbatches.py).
   config.rl.length_bucket = 64
   config.rl.learning_rate = 5e-4
   config.rl.warmup_ratio = 0.25  # a fresh Adam's first steps are sign-like: ramp up over 8 steps
