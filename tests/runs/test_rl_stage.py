@@ -232,3 +232,19 @@ def test_the_console_says_what_each_phase_does_and_each_step_s_metrics(validated
     names = [part.split()[0] for part in line.split(" | ")[1:-1]]
     assert names == sorted(rl_stage.STEP_METRICS), line
     assert line.endswith(" s/step")
+
+
+def test_data_positions_resume_from_either_checkpoint_key():
+  """One position per question set, saved under "sets" (or "draws", the key of checkpoints
+  written before the synthetic world became a task), resumes each iterator where it was."""
+  from rag_r1_jax.data.iterator import BatchIterator
+  made = [BatchIterator(list(range(10)), 2, seed=i) for i in range(2)]
+  next(made[0]), next(made[1]), next(made[1])
+  saved = rl_stage.iterator_states(made)
+  assert list(saved) == ["sets"]
+  for state in (saved, {"draws": saved["sets"]}):
+    fresh = [BatchIterator(list(range(10)), 2, seed=i) for i in range(2)]
+    rl_stage.set_iterator_states(fresh, state)
+    assert [it.get_state() for it in fresh] == saved["sets"]
+  with pytest.raises(ValueError, match="positions for 2 question sets but the task gives 1"):
+    rl_stage.set_iterator_states([BatchIterator(list(range(10)), 2, seed=0)], saved)
