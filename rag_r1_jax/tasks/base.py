@@ -5,15 +5,18 @@ registry). Rows are dicts with id, question, golden_answers; rows read from file
 data_source and extra_info. Everything except train_rows and eval_datasets has a default.
 """
 
-from typing import Sequence
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
 
 from ml_collections import config_dict
 
-from rag_r1_jax.retrieval.base import Document, Retriever
-from rag_r1_jax.rollout import observation
-from rag_r1_jax.tasks.demonstrations import Segment
+if TYPE_CHECKING:  # configs import the registry; only annotations need these (and JAX)
+  from rag_r1_jax.retrieval.base import Document, Retriever
+  from rag_r1_jax.rollout import observation
+  from rag_r1_jax.tasks.demonstrations import Segment
 
-Demonstrations = list[tuple[str, list[Segment]]]  # (user prompt text, response segments)
+  Demonstrations = list[tuple[str, list[Segment]]]  # (user prompt text, response segments)
 
 
 class Task:

@@ -4,12 +4,12 @@
 Search-R1 file mixing nq and hotpotqa is scored per source. The retrieval corpus comes from
 `retrieval.corpus_path` (or an index / server)."""
 
-from rag_r1_jax import multihost
 from rag_r1_jax.data import sources
 from rag_r1_jax.tasks.base import Task
 
 
 def _say(message: str) -> None:
+  from rag_r1_jax import multihost
   if multihost.is_primary():
     print(message, flush=True)
 

@@ -3,13 +3,17 @@
 for it (tokenizer.py), and RL on fresh draws of its train split. Its settings are the
 `config.world` section."""
 
+from __future__ import annotations
+
 import functools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ml_collections import config_dict
 
-from rag_r1_jax.retrieval.base import Document
 from rag_r1_jax.tasks.base import Task
+
+if TYPE_CHECKING:
+  from rag_r1_jax.retrieval.base import Document
 
 # The world's question kinds, each evaluated as its own dataset.
 KINDS = ("single", "bridge", "comparison", "fanout")

@@ -1,11 +1,15 @@
 """Questions over the packaged Wikipedia lead extracts (one article, or two: tasks/wiki/
 questions.py), searched over those extracts; stage 1 from scripted demonstrations."""
 
-import functools
-from typing import Sequence
+from __future__ import annotations
 
-from rag_r1_jax.retrieval.base import Document
+import functools
+from typing import TYPE_CHECKING, Sequence
+
 from rag_r1_jax.tasks.base import Task
+
+if TYPE_CHECKING:
+  from rag_r1_jax.retrieval.base import Document
 
 
 @functools.lru_cache(maxsize=2)
