@@ -149,11 +149,16 @@ def abstract_rows(mesh: Mesh, rows: int, width: int, fields) -> dict:
 
 
 def _compile(name: str, shape: str, fn, *args, resident: int = 0, **kwargs) -> Part:
-  """Compiles fn(*args, **kwargs). Arrays among `args` that the step does not read (XLA drops
+  """Compiles jitted fn(*args, **kwargs) (`_part`)."""
+  return _part(name, shape, lambda: fn.lower(*args, **kwargs), args, resident)
+
+
+def _part(name: str, shape: str, lower, args, resident: int = 0) -> Part:
+  """Compiles what lower() lowers. Arrays among `args` that the step does not read (XLA drops
   them from its arguments: a reference the update does not use) are still held by the run, so
   they count as resident, with `resident` itself."""
   start = time.perf_counter()
-  compiled = fn.lower(*args, **kwargs).compile()
+  compiled = lower().compile()
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   held = per_device_bytes(args)
@@ -263,7 +268,7 @@ def rollout_part(config, cfg, mesh: Mesh, resident: int) -> Part:
                                 block_size=config.rollout.cache_block_size or None)
   state = jax.eval_shape(lambda: sampler.init(rows, jax.random.key(0)))
   sampler.mesh = mesh
-  state = _abstract(state, sampler._shardings(rows))
+  state = _abstract(state, sampler.state_shardings(rows))
   decode_params = _abstract(
       jax.eval_shape(lambda p: sampler_lib.decode_dtypes(p, cfg.compute_dtype), params),
       params_lib.state_shardings(model, mesh, sharding.DECODE_RULES))
@@ -272,8 +277,9 @@ def rollout_part(config, cfg, mesh: Mesh, resident: int) -> Part:
   shape = (f"{rows} rows x {capacity} cache positions ({sampler.block_size}-position blocks)"
            + (", beside the RL train state" if resident else ""))
   with jax.set_mesh(mesh), sharding.activation_rules(sharding.DECODE_RULES):
-    return _compile("rollout decode", shape, sampler._decode, decode_params, state, settings,
-                    resident=resident)
+    return _part("rollout decode", shape,
+                 lambda: sampler.lower_decode(decode_params, state, settings),
+                 (decode_params, state, settings), resident=resident)
 
 
 def run(config, mesh: Mesh, stages=("sft", "rl"), log=print) -> list[Part]:

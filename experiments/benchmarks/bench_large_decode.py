@@ -53,7 +53,7 @@ def memory_analysis(cfg, batch: int, capacity: int, settings,
   sampler = _sampler(params_lib.abstract_model(cfg), capacity, block_size)
   state = jax.eval_shape(lambda: sampler.init(batch, jax.random.key(0)))
   t0 = time.perf_counter()
-  compiled = sampler._decode.lower(sampler.params, state, settings).compile()
+  compiled = sampler.lower_decode(sampler.params, state, settings).compile()
   seconds = time.perf_counter() - t0
   m = compiled.memory_analysis()
   weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(sampler.params))

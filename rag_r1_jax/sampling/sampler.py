@@ -348,19 +348,6 @@ def _functions(program: DecodeProgram) -> _Functions:
       _take_rows=jax.jit(p.take_rows))
 
 
-@dataclasses.dataclass(frozen=True)
-class _WithTables:
-  """A program's jitted decode with a sampler's tables as its first argument (`.lower` too)."""
-  fn: Callable
-  tables: _Tables
-
-  def __call__(self, *args, **kwargs):
-    return self.fn(self.tables, *args, **kwargs)
-
-  def lower(self, *args, **kwargs):
-    return self.fn.lower(self.tables, *args, **kwargs)
-
-
 class Sampler:
   """Host-side prefill / decode / replicate for one model and capacity; the jitted functions
   are its `DecodeProgram`'s, shared with every sampler of an equal program."""
@@ -409,10 +396,10 @@ class Sampler:
     """Another mesh for the state's shardings and the functions' traces (the dry run's)."""
     self._set_program(dataclasses.replace(self._program, mesh=mesh))
 
-  @property
-  def _decode(self) -> _WithTables:
-    """decode(params, state, settings, bounds=None), jitted (`.lower` for memory analyses)."""
-    return _WithTables(self._fns._decode, self._tables)
+  def lower_decode(self, params, state: SamplerState, settings: DecodeSettings):
+    """The decode call lowered for these (possibly abstract) arguments, for memory analyses
+    (`.compile().memory_analysis()`)."""
+    return self._fns._decode.lower(self._tables, params, state, settings)
 
   def update_params(self, model_or_params) -> None:
     """Points the sampler at new weights (after an optimizer step); no recompilation.
@@ -583,7 +570,7 @@ class Sampler:
     import contextlib
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-  def _shardings(self, batch: int) -> SamplerState:
+  def state_shardings(self, batch: int) -> SamplerState:
     """A `batch`-row state's shardings on the mesh."""
     return self._program.shardings(batch)
 
@@ -597,7 +584,7 @@ class Sampler:
   def _place(self, state: SamplerState) -> SamplerState:
     if self.mesh is None:
       return state
-    return multihost.put(state, self._shardings(state.status.shape[0]))
+    return multihost.put(state, self.state_shardings(state.status.shape[0]))
 
 
 def _emptied(state: SamplerState, empty) -> SamplerState:
